@@ -103,6 +103,8 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             raise ValueError(f"max_minibatch_size must be >= 1, got {max_minibatch_size}.")
         self.device = torch.device(device or default_device())
         self.model = model.to(self.device).eval()
+        if output_attention and hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation("eager")  # SDPA returns no attention weights.
         self.tokenizer = tokenizer
         self.labels = list(labels) if labels is not None else None
         self.text_fields = list(text_fields)

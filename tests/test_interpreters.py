@@ -1,0 +1,239 @@
+"""Axioms, agreement with captum and LIT, and config validation of the interpreters."""
+
+import types as pytypes
+
+import captum.attr
+import numpy as np
+import pytest
+import torch
+from lit_nlp.components import gradient_maps
+
+import lit_sig
+from lit_sig import interpreters, models, protocol
+from lit_sig.core import quadrature
+from tests.conftest import tiny_bert
+
+SENTENCE = "a charming and often affecting journey"
+RAW = {interpreters.NORMALIZATION_KEY: False}
+
+
+def salience(result: dict, field: str = "token_grad_sentence") -> np.ndarray:
+    return np.asarray(result[field].salience, dtype=np.float64)
+
+
+def captum_ig(model: models.HFSequenceClassifier, sentence: str, target: int, method: str, steps: int):
+    """captum's IG over the word-token embeddings, [CLS]/[SEP] fixed, [MASK] baseline."""
+    encoding = model.tokenizer(sentence, return_tensors="pt")
+    table = model.model.get_input_embeddings()
+    with torch.no_grad():
+        full = table(encoding["input_ids"])[0]  # [T + 2, D]
+    words = full[1:-1]  # [T, D]
+    baseline = table.weight[model.tokenizer.mask_token_id].detach().expand_as(words)
+
+    def forward(word_embs: torch.Tensor) -> torch.Tensor:  # [N, T, D] -> [N]
+        N = word_embs.shape[0]
+        embs = torch.cat([full[:1].expand(N, 1, -1), word_embs, full[-1:].expand(N, 1, -1)], dim=1)
+        ones = torch.ones(embs.shape[:2], dtype=torch.long)
+        return model.model(inputs_embeds=embs, attention_mask=ones, token_type_ids=0 * ones).logits[:, target]
+
+    attributions = captum.attr.IntegratedGradients(forward).attribute(
+        words[None], baselines=baseline[None], n_steps=steps, method=method
+    )
+    return attributions[0].sum(-1).detach().numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("method", quadrature.METHODS)
+def test_ig_equals_captum(tiny_model, method):
+    steps = 20
+    ours = salience(
+        lit_sig.IntegratedGradients().run(
+            [{"sentence": SENTENCE}], tiny_model, None,
+            config={**RAW, "Class to explain": "1", "Integration method": method, "Interpolation steps": steps},
+        )[0]
+    )
+    theirs = captum_ig(tiny_model, SENTENCE, 1, method, steps)
+    if method == "riemann_trapezoid":
+        theirs *= steps / (steps - 1)  # captum 0.9's trapezoid weights sum to (n-1)/n.
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
+
+
+def explain(interpreter, model, example, **config):
+    return interpreter.run([example], model, None, config={**RAW, **config})[0]
+
+
+def score(model, example) -> float:
+    return model.predict([example])[0][protocol.TARGET_SCORE_FIELD]
+
+
+def test_ig_completeness_on_minilm(minilm_model):
+    example = {"sentence": SENTENCE, "label": "1"}
+    out = minilm_model.predict([example])[0]
+    mask = minilm_model.baseline_embedding("input_embs_sentence", "mask")
+    at_baseline = score(minilm_model, dict(example, input_embs_sentence=np.tile(mask, (len(out["tokens_sentence"]), 1))))
+    gap = out[protocol.TARGET_SCORE_FIELD] - at_baseline
+    errors = []
+    for steps in (2, 8, 50):
+        result = explain(lit_sig.IntegratedGradients(), minilm_model, example, **{"Interpolation steps": steps})
+        error = gap - salience(result).sum()
+        assert result["completeness_delta"] == pytest.approx(error, abs=1e-4)
+        errors.append(abs(error))
+    assert errors[0] > errors[2]
+    assert errors[2] <= 1e-3 * abs(gap)
+
+
+def test_sig_per_token_completeness_on_minilm(minilm_model):
+    example = {"sentence": SENTENCE, "label": "1"}
+    out = minilm_model.predict([example])[0]
+    embs = out["input_embs_sentence"]
+    mask = minilm_model.baseline_embedding("input_embs_sentence", "mask")
+    gaps = []
+    for i in range(len(embs)):
+        moved = embs.copy()
+        moved[i] = mask
+        gaps.append(out[protocol.TARGET_SCORE_FIELD] - score(minilm_model, dict(example, input_embs_sentence=moved)))
+    gaps = np.array(gaps)
+    worst = []
+    for steps in (2, 50):
+        result = explain(lit_sig.SequentialIntegratedGradients(), minilm_model, example, **{"Interpolation steps": steps})
+        errors = np.abs(gaps - salience(result))
+        assert result["completeness_delta"] == pytest.approx(errors.max(), abs=1e-4)
+        worst.append(errors.max())
+    assert worst[0] > worst[1]
+    assert np.all(errors <= 1e-3 * np.abs(gaps).max())
+
+
+class IgnoresSecondWord(torch.nn.Module):
+    """A bag-of-embeddings classifier that never looks at position 2 (the second word)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.config = pytypes.SimpleNamespace(num_labels=2, max_position_embeddings=64)
+        self.embeddings = torch.nn.Embedding(30522, 8)
+        self.head = torch.nn.Linear(8, 2)
+
+    def get_input_embeddings(self) -> torch.nn.Embedding:
+        return self.embeddings
+
+    def forward(self, inputs_embeds, attention_mask, token_type_ids=None, **unused):
+        keep = attention_mask.to(inputs_embeds.dtype).clone()  # [B, T]
+        keep[:, 2] = 0
+        hidden = torch.tanh(inputs_embeds) * keep[..., None]  # [B, T, D]
+        logits = self.head(torch.tanh(hidden.sum(1)))  # [B, 2]
+        return pytypes.SimpleNamespace(logits=logits, hidden_states=(hidden,), attentions=None)
+
+
+@pytest.mark.parametrize(
+    "interpreter",
+    [lit_sig.GradientNorm(), lit_sig.GradientDotInput(), lit_sig.IntegratedGradients(),
+     lit_sig.SequentialIntegratedGradients()],
+    ids=lambda i: type(i).__name__,
+)
+def test_ignored_token_gets_zero(tokenizer, interpreter):
+    model = models.HFSequenceClassifier(IgnoresSecondWord(), tokenizer, device="cpu")
+    result = interpreter.run([{"sentence": "truly awful acting"}], model, None)[0]
+    scores = salience(result)
+    assert scores[1] == 0.0
+    assert np.all(scores[[0, 2]] != 0.0)
+
+
+@pytest.mark.parametrize("cls", [lit_sig.IntegratedGradients, lit_sig.SequentialIntegratedGradients])
+def test_results_do_not_depend_on_minibatch_size_or_batch_mates(tokenizer, cls):
+    module = tiny_bert()
+    one = models.HFSequenceClassifier(module, tokenizer, device="cpu", max_minibatch_size=1)
+    many = models.HFSequenceClassifier(module, tokenizer, device="cpu", max_minibatch_size=64)
+    config = {**RAW, "Interpolation steps": 10}
+    alone = cls().run([{"sentence": "bad"}], one, None, config=config)[0]
+    longer = "the acting , costumes , music , cinematography and sound are all astounding"
+    together = cls().run([{"sentence": longer}, {"sentence": "bad"}, {"sentence": SENTENCE}], many, None, config=config)
+    scale = abs(score(one, {"sentence": "bad"}))  # float32 sums in another order: ~1e-6 of F.
+    np.testing.assert_allclose(salience(together[1]), salience(alone), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_two_segments_are_explained_together(tiny_pair_model):
+    example = {"sentence1": "a man sleeps", "sentence2": "nobody sleeps"}
+    ig = explain(lit_sig.IntegratedGradients(), tiny_pair_model, example)
+    sig = explain(lit_sig.SequentialIntegratedGradients(), tiny_pair_model, example)
+    for result in (ig, sig):
+        assert list(result["token_grad_sentence1"].tokens) == ["a", "man", "sleeps"]
+        assert list(result["token_grad_sentence2"].tokens) == ["nobody", "sleeps"]
+    out = tiny_pair_model.predict([example])[0]
+    mask = tiny_pair_model.baseline_embedding("input_embs_sentence1", "mask")
+    both_masked = dict(example, label=out["label"], input_embs_sentence1=np.tile(mask, (3, 1)), input_embs_sentence2=np.tile(mask, (2, 1)))
+    gap = out[protocol.TARGET_SCORE_FIELD] - score(tiny_pair_model, both_masked)
+    total = salience(ig, "token_grad_sentence1").sum() + salience(ig, "token_grad_sentence2").sum()
+    assert ig["completeness_delta"] == pytest.approx(gap - total, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [(lit_sig.GradientNorm(), gradient_maps.GradientNorm()),
+     (lit_sig.GradientDotInput(), gradient_maps.GradientDotInput())],
+    ids=["grad_norm", "grad_dot_input"],
+)
+def test_simple_gradients_agree_with_lit(tiny_model, ours, theirs):
+    inputs = [{"sentence": SENTENCE}, {"sentence": "bleak"}]
+    outputs = tiny_model.predict(inputs)
+    for a, b in zip(ours.run(inputs, tiny_model, None, outputs), theirs.run(inputs, tiny_model, None, outputs)):
+        np.testing.assert_allclose(salience(a), salience(b), atol=1e-6)
+        assert list(a["token_grad_sentence"].tokens) == list(b["token_grad_sentence"].tokens)
+
+
+def test_lit_builtin_ig_runs_on_our_model(tiny_model):
+    result = gradient_maps.IntegratedGradients().run([{"sentence": SENTENCE, "label": "1"}], tiny_model, None)
+    assert np.all(np.isfinite(salience(result[0])))
+
+
+def test_notebook_use_with_defaults(tiny_model):
+    result = lit_sig.SequentialIntegratedGradients().run([{"sentence": SENTENCE}], tiny_model, None)[0]
+    scores = salience(result)
+    assert np.isclose(np.abs(scores).sum(), 1.0)  # Normalized by default.
+    assert np.isfinite(result["completeness_delta"])
+
+
+def test_specs_for_the_ui():
+    spec = lit_sig.SequentialIntegratedGradients().config_spec()
+    assert spec[interpreters.INTERPOLATION_KEY].default == 50
+    assert spec[interpreters.METHOD_KEY].default == "gausslegendre"
+    assert spec[interpreters.BASELINE_KEY].vocab == ["mask", "pad", "zero"]
+    assert not lit_sig.SequentialIntegratedGradients().meta_spec()["saliency"].autorun
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"Interpolation steps": 0}, r"integer in \[1, 500\]"),
+        ({"Interpolation steps": -1}, r"integer in \[1, 500\]"),
+        ({"Interpolation steps": 10**7}, r"integer in \[1, 500\]"),
+        ({"Interpolation steps": "abc"}, r"integer in \[1, 500\]"),
+        ({"Interpolation steps": 2.5}, r"integer in \[1, 500\]"),
+        ({"Interpolation steps": None}, r"integer in \[1, 500\]"),
+        ({"Integration method": "simpson"}, "accepted: gausslegendre, riemann_left"),
+        ({"Integration method": "riemann_trapezoid", "Interpolation steps": 1}, r"\[2, 500\]"),
+        ({"Baseline": "unk"}, "accepted: mask, pad, zero"),
+        ({"Class to explain": "7"}, r"accepted: \['0', '1'\]"),
+        ({"Class to explain": 1}, "class name string"),
+        ({"Normalize": "yes"}, "true or false"),
+        ({"Steps": 10}, "Unknown config key"),
+    ],
+)
+@pytest.mark.parametrize("cls", [lit_sig.IntegratedGradients, lit_sig.SequentialIntegratedGradients])
+def test_bad_config_raises(tiny_model, cls, config, message):
+    with pytest.raises(ValueError, match=message):
+        cls().run([{"sentence": "good"}], tiny_model, None, config=config)
+
+
+def test_steps_accept_numeric_strings_and_floats(tiny_model):
+    interpreter = lit_sig.IntegratedGradients()
+    assert interpreter.parse_config({"Interpolation steps": "12"}).steps == 12
+    assert interpreter.parse_config({"Interpolation steps": 12.0}).steps == 12
+
+
+def test_incompatible_model_raises(tiny_model):
+    class NoGradients(models.HFSequenceClassifier):
+        def output_spec(self):
+            return {"probas": super().output_spec()["probas"]}
+
+    model = NoGradients(tiny_model.model, tiny_model.tokenizer, device="cpu")
+    with pytest.raises(ValueError, match="TokenGradients"):
+        lit_sig.SequentialIntegratedGradients().run([{"sentence": "good"}], model, None)
