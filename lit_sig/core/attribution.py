@@ -13,7 +13,7 @@ and the attribution of token t is `(x_t - b_t) * sum_rows w * mask_g[t] * grad_t
 """
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -59,11 +59,10 @@ def evaluate_rows(
     groups: torch.Tensor,
     row_group: np.ndarray,
     row_alpha: np.ndarray,
-    row_weight: np.ndarray,
     grad_fn: GradFn,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Evaluates path rows in bounded chunks.
+) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Evaluates path rows in chunks of at most `max_elements` floats.
 
     Args:
         x: `[T, D]` input embeddings.
@@ -71,34 +70,24 @@ def evaluate_rows(
         groups: `[G, T]` bool, which tokens move together.
         row_group: `[R]` int group of each row.
         row_alpha: `[R]` position on the path, 0 = baseline, 1 = input.
-        row_weight: `[R]` quadrature weight; 0 for rows only scored.
         grad_fn: the model, see `GradFn`.
         max_elements: bound on rows * T * D per `grad_fn` call.
 
-    Returns:
-        `(weighted_grads [T, D], scores [R])`: the sum over rows of
-        `weight * mask_group * grad`, and each row's score.
+    Yields:
+        `(rows, scores [r], grads [r, T, D], masks [r, T])` per chunk, where
+        `rows` is the chunk's slice of the row arrays.
     """
-    T, D = x.shape
     delta = (x - baseline).unsqueeze(0)  # [1, T, D]
     masks = groups.to(x.dtype)  # [G, T]
-    weighted_grads = torch.zeros_like(x)  # [T, D]
-    scores = torch.empty(len(row_group), dtype=x.dtype)  # [R]
     step = _rows_per_call(x, max_elements)
     for start in range(0, len(row_group), step):
-        sl = slice(start, start + step)
-        mask = masks[torch.as_tensor(row_group[sl])]  # [r, T]
-        alpha = torch.as_tensor(row_alpha[sl], dtype=x.dtype)  # [r]
-        weight = torch.as_tensor(row_weight[sl], dtype=x.dtype)  # [r]
+        rows = slice(start, start + step)
+        mask = masks[torch.as_tensor(row_group[rows])]  # [r, T]
+        alpha = torch.as_tensor(row_alpha[rows], dtype=x.dtype)  # [r]
         moved = ((1.0 - alpha)[:, None] * mask).unsqueeze(-1)  # [r, T, 1]
-        rows = x.unsqueeze(0) - moved * delta  # [r, T, D]
-        row_scores, row_grads = grad_fn(rows)
-        assert row_grads.shape == rows.shape, (row_grads.shape, rows.shape)
-        scores[sl] = row_scores.to(x.dtype).cpu()
-        weighted_grads += torch.einsum(
-            "r,rt,rtd->td", weight, mask, row_grads.to(x.dtype).cpu()
-        )
-    return weighted_grads, scores
+        scores, grads = grad_fn(x.unsqueeze(0) - moved * delta)
+        assert grads.shape == (len(alpha), *x.shape), grads.shape
+        yield rows, scores.to(x.dtype).cpu(), grads.to(x.dtype).cpu(), mask
 
 
 def path_attribution(
@@ -121,9 +110,14 @@ def path_attribution(
     row_group = np.concatenate([np.repeat(np.arange(G), n), np.arange(G), [0]])
     row_alpha = np.concatenate([np.tile(alphas, G), np.zeros(G), [1.0]])
     row_weight = np.concatenate([np.tile(weights, G), np.zeros(G + 1)])
-    weighted_grads, scores = evaluate_rows(
-        x, baseline, groups, row_group, row_alpha, row_weight, grad_fn, max_elements
-    )
+    weighted_grads = torch.zeros_like(x)  # [T, D]
+    scores = torch.empty(len(row_group), dtype=x.dtype)  # [R]
+    for rows, row_scores, grads, mask in evaluate_rows(
+        x, baseline, groups, row_group, row_alpha, grad_fn, max_elements
+    ):
+        scores[rows] = row_scores
+        weight = torch.as_tensor(row_weight[rows], dtype=x.dtype)  # [r]
+        weighted_grads += torch.einsum("r,rt,rtd->td", weight, mask, grads)
     attributions = (x - baseline) * weighted_grads  # [T, D]
     token_attr = attributions.sum(-1)  # [T]
     score_input, score_at_baseline = scores[-1], scores[G * n : G * n + G]  # [], [G]
