@@ -20,6 +20,7 @@ from lit_nlp.api import model as lit_model
 from lit_nlp.api import types as lit_types
 
 from lit_sig import protocol
+from lit_sig.core import adaptive
 from lit_sig.core import attribution
 from lit_sig.core import quadrature
 
@@ -30,6 +31,9 @@ INTERPOLATION_KEY = "Interpolation steps"
 METHOD_KEY = "Integration method"
 BASELINE_KEY = "Baseline"
 NORMALIZATION_KEY = "Normalize"
+ADAPTIVE_KEY = "Adaptive steps"
+TOLERANCE_KEY = "Tolerance"
+MIN_TOLERANCE, MAX_TOLERANCE = 1e-7, 1.0
 
 BASELINES = ("mask", "pad", "zero")
 DEFAULT_STEPS = 50
@@ -187,6 +191,8 @@ class PathSettings:
     method: str
     baseline: str
     normalize: bool
+    adaptive: bool
+    tolerance: float
 
 
 class _PathInterpreter(lit_components.Interpreter):
@@ -200,6 +206,8 @@ class _PathInterpreter(lit_components.Interpreter):
         integration_method: str = DEFAULT_METHOD,
         baseline: str = DEFAULT_BASELINE,
         normalize: bool = True,
+        adaptive_steps: bool = False,
+        tolerance: float = adaptive.DEFAULT_TOLERANCE,
     ):
         self._autorun = autorun
         self._defaults = {
@@ -208,14 +216,24 @@ class _PathInterpreter(lit_components.Interpreter):
             METHOD_KEY: integration_method,
             BASELINE_KEY: baseline,
             NORMALIZATION_KEY: normalize,
+            ADAPTIVE_KEY: adaptive_steps,
+            TOLERANCE_KEY: tolerance,
         }
         self.parse_config({})  # Fail early on bad defaults.
+
+    def _groups(self, movable: torch.Tensor) -> torch.Tensor:
+        """`[G, T]` bool: which of the `[T]` movable tokens move together."""
+        raise NotImplementedError
 
     def _attribute(
         self, x: torch.Tensor, baseline: torch.Tensor, movable: torch.Tensor,
         grad_fn: attribution.GradFn, settings: PathSettings,
     ) -> attribution.PathAttribution:
-        raise NotImplementedError
+        groups = self._groups(movable)
+        if settings.adaptive:
+            return adaptive.adaptive_path_attribution(x, baseline, groups, grad_fn, settings.tolerance)
+        alphas, weights = quadrature.quadrature(settings.method, settings.steps)
+        return attribution.path_attribution(x, baseline, groups, grad_fn, alphas, weights)
 
     def parse_config(self, config: JsonDict | None) -> PathSettings:
         """Validates `config` over the defaults; raises ValueError naming accepted values."""
@@ -238,7 +256,11 @@ class _PathInterpreter(lit_components.Interpreter):
         steps = _parse_steps(merged[INTERPOLATION_KEY])
         quadrature.quadrature(method, steps)  # Validates the range for this method.
         normalize = _parse_bool(merged, NORMALIZATION_KEY, True)
-        return PathSettings(class_to_explain.strip(), steps, method, baseline, normalize)
+        adaptive_steps = _parse_bool(merged, ADAPTIVE_KEY, False)
+        tolerance = _parse_tolerance(merged[TOLERANCE_KEY])
+        return PathSettings(
+            class_to_explain.strip(), steps, method, baseline, normalize, adaptive_steps, tolerance
+        )
 
     def config_spec(self) -> lit_types.Spec:
         d = self._defaults
@@ -251,6 +273,10 @@ class _PathInterpreter(lit_components.Interpreter):
             METHOD_KEY: lit_types.CategoryLabel(vocab=list(quadrature.METHODS), default=d[METHOD_KEY]),
             BASELINE_KEY: lit_types.CategoryLabel(vocab=list(BASELINES), default=d[BASELINE_KEY]),
             NORMALIZATION_KEY: lit_types.Boolean(default=d[NORMALIZATION_KEY]),
+            ADAPTIVE_KEY: lit_types.Boolean(default=d[ADAPTIVE_KEY]),
+            TOLERANCE_KEY: lit_types.Scalar(
+                min_val=MIN_TOLERANCE, max_val=MAX_TOLERANCE, default=d[TOLERANCE_KEY]
+            ),
         }
 
     def meta_spec(self) -> lit_types.Spec:
@@ -376,6 +402,19 @@ def _parse_steps(value: Any) -> int:
     return int(number)
 
 
+def _parse_tolerance(value: Any) -> float:
+    accepted = f"a number in [{MIN_TOLERANCE:g}, {MAX_TOLERANCE:g}]"
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{TOLERANCE_KEY!r} must be {accepted}, got {value!r}.")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{TOLERANCE_KEY!r} must be {accepted}, got {value!r}.") from None
+    if not MIN_TOLERANCE <= number <= MAX_TOLERANCE:  # NaN fails too.
+        raise ValueError(f"{TOLERANCE_KEY!r} must be {accepted}, got {value!r}.")
+    return number
+
+
 class IntegratedGradients(_PathInterpreter):
     """IG: all word tokens move together from the baseline to the input.
 
@@ -384,14 +423,12 @@ class IntegratedGradients(_PathInterpreter):
     stay fixed, and completeness is measured.
     """
 
-    def _attribute(self, x, baseline, movable, grad_fn, settings):
-        alphas, weights = quadrature.quadrature(settings.method, settings.steps)
-        return attribution.integrated_gradients(x, baseline, grad_fn, alphas, weights, movable)
+    def _groups(self, movable):
+        return attribution.ig_groups(movable)
 
 
 class SequentialIntegratedGradients(_PathInterpreter):
     """SIG (Enguehard 2023): IG once per word token, moving that token alone."""
 
-    def _attribute(self, x, baseline, movable, grad_fn, settings):
-        alphas, weights = quadrature.quadrature(settings.method, settings.steps)
-        return attribution.sequential_integrated_gradients(x, baseline, grad_fn, alphas, weights, movable)
+    def _groups(self, movable):
+        return attribution.sig_groups(movable)

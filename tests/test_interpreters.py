@@ -102,6 +102,19 @@ def test_sig_per_token_completeness_on_minilm(minilm_model):
     assert np.all(errors <= 1e-3 * np.abs(gaps).max())
 
 
+@pytest.mark.parametrize("cls", [lit_sig.IntegratedGradients, lit_sig.SequentialIntegratedGradients])
+def test_adaptive_steps_reach_the_tolerance(minilm_model, cls):
+    example = {"sentence": SENTENCE, "label": "1"}
+    fixed = explain(cls(), minilm_model, example)
+    errors = []
+    for tolerance in (1e-2, 1e-5):
+        adaptive = explain(cls(), minilm_model, example, **{"Adaptive steps": True, "Tolerance": tolerance})
+        errors.append(abs(adaptive["completeness_delta"]))
+        assert errors[-1] <= tolerance + 2e-6  # Float rounding of the measured scores.
+    np.testing.assert_allclose(salience(adaptive), salience(fixed), atol=2e-5)
+    assert errors[0] > errors[1]
+
+
 class IgnoresSecondWord(torch.nn.Module):
     """A bag-of-embeddings classifier that never looks at position 2 (the second word)."""
 
@@ -214,6 +227,11 @@ def test_specs_for_the_ui():
         ({"Class to explain": "7"}, r"accepted: \['0', '1'\]"),
         ({"Class to explain": 1}, "class name string"),
         ({"Normalize": "yes"}, "true or false"),
+        ({"Adaptive steps": "on"}, "true or false"),
+        ({"Tolerance": 0}, r"number in \[1e-07, 1\]"),
+        ({"Tolerance": -1}, r"number in \[1e-07, 1\]"),
+        ({"Tolerance": "abc"}, r"number in \[1e-07, 1\]"),
+        ({"Tolerance": float("nan")}, r"number in \[1e-07, 1\]"),
         ({"Steps": 10}, "Unknown config key"),
     ],
 )

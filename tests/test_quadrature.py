@@ -69,3 +69,20 @@ def test_riemann_endpoints():
 def test_bad_arguments_raise(method, n, message):
     with pytest.raises(ValueError, match=message):
         quadrature.quadrature(method, n)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 9])
+def test_gauss_lobatto_properties(n):
+    alphas, weights = quadrature.gauss_lobatto(n)
+    assert alphas[0] == 0.0 and alphas[-1] == 1.0 and np.all(np.diff(alphas) > 0)
+    assert np.isclose(weights.sum(), 1.0, atol=1e-12) and np.all(weights > 0)
+    exact = 2 * n - 3
+    for degree in range(exact + 1):
+        assert np.isclose(np.sum(weights * alphas**degree), 1.0 / (degree + 1), atol=1e-12), degree
+    assert abs(np.sum(weights * alphas ** (exact + 1)) - 1.0 / (exact + 2)) > 1e-12
+
+
+@pytest.mark.parametrize("n", [1, 0, 2.5, True])
+def test_gauss_lobatto_bad_points(n):
+    with pytest.raises(ValueError, match=">= 2"):
+        quadrature.gauss_lobatto(n)

@@ -136,10 +136,8 @@ def integrated_gradients(
     max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> PathAttribution:
     """IG of `x` `[T, D]` from `baseline`; tokens not `movable` `[T]` stay at x."""
-    movable = _movable(x, movable)
-    return path_attribution(
-        x, baseline, movable.unsqueeze(0), grad_fn, alphas, weights, max_elements
-    )
+    groups = ig_groups(_movable(x, movable))
+    return path_attribution(x, baseline, groups, grad_fn, alphas, weights, max_elements)
 
 
 def sequential_integrated_gradients(
@@ -152,10 +150,18 @@ def sequential_integrated_gradients(
     max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> PathAttribution:
     """SIG: IG once per movable token, moving that token alone."""
-    movable = _movable(x, movable)
-    T = x.shape[0]
-    groups = torch.eye(T, dtype=torch.bool)[movable]  # [P, T]
+    groups = sig_groups(_movable(x, movable))
     return path_attribution(x, baseline, groups, grad_fn, alphas, weights, max_elements)
+
+
+def ig_groups(movable: torch.Tensor) -> torch.Tensor:
+    """IG moves all `[T]` movable tokens together: `[1, T]`."""
+    return movable.unsqueeze(0)
+
+
+def sig_groups(movable: torch.Tensor) -> torch.Tensor:
+    """SIG moves each movable token alone: `[P, T]`, one row per movable token."""
+    return torch.eye(len(movable), dtype=torch.bool)[movable]
 
 
 def _movable(x: torch.Tensor, movable: torch.Tensor | None) -> torch.Tensor:

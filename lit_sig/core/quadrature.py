@@ -51,3 +51,17 @@ def quadrature(method: str, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
     offset = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}
     alphas = (np.arange(n) + offset[method]) / n
     return alphas, np.full(n, 1.0 / n)
+
+
+def gauss_lobatto(num_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Lobatto `(alphas, weights)` on [0, 1]: both endpoints are nodes.
+
+    Exact for polynomials of degree 2 * num_points - 3. Adaptive SIG uses it for
+    panels whose endpoint scores it also needs, so endpoints are shared.
+    """
+    if isinstance(num_points, bool) or not isinstance(num_points, (int, np.integer)) or num_points < 2:
+        raise ValueError(f"Gauss-Lobatto needs an integer number of points >= 2, got {num_points!r}.")
+    legendre = np.polynomial.legendre.Legendre.basis(num_points - 1)  # P_{n-1}
+    nodes = np.concatenate([[-1.0], np.sort(legendre.deriv().roots().real), [1.0]])
+    weights = 2.0 / (num_points * (num_points - 1) * legendre(nodes) ** 2)
+    return (nodes + 1.0) / 2.0, weights / 2.0

@@ -1,0 +1,113 @@
+"""Sentiment data sets for LIT: GLUE-style TSV files and a built-in set written for lit_sig."""
+
+import csv
+import os
+import pathlib
+
+from lit_nlp.api import dataset as lit_dataset
+from lit_nlp.api import types as lit_types
+
+LABELS = ("0", "1")  # GLUE SST-2 order: negative, positive.
+DEFAULT_SST2_DIR = pathlib.Path(
+    os.environ.get("LIT_SIG_SST2_DIR", pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2")
+)
+
+# Written for this project: plain, negated, contrasted and mixed sentiment, each labelled.
+BUILTIN_SENTENCES: tuple[tuple[str, str], ...] = (
+    ("A warm, funny and beautifully acted film.", "1"),
+    ("The plot is a mess and the jokes never land.", "0"),
+    ("This is not a bad movie at all.", "1"),
+    ("It is not a good movie, no matter what the trailer says.", "0"),
+    ("The first hour drags, but the ending is worth the wait.", "1"),
+    ("Great cast, but the script wastes every one of them.", "0"),
+    ("I laughed more than I expected to.", "1"),
+    ("I wanted to like it, yet I was bored from start to finish.", "0"),
+    ("A quiet, moving story told with real care.", "1"),
+    ("Two hours of noise that add up to nothing.", "0"),
+    ("Never dull, never cheap, never less than honest.", "1"),
+    ("The effects are impressive; the characters are not.", "0"),
+    ("Hardly a masterpiece, but a perfectly charming evening out.", "1"),
+    ("It tries so hard to be clever that it forgets to be fun.", "0"),
+    ("The music alone makes it worth seeing.", "1"),
+    ("Not one scene rings true.", "0"),
+    ("Despite a slow start, the film wins you over.", "1"),
+    ("For all its ambition, the movie is strangely lifeless.", "0"),
+    ("An unexpected delight from beginning to end.", "1"),
+    ("A tired sequel that nobody asked for.", "0"),
+    ("I can't remember the last time a comedy made me this happy.", "1"),
+    ("I can't recommend it, even to fans of the book.", "0"),
+    ("The lead gives the best performance of her career.", "1"),
+    ("The dialogue is wooden and the pacing is worse.", "0"),
+    ("Smart, tender and surprisingly funny.", "1"),
+    ("Neither scary nor funny, just tedious.", "0"),
+    ("It isn't perfect, but it is never boring.", "1"),
+    ("It looks beautiful, but there is nothing underneath.", "0"),
+    ("A film that respects its audience.", "1"),
+    ("The twist is obvious from the first scene.", "0"),
+    ("Fans and newcomers alike will have a great time.", "1"),
+    ("Even the talented cast cannot save this dreary script.", "0"),
+    ("A gripping thriller that never lets go.", "1"),
+    ("The movie is too long and not nearly as funny as it thinks.", "0"),
+    ("Nothing about it is predictable, and that is a compliment.", "1"),
+    ("What should have been a romp feels like homework.", "0"),
+    ("A small film with a very big heart.", "1"),
+    ("Charmless, joyless and loud.", "0"),
+    ("The director takes a familiar story and makes it feel new.", "1"),
+    ("I have seen better acting in a car commercial.", "0"),
+    ("Its flaws are easy to forgive when the ending is this good.", "1"),
+    ("The good ideas are buried under a pile of bad ones.", "0"),
+    ("Sweet without being sentimental.", "1"),
+    ("A promising premise, badly wasted.", "0"),
+)
+
+
+class SentimentData(lit_dataset.Dataset):
+    """Labelled sentences with a `sentence` text field and a `label` in {"0", "1"}."""
+
+    def __init__(self, examples: list[dict[str, str]], description: str = ""):
+        self._examples = examples
+        self._description = description
+
+    def description(self) -> str:
+        return self._description
+
+    def spec(self) -> lit_types.Spec:
+        return {
+            "sentence": lit_types.TextSegment(),
+            "label": lit_types.CategoryLabel(vocab=list(LABELS)),
+        }
+
+
+def builtin(max_examples: int | None = None) -> SentimentData:
+    examples = [{"sentence": s, "label": label} for s, label in BUILTIN_SENTENCES][:max_examples]
+    return SentimentData(examples, f"{len(examples)} sentences written for lit_sig (negation, contrast)")
+
+
+def read_glue_tsv(path: str | os.PathLike, max_examples: int | None = None) -> list[dict[str, str]]:
+    """Reads a GLUE SST-2 style TSV: a header with `sentence` and `label` columns.
+
+    Raises:
+      ValueError: the file lacks those columns, or a label is not "0" or "1".
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"--data: {path} is not a file (expected a GLUE-style TSV with sentence and label columns)")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        missing = {"sentence", "label"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: the header must name columns 'sentence' and 'label'; missing {sorted(missing)}")
+        examples = []
+        for line, row in enumerate(reader, start=2):
+            if max_examples is not None and len(examples) >= max_examples:
+                break
+            label = (row["label"] or "").strip()
+            if label not in LABELS:
+                raise ValueError(f"{path}:{line}: label {label!r} is not one of {list(LABELS)}")
+            examples.append({"sentence": (row["sentence"] or "").strip(), "label": label})
+    return examples
+
+
+def glue_tsv(path: str | os.PathLike, max_examples: int | None = None) -> SentimentData:
+    examples = read_glue_tsv(path, max_examples)
+    return SentimentData(examples, f"{len(examples)} examples from {pathlib.Path(path).name}")
