@@ -1,0 +1,71 @@
+"""The faithfulness benchmark: metrics, and resuming from its cache."""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import faithfulness
+from lit_sig import datasets
+
+
+@pytest.fixture()
+def data_file(tmp_path):
+    path = tmp_path / "dev.tsv"
+    rows = ["sentence\tlabel"] + [f"{s}\t{label}" for s, label in datasets.BUILTIN_SENTENCES[:3]]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def args(data_file, tmp_path, methods=faithfulness.METHODS):
+    return faithfulness._parse([  # pylint: disable=protected-access
+        "--data", str(data_file), "--steps", "3", "--methods", ",".join(methods),
+        "--cache", str(tmp_path / "cache.jsonl"), "--json", str(tmp_path / "out.json"),
+    ])
+
+
+def test_metrics_follow_the_ranking(tiny_model):
+    output = tiny_model.predict([{"sentence": "a b c d e f g h i j"}])[0]
+    word_ids = tiny_model.tokenizer.convert_tokens_to_ids(output["tokens_sentence"])
+    c = tiny_model.labels.index(output["label"])
+    p = float(output["probas"][c])
+    scores = np.arange(len(word_ids), dtype=float)
+    result = faithfulness.faithfulness(tiny_model, word_ids, scores, c, p)
+    top2 = word_ids[-2:]  # k = 20% of 10 tokens: the two highest scores.
+    masked = word_ids[:-2] + [tiny_model.tokenizer.mask_token_id] * 2
+    expected = faithfulness.class_probabilities(tiny_model, [masked, word_ids[:-2], top2], c)
+    assert result["log_odds"] == pytest.approx(np.log(expected[0]) - np.log(p), abs=1e-5)
+    assert result["comprehensiveness"] == pytest.approx(p - expected[1], abs=1e-6)
+    assert result["sufficiency"] == pytest.approx(p - expected[2], abs=1e-6)
+
+
+def test_runs_all_methods_and_resumes_without_redoing_work(tiny_model, data_file, tmp_path, monkeypatch):
+    summary = faithfulness.run(args(data_file, tmp_path), tiny_model)
+    assert summary["n_examples"] == 3 and set(summary["methods"]) == set(faithfulness.METHODS)
+    for metrics in summary["methods"].values():
+        assert all(np.isfinite(metrics[k]) for k in faithfulness.METRICS)
+    cache = tmp_path / "cache.jsonl"
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 3 * len(faithfulness.METHODS)
+    # Interrupted mid-write: the last record is torn; only it is redone.
+    cache.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    calls = []
+    monkeypatch.setitem(faithfulness.METHODS, "random", lambda *a: calls.append(a) or np.zeros(len(
+        tiny_model.tokenizer.tokenize(a[1]["sentence"]))))
+    again = faithfulness.run(args(data_file, tmp_path), tiny_model)
+    redone = json.loads(cache.read_text().splitlines()[-1])
+    assert (redone["index"], redone["method"]) == (2, "random") and len(calls) == 1
+    assert again["methods"]["sequential_integrated_gradients"] == summary["methods"]["sequential_integrated_gradients"]
+
+
+def test_main_writes_json_and_rejects_bad_flags(tiny_model, data_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(faithfulness.models, "minilm_sst2", lambda device=None: tiny_model)
+    faithfulness.main(["--data", str(data_file), "--steps", "2", "--methods", "random,grad_norm",
+                       "--cache", str(tmp_path / "c.jsonl"), "--json", str(tmp_path / "out.json")])
+    summary = json.loads((tmp_path / "out.json").read_text())
+    assert summary["steps"] == 2 and list(summary["methods"]) == ["random", "grad_norm"]
+    assert "| random |" in capsys.readouterr().out
+    for bad in (["--methods", "lime"], ["--steps", "0"], ["--limit", "-1"]):
+        with pytest.raises(SystemExit):
+            faithfulness.main(["--data", str(data_file), *bad])
+    assert "accepted: grad_norm" in capsys.readouterr().err
