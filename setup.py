@@ -17,7 +17,7 @@ setuptools.setup(
         "matplotlib==3.11.2",
         "numpy==1.26.4",
         "pandas==3.0.6",
-        "pyarrow==26.0.1",
+        "pyarrow==25.0.1",
         "safetensors==0.8.0",
         "torch==2.13.0",
         "tqdm==4.70.1",

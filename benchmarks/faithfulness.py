@@ -126,7 +126,7 @@ def run(args: argparse.Namespace, model: models.HFSequenceClassifier) -> dict:
         assert scores.shape == (len(word_ids),), (method, scores.shape)
         record = {"index": i, "method": method, "seconds": seconds, "correct": label == example["label"],
                   **faithfulness(model, word_ids, scores, c, float(output["probas"][c]))}
-        storage.append_jsonl(cache, record)
+        storage.append_jsonl(cache, [record])
         done[(i, method)] = record
     return summarize(done, len(examples), methods, args.steps)
 

@@ -4,10 +4,14 @@ from lit_sig.interpreters import GradientDotInput
 from lit_sig.interpreters import GradientNorm
 from lit_sig.interpreters import IntegratedGradients
 from lit_sig.interpreters import SequentialIntegratedGradients
+from lit_sig.render import plot
+from lit_sig.render import render
 
 __all__ = [
     "GradientDotInput",
     "GradientNorm",
     "IntegratedGradients",
     "SequentialIntegratedGradients",
+    "plot",
+    "render",
 ]

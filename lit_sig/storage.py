@@ -4,7 +4,7 @@ import json
 import os
 import pathlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 
@@ -22,8 +22,8 @@ def read_jsonl(path: pathlib.Path) -> Iterator[dict[str, Any]]:
                 raise ValueError(f"{path}:{number} is not valid JSON; delete the file to start over") from None
 
 
-def append_jsonl(path: pathlib.Path, record: dict[str, Any]) -> None:
-    """Appends one record and syncs it to disk; first drops a torn last line, if any."""
+def append_jsonl(path: pathlib.Path, records: Iterable[dict[str, Any]]) -> None:
+    """Appends records and syncs them to disk; first drops a torn last line, if any."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+b") as f:
         end = f.seek(0, os.SEEK_END)
@@ -32,7 +32,7 @@ def append_jsonl(path: pathlib.Path, record: dict[str, Any]) -> None:
             if f.read(1) != b"\n":
                 f.seek(0)
                 f.truncate(f.read().rfind(b"\n") + 1)
-        f.write((json.dumps(record) + "\n").encode("utf-8"))
+        f.write("".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
 

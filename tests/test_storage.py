@@ -9,11 +9,11 @@ from lit_sig import storage
 
 def test_jsonl_cache_survives_a_torn_last_line(tmp_path):
     path = tmp_path / "cache.jsonl"
-    storage.append_jsonl(path, {"index": 0})
-    storage.append_jsonl(path, {"index": 1})
+    storage.append_jsonl(path, [{"index": 0}])
+    storage.append_jsonl(path, [{"index": 1}])
     path.write_bytes(path.read_bytes()[:-4])  # Killed while writing record 1.
     assert list(storage.read_jsonl(path)) == [{"index": 0}]
-    storage.append_jsonl(path, {"index": 1})
+    storage.append_jsonl(path, [{"index": 1}])
     assert list(storage.read_jsonl(path)) == [{"index": 0}, {"index": 1}]
 
 

@@ -1,0 +1,58 @@
+"""Draws the README figure: four salience methods on one sentence, with the embedded SST-2 model.
+
+    python -m benchmarks.readme_figure [--sentence "..."] [--steps 50] [--out docs/sig_example.png]
+
+Each method explains the predicted class with raw (unnormalized) attributions;
+`lit_sig.plot` scales each row by its own max |salience|.
+"""
+
+import argparse
+import pathlib
+from collections.abc import Sequence
+
+import lit_sig
+from lit_sig import interpreters, models
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SENTENCE = "This is not a bad movie at all."
+METHODS = {
+    "SIG": lit_sig.SequentialIntegratedGradients,
+    "IG": lit_sig.IntegratedGradients,
+    "Gradient · input": lit_sig.GradientDotInput,
+    "Gradient norm": lit_sig.GradientNorm,
+}
+CLASS_NAMES = {"0": "negative", "1": "positive"}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sentence", default=SENTENCE)
+    parser.add_argument("--steps", type=int, default=interpreters.DEFAULT_STEPS, help="IG and SIG interpolation steps.")
+    parser.add_argument("--out", default=str(REPO / "docs" / "sig_example.png"))
+    args = parser.parse_args(argv)
+
+    model = models.minilm_sst2(device="cpu")
+    output = model.predict([{"sentence": args.sentence}])[0]
+    predicted = output["label"]
+    example = {"sentence": args.sentence, "label": predicted}
+    saliences = {}
+    for name, method in METHODS.items():
+        config = {interpreters.NORMALIZATION_KEY: False}
+        if issubclass(method, (lit_sig.IntegratedGradients, lit_sig.SequentialIntegratedGradients)):
+            config[interpreters.INTERPOLATION_KEY] = args.steps
+        result = method().run([example], model, config=config)[0]
+        tokens = result["token_grad_sentence"].tokens
+        saliences[name] = result["token_grad_sentence"].salience
+        if interpreters.COMPLETENESS_KEY in result:
+            print(f"{name}: completeness delta {result[interpreters.COMPLETENESS_KEY]:+.2e}")
+    probability = float(output["probas"][model.labels.index(predicted)])
+    title = f"“{args.sentence}” → {CLASS_NAMES[predicted]} (p = {probability:.2f})"
+    fig = lit_sig.plot(tokens, saliences, title=title)
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150)
+    print(f"Wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The data set explainer CLI: rows, formats, resuming, flag errors, and Ray."""
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from lit_sig import explain, interpreters, models
+from tests.conftest import tiny_bert
+
+SENTENCES = [
+    ("a charming and often affecting journey .", "1"),
+    ("bad", "0"),
+    ("the acting , costumes , music and sound are all astounding .", "1"),
+    ("unflinchingly bleak and desperate", "0"),
+    ("it is not a good movie", "0"),
+    ("<script>alert(1)</script> works", "1"),
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer) -> pathlib.Path:
+    """A tiny random BERT and the MiniLM tokenizer, saved for from_pretrained."""
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tiny_bert().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("data") / "dev.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in SENTENCES))
+    return path
+
+
+def run(data: pathlib.Path, model_dir: pathlib.Path, out: pathlib.Path, *flags: str) -> list[dict]:
+    explain.main(["--data", str(data), "--model", str(model_dir), "--out", str(out), "--batch_size", "2", *flags])
+    return explain.read_rows(out)
+
+
+@pytest.mark.parametrize("method", list(explain.METHODS))
+def test_rows_equal_the_interpreter_on_each_example(data, model_dir, tmp_path, tokenizer, method):
+    rows = run(data, model_dir, tmp_path / "out.jsonl", "--method", method, "--steps", "4")
+    assert [r["id"] for r in rows] == list(range(len(SENTENCES)))
+    assert not explain.partial_path(tmp_path / "out.jsonl").exists()
+    model = models.HFSequenceClassifier.from_pretrained(str(model_dir), device="cpu")
+    config = {interpreters.NORMALIZATION_KEY: False}
+    if method in explain.PATH_METHODS:
+        config[interpreters.INTERPOLATION_KEY] = 4
+    for row, (sentence, label) in zip(rows, SENTENCES):
+        assert (row["sentence"], row["label"]) == (sentence, label)
+        assert row["tokens"] == tokenizer.tokenize(sentence)
+        assert row["predicted"] == ["0", "1"][int(np.argmax(row["probas"]))]
+        alone = explain.METHODS[method]().run(
+            [{"sentence": sentence, "label": row["predicted"]}], model, None, config=config
+        )[0]
+        np.testing.assert_allclose(row["salience"], alone["token_grad_sentence"].salience, rtol=1e-4, atol=1e-6)
+        if method in explain.PATH_METHODS:
+            assert row["completeness_delta"] == pytest.approx(alone["completeness_delta"], rel=1e-3, abs=1e-5)
+            assert (row["steps"], row["baseline"]) == (4, "mask")
+        else:
+            assert row["completeness_delta"] is None and row["steps"] is None
+
+
+def test_parquet_equals_jsonl_and_target_label_explains_gold(data, model_dir, tmp_path):
+    jsonl = run(data, model_dir, tmp_path / "out.jsonl", "--method", "ig", "--steps", "3")
+    parquet = run(data, model_dir, tmp_path / "out.parquet", "--method", "ig", "--steps", "3")
+    assert parquet == jsonl
+    gold = run(data, model_dir, tmp_path / "gold.jsonl", "--method", "ig", "--steps", "3", "--target", "label")
+    for row, gold_row in zip(jsonl, gold):
+        assert gold_row["target"] == "label" and gold_row["probas"] == row["probas"]
+        if row["label"] != row["predicted"]:  # The other class has other gradients.
+            assert not np.allclose(gold_row["salience"], row["salience"])
+        else:
+            np.testing.assert_allclose(gold_row["salience"], row["salience"], rtol=1e-6)
+
+
+def test_normalize_flag_scales_rows(data, model_dir, tmp_path):
+    rows = run(data, model_dir, tmp_path / "out.jsonl", "--method", "grad_norm", "--normalize")
+    for row in rows:
+        assert sum(abs(s) for s in row["salience"]) == pytest.approx(1.0)
+        assert row["normalize"] is True
+
+
+def explained_sentences(monkeypatch) -> list[str]:
+    """Records the sentences that the model predicts without replaced embeddings."""
+    seen: list[str] = []
+    predict = models.HFSequenceClassifier.predict
+
+    def recording_predict(self, inputs, **kw):
+        inputs = list(inputs)
+        seen.extend(x["sentence"] for x in inputs if "input_embs_sentence" not in x)
+        return predict(self, inputs, **kw)
+
+    monkeypatch.setattr(models.HFSequenceClassifier, "predict", recording_predict)
+    return seen
+
+
+def test_resume_skips_rows_already_in_the_output(data, model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out.parquet"
+    first = run(data, model_dir, out, "--method", "grad_dot_input", "--limit", "3")
+    assert [r["id"] for r in first] == [0, 1, 2]
+    # Mark row 1: a recomputed row would lose the mark.
+    first[1]["salience"] = [123.0] * len(first[1]["salience"])
+    explain._write_atomically(first, out)
+
+    seen = explained_sentences(monkeypatch)
+    rows = run(data, model_dir, out, "--method", "grad_dot_input")
+    assert sorted(seen) == sorted(s for s, _ in SENTENCES[3:])
+    assert [r["id"] for r in rows] == list(range(len(SENTENCES)))
+    assert rows[:3] == first
+
+    seen.clear()
+    assert run(data, model_dir, out, "--method", "grad_dot_input") == rows
+    assert seen == []
+
+
+def test_a_crash_leaves_no_output_and_the_rerun_finishes(data, model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out.jsonl"
+    expected = run(data, model_dir, tmp_path / "expected.jsonl", "--method", "sig", "--steps", "2")
+    calls = []
+    explain_batch = explain.Explainer.explain
+
+    def crash_on_second_batch(self, examples):
+        calls.append(len(examples))
+        if len(calls) == 2:
+            raise RuntimeError("power cut")
+        return explain_batch(self, examples)
+
+    monkeypatch.setattr(explain.Explainer, "explain", crash_on_second_batch)
+    with pytest.raises(RuntimeError, match="power cut"):
+        run(data, model_dir, out, "--method", "sig", "--steps", "2")
+    monkeypatch.undo()
+    partial = explain.partial_path(out)
+    assert not out.exists() and list(tmp_path.glob("*.tmp")) == []
+    finished = explain.read_rows(partial)
+    assert len(finished) == 2
+    with partial.open("a") as f:  # A row cut off mid-write.
+        f.write('{"id": 5, "sentence": "<scr')
+
+    seen = explained_sentences(monkeypatch)
+    rows = run(data, model_dir, out, "--method", "sig", "--steps", "2")
+    assert len(seen) == len(SENTENCES) - 2 and not {r["sentence"] for r in finished} & set(seen)
+    assert not partial.exists()
+    assert [r["id"] for r in rows] == [r["id"] for r in expected]
+    for row, want in zip(rows, expected):
+        np.testing.assert_allclose(row["salience"], want["salience"], rtol=1e-5, atol=1e-7)
+
+
+def test_resume_with_other_settings_is_refused(data, model_dir, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    run(data, model_dir, out, "--method", "ig", "--steps", "2", "--limit", "2")
+    with pytest.raises(SystemExit) as exit_info:
+        run(data, model_dir, out, "--method", "ig", "--steps", "3")
+    assert exit_info.value.code == 2
+    assert "resume with the same flags" in capsys.readouterr().err
+
+
+def test_jsonl_data_with_a_text_field(model_dir, tmp_path):
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps({"review": s}) + "\n\n" for s, _ in SENTENCES[:3]))
+    rows = run(data, model_dir, tmp_path / "out.jsonl", "--method", "grad_norm", "--text_field", "review")
+    assert [r["sentence"] for r in rows] == [s for s, _ in SENTENCES[:3]]
+    assert all(r["label"] is None for r in rows)
+
+
+def test_batches_are_sorted_longest_first(tokenizer):
+    examples = [{"id": i, "sentence": s, "label": None} for i, (s, _) in enumerate(SENTENCES)]
+    batches = explain.length_batches(examples, tokenizer, 4)
+    assert [len(b) for b in batches] == [4, 2]
+    lengths = [len(tokenizer.tokenize(e["sentence"])) for b in batches for e in b]
+    assert lengths == sorted(lengths, reverse=True)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--method", "shap"], "choose from 'sig', 'ig', 'grad_norm', 'grad_dot_input'"),
+        (["--baseline", "unk"], "choose from 'mask', 'pad', 'zero'"),
+        (["--target", "gold"], "choose from 'predicted', 'label'"),
+        (["--out", "out.csv"], "accepted: .parquet, .jsonl"),
+        (["--steps", "0"], "--steps"),
+        (["--device", "tpu0"], "accepted: cpu, cuda, cuda:N, mps"),
+        (["--labels", "positive"], "two or more distinct"),
+        (["--batch_size", "0"], "--batch_size must be a positive integer"),
+        (["--data", "dev.csv"], "accepted: .tsv, .jsonl"),
+        (["--model", "/nonexistent/model"], "can't load its tokenizer"),
+        (["--text_field", "review"], "GLUE TSV files always use 'sentence'"),
+    ],
+)
+def test_bad_flags_exit_2_naming_what_is_accepted(data, model_dir, tmp_path, capsys, flags, message):
+    argv = ["--data", str(data), "--model", str(model_dir), "--out", str(tmp_path / "out.jsonl")]
+    for flag, value in zip(flags[::2], flags[1::2]):
+        if flag in ("--data", "--out"):
+            value = str(tmp_path / value)
+        argv += [flag, value]
+    with pytest.raises(SystemExit) as exit_info:
+        explain.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_ray_flag_without_ray_installed(data, model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError.
+    with pytest.raises(SystemExit) as exit_info:
+        run(data, model_dir, tmp_path / "out.jsonl", "--ray", "local")
+    assert exit_info.value.code == 2
+    assert "pip install 'lit_sig[ray]'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs lit_sig[ray]")
+def test_ray_output_equals_local_output(data, model_dir, tmp_path):
+    flags = ("--method", "sig", "--steps", "3", "--device", "cpu")
+    local = run(data, model_dir, tmp_path / "local.parquet", *flags)
+    on_ray = run(data, model_dir, tmp_path / "ray.parquet", *flags, "--ray", "local", "--ray_workers", "2")
+    assert on_ray == local  # Same batches, same model: the same numbers, bit for bit.
