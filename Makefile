@@ -14,6 +14,10 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 install: $(STAMP)
+	# Debian packages: Chromium for the browser test, fonts for the offline LIT UI.
+	@pkgs="chromium chromium-driver fonts-material-design-icons-iconfont fonts-roboto-fontface"; \
+	dpkg -s $$pkgs >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs; }
 
 demo: install
 	$(PY) -m demos.glue_demo $(ARGS)

@@ -151,7 +151,7 @@ class _GradientInterpreter(lit_components.Interpreter):
         return bool(find_grad_fields(model, need_input_embs=False))
 
     def config_spec(self) -> lit_types.Spec:
-        return {NORMALIZATION_KEY: lit_types.Boolean(default=self._normalize)}
+        return {NORMALIZATION_KEY: lit_types.Boolean(required=False, default=self._normalize)}
 
     def meta_spec(self) -> lit_types.Spec:
         return {"saliency": lit_types.TokenSalience(autorun=self._autorun, signed=self.signed)}
@@ -208,8 +208,16 @@ class _PathInterpreter(lit_components.Interpreter):
         normalize: bool = True,
         adaptive_steps: bool = False,
         tolerance: float = adaptive.DEFAULT_TOLERANCE,
+        report_completeness: bool = True,
     ):
+        """Defaults of the config keys, and whether results carry `completeness_delta`.
+
+        LIT 1.3's salience module draws every key of a result as token
+        salience, so servers pass `report_completeness=False`; the delta is
+        then logged instead.
+        """
         self._autorun = autorun
+        self._report_completeness = report_completeness
         self._defaults = {
             CLASS_KEY: class_key,
             INTERPOLATION_KEY: interpolation_steps,
@@ -265,25 +273,26 @@ class _PathInterpreter(lit_components.Interpreter):
     def config_spec(self) -> lit_types.Spec:
         d = self._defaults
         return {
-            CLASS_KEY: lit_types.TextSegment(default=d[CLASS_KEY]),
+            CLASS_KEY: lit_types.TextSegment(required=False, default=d[CLASS_KEY]),
             INTERPOLATION_KEY: lit_types.Scalar(
-                min_val=quadrature.MIN_STEPS, max_val=quadrature.MAX_STEPS,
+                required=False, min_val=quadrature.MIN_STEPS, max_val=quadrature.MAX_STEPS,
                 default=d[INTERPOLATION_KEY], step=1,
             ),
-            METHOD_KEY: lit_types.CategoryLabel(vocab=list(quadrature.METHODS), default=d[METHOD_KEY]),
-            BASELINE_KEY: lit_types.CategoryLabel(vocab=list(BASELINES), default=d[BASELINE_KEY]),
-            NORMALIZATION_KEY: lit_types.Boolean(default=d[NORMALIZATION_KEY]),
-            ADAPTIVE_KEY: lit_types.Boolean(default=d[ADAPTIVE_KEY]),
+            METHOD_KEY: lit_types.CategoryLabel(
+                required=False, vocab=list(quadrature.METHODS), default=d[METHOD_KEY]),
+            BASELINE_KEY: lit_types.CategoryLabel(required=False, vocab=list(BASELINES), default=d[BASELINE_KEY]),
+            NORMALIZATION_KEY: lit_types.Boolean(required=False, default=d[NORMALIZATION_KEY]),
+            ADAPTIVE_KEY: lit_types.Boolean(required=False, default=d[ADAPTIVE_KEY]),
             TOLERANCE_KEY: lit_types.Scalar(
-                min_val=MIN_TOLERANCE, max_val=MAX_TOLERANCE, default=d[TOLERANCE_KEY]
+                required=False, min_val=MIN_TOLERANCE, max_val=MAX_TOLERANCE, default=d[TOLERANCE_KEY]
             ),
         }
 
     def meta_spec(self) -> lit_types.Spec:
-        return {
-            "saliency": lit_types.TokenSalience(autorun=self._autorun, signed=True),
-            COMPLETENESS_KEY: lit_types.Scalar(),
-        }
+        spec: lit_types.Spec = {"saliency": lit_types.TokenSalience(autorun=self._autorun, signed=True)}
+        if self._report_completeness:
+            spec[COMPLETENESS_KEY] = lit_types.Scalar()
+        return spec
 
     def is_compatible(self, model: lit_model.Model, dataset: lit_dataset.Dataset) -> bool:
         del dataset
@@ -383,7 +392,11 @@ class _PathInterpreter(lit_components.Interpreter):
         result = self._attribute(x, baseline, movable, grad_fn, settings)
         scores = result.attributions.sum(-1).numpy()  # [T]
         salience = _scores_to_salience(fields, output, scores, settings.normalize)
-        salience[COMPLETENESS_KEY] = result.completeness_delta
+        if self._report_completeness:
+            salience[COMPLETENESS_KEY] = result.completeness_delta
+        else:
+            logging.info("%s completeness delta %.3g over %d rows.", type(self).__name__,
+                         result.completeness_delta, result.num_rows)
         return salience
 
 

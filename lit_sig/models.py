@@ -129,6 +129,13 @@ class HFSequenceClassifier(lit_model.BatchedModel):
     ) -> "HFSequenceClassifier":
         """Loads a classifier and its tokenizer by Hugging Face name or local path."""
         num_labels = len(labels) if labels is not None else 1
+        config = transformers.AutoConfig.from_pretrained(name_or_path)
+        has_head = any(a.endswith("ForSequenceClassification") for a in config.architectures or ())
+        if has_head and config.num_labels != num_labels:
+            raise ValueError(
+                f"{name_or_path} has a {config.num_labels}-class head but labels={labels!r} names"
+                f" {num_labels}; give {config.num_labels} class names in logit order."
+            )
         tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
             name_or_path, num_labels=num_labels

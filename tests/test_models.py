@@ -205,3 +205,12 @@ def test_bad_constructor_arguments(tokenizer):
         models.HFSequenceClassifier(tiny_bert(), tokenizer, grad_wrt="loss")
     with pytest.raises(ValueError, match="2 outputs"):
         models.HFSequenceClassifier(tiny_bert(), tokenizer, labels=["a", "b", "c"])
+
+
+def test_from_pretrained_loads_a_local_checkpoint_and_checks_labels(tmp_path, tokenizer):
+    tiny_bert(num_labels=3).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = models.HFSequenceClassifier.from_pretrained(str(tmp_path), labels=["a", "b", "c"], device="cpu")
+    assert model.predict([{"sentence": "fine"}])[0]["probas"].shape == (3,)
+    with pytest.raises(ValueError, match="3-class head but labels=.* names 2"):
+        models.HFSequenceClassifier.from_pretrained(str(tmp_path), labels=["0", "1"], device="cpu")

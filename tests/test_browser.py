@@ -1,0 +1,121 @@
+"""The demo's web UI in headless Chromium: SIG from the salience module, icons, offline.
+
+Needs Debian's chromium (`make install` installs it); Playwright drives it.
+The page may not reach any host but the demo's: its fonts are served locally.
+"""
+
+import json
+import pathlib
+import shutil
+import urllib.parse
+from collections.abc import Iterator
+
+import pytest
+from playwright import sync_api
+
+from tests.test_server import DATASET, MODEL, call_ok, running_demo
+
+CHROMIUM = pathlib.Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+VIEWPORT = {"width": 1440, "height": 900}
+SCREENSHOT_COPY = pathlib.Path("/tmp/lit_sig_screenshot.png")
+SIG_ROW = 'div.method-row[id="sequential integrated gradients"]'
+TIMEOUT_MS = 120_000
+SIG_TIMEOUT_MS = 60_000
+WHITE_OR_NONE = ("rgba(0, 0, 0, 0)", "rgb(255, 255, 255)", "transparent")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Iterator[str]:
+    with running_demo(tmp_path_factory.mktemp("demo") / "server.log") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[sync_api.Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make install`, which installs Debian's chromium and chromium-driver.")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def offline_page(browser, demo) -> Iterator[tuple[sync_api.Page, list[str], list[str]]]:
+    """A page that may load from the demo only; yields it, the other URLs it asked for, its console errors."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    demo_host = urllib.parse.urlsplit(demo).netloc
+    elsewhere: list[str] = []
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+
+    def only_the_demo(route: sync_api.Route) -> None:
+        if urllib.parse.urlsplit(route.request.url).netloc == demo_host:
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_demo)
+    yield page, elsewhere, errors
+    context.close()
+
+
+def icon_width_ratio(locator: sync_api.Locator) -> float:
+    """Width over height of an icon's box: about 1 for a glyph, several for its name as text."""
+    box = locator.bounding_box()
+    assert box is not None and box["height"] > 0
+    return box["width"] / box["height"]
+
+
+def test_sig_from_the_salience_module(offline_page, demo, tmp_path):
+    page, elsewhere, errors = offline_page
+    example = call_ok(demo, "/get_dataset", {"dataset_name": DATASET})[0]
+    sentence = example["data"]["sentence"]
+    tokens = call_ok(demo, "/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"inputs": [example["id"]]})[0][
+        "tokens_sentence"
+    ]
+
+    page.goto(demo + "/")
+    row = page.get_by_text(sentence, exact=True).first
+    row.wait_for()
+    page.keyboard.press("Escape")  # Closes the welcome tour, if it shows.
+    row.click()
+
+    sig = page.locator(SIG_ROW)
+    sig.locator(".expansion-label").click()  # Expanding a method runs it.
+    chips = sig.locator(".salient-token")
+    try:
+        chips.first.wait_for(timeout=SIG_TIMEOUT_MS)
+    except sync_api.TimeoutError:
+        pytest.fail(f"No SIG salience in the salience module; console errors: {json.dumps(errors, indent=1)}")
+    sig.locator("lit-spinner").wait_for(state="detached")
+    sig.scroll_into_view_if_needed()  # Within the salience module.
+    screenshot = tmp_path / "lit_sig_sig.png"
+    page.screenshot(path=screenshot)
+    shutil.copyfile(screenshot, SCREENSHOT_COPY)
+
+    assert [text.strip() for text in chips.locator("span.pre-wrap").all_inner_texts()] == tokens
+    colours = [chip.evaluate("el => getComputedStyle(el).backgroundColor") for chip in chips.all()]
+    coloured = [c for c in colours if c not in WHITE_OR_NONE]
+    assert len(coloured) >= len(colours) / 2, colours
+
+    statuses = page.evaluate(
+        """async () => {
+            await document.fonts.ready;
+            return [...document.fonts].map(f => [f.family.replace(/["']/g, ''), f.status]);
+        }"""
+    )
+    assert ["Material Icons", "loaded"] in statuses, statuses
+    assert ["Roboto", "loaded"] in statuses, statuses
+    assert icon_width_ratio(sig.locator("mwc-icon.min-button")) < 1.5  # "expand_less"
+    assert icon_width_ratio(page.locator("span.material-icon-outlined", has_text="smart_toy").first) < 1.5
+    module = page.locator("salience-map-module").first.bounding_box()
+    assert module["y"] + module["height"] <= VIEWPORT["height"], "the salience module is not on the first screen"
+    assert not elsewhere, f"the page asked for other hosts: {json.dumps(elsewhere)}"
