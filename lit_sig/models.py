@@ -74,6 +74,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         text_fields: Sequence[str] = ("sentence",),
         device: str | torch.device | None = None,
         max_minibatch_size: int = 32,
+        max_minibatch_tokens: int = 4096,
         max_length: int | None = None,
         grad_wrt: str = "logit",
         output_attention: bool = False,
@@ -87,6 +88,8 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             text_fields: one segment name, or two for sentence pairs.
             device: torch device; None picks CUDA when available.
             max_minibatch_size: examples per forward/backward pass.
+            max_minibatch_tokens: padded tokens per pass (bounds memory on long
+                inputs; a single input longer than this still runs alone).
             max_length: longest token sequence; longer inputs are truncated
                 (with a warning and `truncated` set in the output). Defaults to
                 the model's maximum.
@@ -99,8 +102,11 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             raise ValueError(f"text_fields must name 1 or 2 segments, got {text_fields!r}.")
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("HFSequenceClassifier needs a fast (Rust) tokenizer.")
-        if max_minibatch_size < 1:
-            raise ValueError(f"max_minibatch_size must be >= 1, got {max_minibatch_size}.")
+        if max_minibatch_size < 1 or max_minibatch_tokens < 1:
+            raise ValueError(
+                f"max_minibatch_size and max_minibatch_tokens must be >= 1, got"
+                f" {max_minibatch_size} and {max_minibatch_tokens}."
+            )
         self.device = torch.device(device or default_device())
         self.model = model.to(self.device).eval()
         if output_attention and hasattr(model, "set_attn_implementation"):
@@ -111,6 +117,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         self.grad_wrt = grad_wrt
         self.output_attention = output_attention
         self._max_minibatch_size = max_minibatch_size
+        self._max_minibatch_tokens = max_minibatch_tokens
         model_max = getattr(model.config, "max_position_embeddings", None) or 512
         self.max_length = min(max_length or model_max, model_max)
         self._embedding = model.get_input_embeddings()
@@ -214,9 +221,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         encodings = [self._encode(self._texts(ex)) for ex in inputs]
         order = sorted(range(len(inputs)), key=lambda i: len(encodings[i].input_ids))
         outputs: list[lit_types.JsonDict | None] = [None] * len(inputs)
-        size = self._max_minibatch_size
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
+        for chunk in self._minibatches(order, [len(encodings[i].input_ids) for i in order]):
             results = self._predict_with_backoff(
                 [inputs[i] for i in chunk], [encodings[i] for i in chunk]
             )
@@ -225,6 +230,21 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         return outputs
 
     # Internals.
+
+    def _minibatches(self, order: list[int], lengths: list[int]) -> Iterable[list[int]]:
+        """Splits `order` (sorted by `lengths`, ascending) into minibatches of at most
+        `max_minibatch_size` inputs and `max_minibatch_tokens` padded tokens."""
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while (
+                end < len(order)
+                and end - start < self._max_minibatch_size
+                and (end + 1 - start) * lengths[end] <= self._max_minibatch_tokens
+            ):
+                end += 1
+            yield order[start:end]
+            start = end
 
     def _texts(self, example: lit_types.JsonDict) -> tuple[str, ...]:
         texts = []

@@ -214,3 +214,22 @@ def test_from_pretrained_loads_a_local_checkpoint_and_checks_labels(tmp_path, to
     assert model.predict([{"sentence": "fine"}])[0]["probas"].shape == (3,)
     with pytest.raises(ValueError, match="3-class head but labels=.* names 2"):
         models.HFSequenceClassifier.from_pretrained(str(tmp_path), labels=["0", "1"], device="cpu")
+
+
+def test_minibatches_are_bounded_by_padded_tokens(tokenizer, monkeypatch):
+    model = models.HFSequenceClassifier(
+        tiny_bert(), tokenizer, device="cpu", max_minibatch_size=8, max_minibatch_tokens=24
+    )
+    real = model._forward_backward
+    shapes = []
+
+    def recording(inputs, encodings):
+        shapes.append((len(inputs), max(len(e.input_ids) for e in encodings)))
+        return real(inputs, encodings)
+
+    monkeypatch.setattr(model, "_forward_backward", recording)
+    short, long = "good", "a rather long sentence that has many more word pieces"
+    outs = model.predict([{"sentence": long}, {"sentence": short}] * 4)
+    assert all(n * length <= 24 or n == 1 for n, length in shapes)
+    assert sum(n for n, _ in shapes) == 8 and shapes[0] == (4, 3)  # The four short ones together.
+    np.testing.assert_allclose(outs[0]["probas"], tiny_model_probas(tokenizer, model.model, long), atol=1e-5)
