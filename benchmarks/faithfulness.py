@@ -25,11 +25,13 @@ from lit_nlp.api import components as lit_components
 from lit_nlp.components import gradient_maps
 
 import lit_sig
+from benchmarks.common import CountingModel
 from lit_sig import datasets, interpreters, models, storage
 
 TOP_FRACTION = 0.2
 METRICS = ("log_odds", "comprehensiveness", "sufficiency")
-Ranker = Callable[[models.HFSequenceClassifier, dict, str, int], np.ndarray]
+# (model, example, class, steps) -> (token scores [T], completeness delta or None)
+Ranker = Callable[[models.HFSequenceClassifier, dict, str, int], tuple[np.ndarray, float | None]]
 
 
 def _lit_sig_ranker(interpreter: lit_components.Interpreter, **config) -> Ranker:
@@ -40,7 +42,8 @@ def _lit_sig_ranker(interpreter: lit_components.Interpreter, **config) -> Ranker
             settings[interpreters.BASELINE_KEY] = "mask"
             settings[interpreters.CLASS_KEY] = label
         result = interpreter.run([example], model, None, config={interpreters.NORMALIZATION_KEY: False, **settings})
-        return np.asarray(result[0]["token_grad_sentence"].salience)
+        delta = result[0].get(interpreters.COMPLETENESS_KEY)
+        return np.asarray(result[0]["token_grad_sentence"].salience), None if delta is None else abs(delta)
     return rank
 
 
@@ -48,14 +51,14 @@ def _lit_ig(model, example, label, steps):
     interpreter = gradient_maps.IntegratedGradients()
     config = {gradient_maps.INTERPOLATION_KEY: steps, gradient_maps.NORMALIZATION_KEY: False,
               gradient_maps.CLASS_KEY: label}
-    return np.asarray(interpreter.run([example], model, None, config=config)[0]["token_grad_sentence"].salience)
+    return np.asarray(interpreter.run([example], model, None, config=config)[0]["token_grad_sentence"].salience), None
 
 
 def _random(model, example, label, steps):
     """The control: a ranking seeded by the sentence, the same in every run."""
     del label, steps
     num_tokens = len(model.tokenizer.tokenize(example["sentence"]))
-    return np.random.default_rng(zlib.crc32(example["sentence"].encode("utf-8"))).random(num_tokens)
+    return np.random.default_rng(zlib.crc32(example["sentence"].encode("utf-8"))).random(num_tokens), None
 
 
 METHODS: dict[str, Ranker] = {
@@ -120,11 +123,13 @@ def run(args: argparse.Namespace, model: models.HFSequenceClassifier) -> dict:
         c = model.labels.index(label)
         word_ids = model.tokenizer.convert_tokens_to_ids(output["tokens_sentence"])
         query = {"sentence": example["sentence"], "label": label}
+        counting = CountingModel(model)
         started = time.perf_counter()
-        scores = METHODS[method](model, query, label, args.steps)
+        scores, delta = METHODS[method](counting, query, label, args.steps)
         seconds = time.perf_counter() - started
         assert scores.shape == (len(word_ids),), (method, scores.shape)
-        record = {"index": i, "method": method, "seconds": seconds, "correct": label == example["label"],
+        record = {"index": i, "method": method, "seconds": seconds, "rows": counting.rows,
+                  "completeness_delta": delta, "correct": label == example["label"],
                   **faithfulness(model, word_ids, scores, c, float(output["probas"][c]))}
         storage.append_jsonl(cache, [record])
         done[(i, method)] = record
@@ -138,15 +143,22 @@ def summarize(done: dict, n: int, methods: list[str], steps: int) -> dict:
         records = [done[(i, m)] for i in range(n)]
         summary["methods"][m] = {k: float(np.mean([r[k] for r in records])) for k in METRICS}
         summary["methods"][m]["seconds"] = float(sum(r["seconds"] for r in records))
+        summary["methods"][m]["rows"] = int(sum(r["rows"] for r in records))
+        deltas = [r["completeness_delta"] for r in records if r["completeness_delta"] is not None]
+        if deltas:
+            summary["methods"][m]["max_completeness_delta"] = float(np.max(deltas))
+            summary["methods"][m]["median_completeness_delta"] = float(np.median(deltas))
     return summary
 
 
 def markdown(summary: dict) -> str:
     lines = [f"n = {summary['n_examples']}, steps = {summary['steps']}, accuracy = {summary['accuracy']:.3f}", "",
-             "| method | log-odds ↓ | comprehensiveness ↑ | sufficiency ↓ | seconds |", "|---|---|---|---|---|"]
+             "| method | log-odds ↓ | comprehensiveness ↑ | sufficiency ↓ | passes | max completeness error | seconds |",
+             "|---|---|---|---|---|---|---|"]
     for name, m in summary["methods"].items():
+        delta = f"{m['max_completeness_delta']:.1e}" if "max_completeness_delta" in m else ""
         lines.append(f"| {name} | {m['log_odds']:.3f} | {m['comprehensiveness']:.3f} | {m['sufficiency']:.3f} "
-                     f"| {m['seconds']:.0f} |")
+                     f"| {m['rows']} | {delta} | {m['seconds']:.0f} |")
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ import time
 import torch
 
 import lit_sig
+from benchmarks.common import CountingModel
 from lit_sig import interpreters, models, storage
 
 METHODS = {
@@ -37,21 +38,6 @@ def sentence(model: models.HFSequenceClassifier, num_tokens: int) -> str:
     text = " ".join(WORDS[i % len(WORDS)] for i in range(num_tokens))
     assert len(model.tokenizer.tokenize(text)) == num_tokens
     return text
-
-
-class CountingModel:
-    """Counts the rows a model is asked to predict, passing everything through."""
-
-    def __init__(self, model: models.HFSequenceClassifier):
-        self.model, self.rows = model, 0
-
-    def predict(self, inputs, **kw):
-        inputs = list(inputs)
-        self.rows += len(inputs)
-        return self.model.predict(inputs, **kw)
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
 
 
 def explain(model: models.HFSequenceClassifier, method: str, text: str, config: dict) -> tuple[float, int, float]:

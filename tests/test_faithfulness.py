@@ -44,14 +44,19 @@ def test_runs_all_methods_and_resumes_without_redoing_work(tiny_model, data_file
     assert summary["n_examples"] == 3 and set(summary["methods"]) == set(faithfulness.METHODS)
     for metrics in summary["methods"].values():
         assert all(np.isfinite(metrics[k]) for k in faithfulness.METRICS)
+    sig = summary["methods"]["sequential_integrated_gradients"]
+    num_tokens = [len(tiny_model.tokenizer.tokenize(s)) for s, _ in datasets.BUILTIN_SENTENCES[:3]]
+    assert sig["rows"] == sum(1 + T * 3 + T + 1 for T in num_tokens)  # predict, T x n, endpoints
+    assert sig["max_completeness_delta"] >= sig["median_completeness_delta"] >= 0
+    assert "max_completeness_delta" not in summary["methods"]["grad_norm"]
     cache = tmp_path / "cache.jsonl"
     lines = cache.read_text().splitlines()
     assert len(lines) == 3 * len(faithfulness.METHODS)
     # Interrupted mid-write: the last record is torn; only it is redone.
     cache.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
     calls = []
-    monkeypatch.setitem(faithfulness.METHODS, "random", lambda *a: calls.append(a) or np.zeros(len(
-        tiny_model.tokenizer.tokenize(a[1]["sentence"]))))
+    monkeypatch.setitem(faithfulness.METHODS, "random", lambda *a: calls.append(a) or (np.zeros(len(
+        tiny_model.tokenizer.tokenize(a[1]["sentence"]))), None))
     again = faithfulness.run(args(data_file, tmp_path), tiny_model)
     redone = json.loads(cache.read_text().splitlines()[-1])
     assert (redone["index"], redone["method"]) == (2, "random") and len(calls) == 1
