@@ -5,12 +5,13 @@ one-dimensional, f(a) = dF/da, so for any panel [lo, hi] of the path the exact
 integral is known from two scores: F(row at hi) - F(row at lo). Panels use
 Gauss-Lobatto nodes, whose endpoints are nodes too, so every panel's quadrature
 error is measured exactly (up to float rounding) from rows the rule evaluates
-anyway. Each group starts with one panel; while the sum of its panels' |errors|
-exceeds the tolerance, its worst panel is halved (the halves reuse its
+anyway. The panel errors of a group add up to its completeness delta, the
+same check as the fixed-step methods': F(x) - F(x with the group at its
+baseline) - sum of the group's attributions, which is also the exact error of
+the group's summed salience. Each group starts with one panel; while
+|delta| exceeds the tolerance, its worst panel is halved (the halves reuse its
 endpoints and midpoint). All groups' new rows of a round go to the model
-together. The reported completeness deltas are the same checks as the
-fixed-step methods': F(x) - F(x with the group at its baseline) - sum of the
-group's attributions; each is at most the tolerance unless `max_rounds` ran out.
+together. Every |delta| ends at most the tolerance unless `max_rounds` ran out.
 
 On BERT-like models f has narrow spikes at places that differ from token to
 token: low-order panels refined where the error is beat high-order rules there
@@ -25,7 +26,7 @@ import torch
 from lit_sig.core import attribution
 from lit_sig.core import quadrature
 
-DEFAULT_TOLERANCE = 2e-4  # In units of the explained score (a logit by default).
+DEFAULT_TOLERANCE = 1e-4  # In units of the explained score (a logit by default).
 DEFAULT_POINTS = 3  # Lobatto nodes per panel: Simpson's rule, exact to degree 3.
 DEFAULT_MAX_ROUNDS = 64  # At most 1 + 2 * 64 rows per group beyond the endpoints.
 
@@ -48,14 +49,14 @@ def adaptive_path_attribution(
     max_rounds: int = DEFAULT_MAX_ROUNDS,
     max_elements: int = attribution.DEFAULT_MAX_ELEMENTS,
 ) -> attribution.PathAttribution:
-    """Path attribution refined per group until its summed |panel errors| <= `tolerance`.
+    """Path attribution refined per group until its |completeness delta| <= `tolerance`.
 
     Args:
         x: `[T, D]` input embeddings.
         baseline: `[T, D]` baseline embeddings.
         groups: `[G, T]` bool, which tokens move together (disjoint groups).
         grad_fn: the model, see `attribution.GradFn`.
-        tolerance: per-group bound on the summed |panel errors|, in units of F.
+        tolerance: per-group bound on |completeness delta|, in units of F.
         points: Gauss-Lobatto nodes per panel (>= 3).
         max_rounds: refinement rounds at most; a group still above the
             tolerance then keeps its last estimate (its delta shows it).
@@ -109,7 +110,7 @@ def adaptive_path_attribution(
         worst = {
             g: max(range(len(ps)), key=lambda j: abs(ps[j].error))
             for g, ps in enumerate(panels)
-            if sum(abs(p.error) for p in ps) > tolerance
+            if abs(sum(p.error for p in ps)) > tolerance
         }
         if not worst:
             break
