@@ -22,6 +22,9 @@ _LABELS = flags.DEFINE_list("labels", ["0", "1"], "Class names of --model, in lo
 _DATA = flags.DEFINE_string("data", None, "GLUE-style TSV with a header and sentence, label columns (default: built-in sentences).")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Serve at most this many examples.", lower_bound=1)
 _DEVICE = flags.DEFINE_enum("device", None, list(server.DEVICES), "Where the model runs (default: cuda when available).")
+_PRECISION = flags.DEFINE_enum(
+    "precision", "float32", list(models.PRECISIONS), "Run the model under autocast at this precision (GPU)."
+)
 _ALLOW_LOADING = flags.DEFINE_bool("allow_loading", False, "Let the UI load new models and data sets.")
 _DATAPOINTS_DIR = flags.DEFINE_string(
     "datapoints_dir", None, "Folder where the UI may save and load datapoints (default: off)."
@@ -74,9 +77,11 @@ def main(argv: Sequence[str]) -> None:
     if _MODEL.value is None:
         if _LABELS.present:
             raise ValueError("--labels applies to --model only; the embedded model's classes are 0 and 1.")
-        model = models.minilm_sst2(_DEVICE.value)
+        model = models.minilm_sst2(_DEVICE.value, precision=_PRECISION.value)
     else:
-        model = models.HFSequenceClassifier.from_pretrained(_MODEL.value, labels=_LABELS.value, device=_DEVICE.value)
+        model = models.HFSequenceClassifier.from_pretrained(
+            _MODEL.value, labels=_LABELS.value, device=_DEVICE.value, precision=_PRECISION.value
+        )
     lit_models = {"sst2_minilm" if _MODEL.value is None else _MODEL.value: model}
     server.serve(
         lit_models,

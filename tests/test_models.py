@@ -233,3 +233,16 @@ def test_minibatches_are_bounded_by_padded_tokens(tokenizer, monkeypatch):
     assert all(n * length <= 24 or n == 1 for n, length in shapes)
     assert sum(n for n, _ in shapes) == 8 and shapes[0] == (4, 3)  # The four short ones together.
     np.testing.assert_allclose(outs[0]["probas"], tiny_model_probas(tokenizer, model.model, long), atol=1e-5)
+
+
+def test_reduced_precision_runs_and_bad_precision_is_rejected(tokenizer):
+    module = tiny_bert()
+    full = models.HFSequenceClassifier(module, tokenizer, device="cpu")
+    half = models.HFSequenceClassifier(module, tokenizer, device="cpu", precision="bfloat16")
+    example = {"sentence": "a fine film"}
+    a, b = full.predict([example])[0], half.predict([example])[0]
+    assert b["token_grad_sentence"].dtype == np.float32
+    np.testing.assert_allclose(b["probas"], a["probas"], atol=0.05)
+    assert not np.array_equal(b["probas"], a["probas"])  # It did run in bfloat16.
+    with pytest.raises(ValueError, match="accepted: \\['float32', 'bfloat16', 'float16'\\]"):
+        models.HFSequenceClassifier(module, tokenizer, device="cpu", precision="int8")
