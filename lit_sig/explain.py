@@ -19,6 +19,7 @@ the same as on one machine.
 
 import argparse
 import dataclasses
+import importlib
 import io
 import json
 import os
@@ -425,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise ValueError(f"--steps: {error}") from None
         if args.ray is not None:
             try:
-                import ray  # pylint: disable=import-outside-toplevel,unused-import
+                importlib.import_module("ray")
             except ImportError:
                 raise ValueError("--ray needs Ray: pip install 'lit_sig[ray]'.") from None
         if args.model == EMBEDDED_MODEL and not sst2_model.WEIGHTS_PATH.exists():

@@ -8,7 +8,7 @@ specs. See `lit_sig.protocol` for the optional extras they use.
 
 import dataclasses
 import math
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch

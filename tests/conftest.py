@@ -57,3 +57,12 @@ def minilm_model(tokenizer) -> models.HFSequenceClassifier:
 def sst2() -> models.HFSequenceClassifier:
     """The embedded SST-2 model, on the CPU."""
     return models.minilm_sst2("cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> pathlib.Path:
+    """`tiny_bert()` and the MiniLM tokenizer, saved for `from_pretrained`."""
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tiny_bert().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

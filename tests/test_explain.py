@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from lit_sig import explain, interpreters, models
-from tests.conftest import tiny_bert
 
 SENTENCES = [
     ("a charming and often affecting journey .", "1"),
@@ -22,32 +21,23 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer) -> pathlib.Path:
-    """A tiny random BERT and the MiniLM tokenizer, saved for from_pretrained."""
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tiny_bert().save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory) -> pathlib.Path:
     path = tmp_path_factory.mktemp("data") / "dev.tsv"
     path.write_text("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in SENTENCES))
     return path
 
 
-def run(data: pathlib.Path, model_dir: pathlib.Path, out: pathlib.Path, *flags: str) -> list[dict]:
-    explain.main(["--data", str(data), "--model", str(model_dir), "--out", str(out), "--batch_size", "2", *flags])
+def run(data: pathlib.Path, tiny_model_dir: pathlib.Path, out: pathlib.Path, *flags: str) -> list[dict]:
+    explain.main(["--data", str(data), "--model", str(tiny_model_dir), "--out", str(out), "--batch_size", "2", *flags])
     return explain.read_rows(out)
 
 
 @pytest.mark.parametrize("method", list(explain.METHODS))
-def test_rows_equal_the_interpreter_on_each_example(data, model_dir, tmp_path, tokenizer, method):
-    rows = run(data, model_dir, tmp_path / "out.jsonl", "--method", method, "--steps", "4")
+def test_rows_equal_the_interpreter_on_each_example(data, tiny_model_dir, tmp_path, tokenizer, method):
+    rows = run(data, tiny_model_dir, tmp_path / "out.jsonl", "--method", method, "--steps", "4")
     assert [r["id"] for r in rows] == list(range(len(SENTENCES)))
     assert not explain.partial_path(tmp_path / "out.jsonl").exists()
-    model = models.HFSequenceClassifier.from_pretrained(str(model_dir), device="cpu")
+    model = models.HFSequenceClassifier.from_pretrained(str(tiny_model_dir), device="cpu")
     config = {interpreters.NORMALIZATION_KEY: False}
     if method in explain.PATH_METHODS:
         config[interpreters.INTERPOLATION_KEY] = 4
@@ -66,11 +56,11 @@ def test_rows_equal_the_interpreter_on_each_example(data, model_dir, tmp_path, t
             assert row["completeness_delta"] is None and row["steps"] is None
 
 
-def test_parquet_equals_jsonl_and_target_label_explains_gold(data, model_dir, tmp_path):
-    jsonl = run(data, model_dir, tmp_path / "out.jsonl", "--method", "ig", "--steps", "3")
-    parquet = run(data, model_dir, tmp_path / "out.parquet", "--method", "ig", "--steps", "3")
+def test_parquet_equals_jsonl_and_target_label_explains_gold(data, tiny_model_dir, tmp_path):
+    jsonl = run(data, tiny_model_dir, tmp_path / "out.jsonl", "--method", "ig", "--steps", "3")
+    parquet = run(data, tiny_model_dir, tmp_path / "out.parquet", "--method", "ig", "--steps", "3")
     assert parquet == jsonl
-    gold = run(data, model_dir, tmp_path / "gold.jsonl", "--method", "ig", "--steps", "3", "--target", "label")
+    gold = run(data, tiny_model_dir, tmp_path / "gold.jsonl", "--method", "ig", "--steps", "3", "--target", "label")
     for row, gold_row in zip(jsonl, gold):
         assert gold_row["target"] == "label" and gold_row["probas"] == row["probas"]
         if row["label"] != row["predicted"]:  # The other class has other gradients.
@@ -79,8 +69,8 @@ def test_parquet_equals_jsonl_and_target_label_explains_gold(data, model_dir, tm
             np.testing.assert_allclose(gold_row["salience"], row["salience"], rtol=1e-6)
 
 
-def test_normalize_flag_scales_rows(data, model_dir, tmp_path):
-    rows = run(data, model_dir, tmp_path / "out.jsonl", "--method", "grad_norm", "--normalize")
+def test_normalize_flag_scales_rows(data, tiny_model_dir, tmp_path):
+    rows = run(data, tiny_model_dir, tmp_path / "out.jsonl", "--method", "grad_norm", "--normalize")
     for row in rows:
         assert sum(abs(s) for s in row["salience"]) == pytest.approx(1.0)
         assert row["normalize"] is True
@@ -100,28 +90,28 @@ def explained_sentences(monkeypatch) -> list[str]:
     return seen
 
 
-def test_resume_skips_rows_already_in_the_output(data, model_dir, tmp_path, monkeypatch):
+def test_resume_skips_rows_already_in_the_output(data, tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "out.parquet"
-    first = run(data, model_dir, out, "--method", "grad_dot_input", "--limit", "3")
+    first = run(data, tiny_model_dir, out, "--method", "grad_dot_input", "--limit", "3")
     assert [r["id"] for r in first] == [0, 1, 2]
     # Mark row 1: a recomputed row would lose the mark.
     first[1]["salience"] = [123.0] * len(first[1]["salience"])
     explain._write_atomically(first, out)
 
     seen = explained_sentences(monkeypatch)
-    rows = run(data, model_dir, out, "--method", "grad_dot_input")
+    rows = run(data, tiny_model_dir, out, "--method", "grad_dot_input")
     assert sorted(seen) == sorted(s for s, _ in SENTENCES[3:])
     assert [r["id"] for r in rows] == list(range(len(SENTENCES)))
     assert rows[:3] == first
 
     seen.clear()
-    assert run(data, model_dir, out, "--method", "grad_dot_input") == rows
+    assert run(data, tiny_model_dir, out, "--method", "grad_dot_input") == rows
     assert seen == []
 
 
-def test_a_crash_leaves_no_output_and_the_rerun_finishes(data, model_dir, tmp_path, monkeypatch):
+def test_a_crash_leaves_no_output_and_the_rerun_finishes(data, tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "out.jsonl"
-    expected = run(data, model_dir, tmp_path / "expected.jsonl", "--method", "sig", "--steps", "2")
+    expected = run(data, tiny_model_dir, tmp_path / "expected.jsonl", "--method", "sig", "--steps", "2")
     calls = []
     explain_batch = explain.Explainer.explain
 
@@ -133,7 +123,7 @@ def test_a_crash_leaves_no_output_and_the_rerun_finishes(data, model_dir, tmp_pa
 
     monkeypatch.setattr(explain.Explainer, "explain", crash_on_second_batch)
     with pytest.raises(RuntimeError, match="power cut"):
-        run(data, model_dir, out, "--method", "sig", "--steps", "2")
+        run(data, tiny_model_dir, out, "--method", "sig", "--steps", "2")
     monkeypatch.undo()
     partial = explain.partial_path(out)
     assert not out.exists() and list(tmp_path.glob("*.tmp")) == []
@@ -143,7 +133,7 @@ def test_a_crash_leaves_no_output_and_the_rerun_finishes(data, model_dir, tmp_pa
         f.write('{"id": 5, "sentence": "<scr')
 
     seen = explained_sentences(monkeypatch)
-    rows = run(data, model_dir, out, "--method", "sig", "--steps", "2")
+    rows = run(data, tiny_model_dir, out, "--method", "sig", "--steps", "2")
     assert len(seen) == len(SENTENCES) - 2 and not {r["sentence"] for r in finished} & set(seen)
     assert not partial.exists()
     assert [r["id"] for r in rows] == [r["id"] for r in expected]
@@ -151,19 +141,19 @@ def test_a_crash_leaves_no_output_and_the_rerun_finishes(data, model_dir, tmp_pa
         np.testing.assert_allclose(row["salience"], want["salience"], rtol=1e-5, atol=1e-7)
 
 
-def test_resume_with_other_settings_is_refused(data, model_dir, tmp_path, capsys):
+def test_resume_with_other_settings_is_refused(data, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out.jsonl"
-    run(data, model_dir, out, "--method", "ig", "--steps", "2", "--limit", "2")
+    run(data, tiny_model_dir, out, "--method", "ig", "--steps", "2", "--limit", "2")
     with pytest.raises(SystemExit) as exit_info:
-        run(data, model_dir, out, "--method", "ig", "--steps", "3")
+        run(data, tiny_model_dir, out, "--method", "ig", "--steps", "3")
     assert exit_info.value.code == 2
     assert "resume with the same flags" in capsys.readouterr().err
 
 
-def test_jsonl_data_with_a_text_field(model_dir, tmp_path):
+def test_jsonl_data_with_a_text_field(tiny_model_dir, tmp_path):
     data = tmp_path / "reviews.jsonl"
     data.write_text("".join(json.dumps({"review": s}) + "\n\n" for s, _ in SENTENCES[:3]))
-    rows = run(data, model_dir, tmp_path / "out.jsonl", "--method", "grad_norm", "--text_field", "review")
+    rows = run(data, tiny_model_dir, tmp_path / "out.jsonl", "--method", "grad_norm", "--text_field", "review")
     assert [r["sentence"] for r in rows] == [s for s, _ in SENTENCES[:3]]
     assert all(r["label"] is None for r in rows)
 
@@ -192,8 +182,8 @@ def test_batches_are_sorted_longest_first(tokenizer):
         (["--text_field", "review"], "GLUE TSV files always use 'sentence'"),
     ],
 )
-def test_bad_flags_exit_2_naming_what_is_accepted(data, model_dir, tmp_path, capsys, flags, message):
-    argv = ["--data", str(data), "--model", str(model_dir), "--out", str(tmp_path / "out.jsonl")]
+def test_bad_flags_exit_2_naming_what_is_accepted(data, tiny_model_dir, tmp_path, capsys, flags, message):
+    argv = ["--data", str(data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "out.jsonl")]
     for flag, value in zip(flags[::2], flags[1::2]):
         if flag in ("--data", "--out"):
             value = str(tmp_path / value)
@@ -206,17 +196,17 @@ def test_bad_flags_exit_2_naming_what_is_accepted(data, model_dir, tmp_path, cap
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def test_ray_flag_without_ray_installed(data, model_dir, tmp_path, capsys, monkeypatch):
+def test_ray_flag_without_ray_installed(data, tiny_model_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError.
     with pytest.raises(SystemExit) as exit_info:
-        run(data, model_dir, tmp_path / "out.jsonl", "--ray", "local")
+        run(data, tiny_model_dir, tmp_path / "out.jsonl", "--ray", "local")
     assert exit_info.value.code == 2
     assert "pip install 'lit_sig[ray]'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs lit_sig[ray]")
-def test_ray_output_equals_local_output(data, model_dir, tmp_path):
+def test_ray_output_equals_local_output(data, tiny_model_dir, tmp_path):
     flags = ("--method", "sig", "--steps", "3", "--device", "cpu")
-    local = run(data, model_dir, tmp_path / "local.parquet", *flags)
-    on_ray = run(data, model_dir, tmp_path / "ray.parquet", *flags, "--ray", "local", "--ray_workers", "2")
+    local = run(data, tiny_model_dir, tmp_path / "local.parquet", *flags)
+    on_ray = run(data, tiny_model_dir, tmp_path / "ray.parquet", *flags, "--ray", "local", "--ray_workers", "2")
     assert on_ray == local  # Same batches, same model: the same numbers, bit for bit.

@@ -329,16 +329,6 @@ def test_slow_sig_does_not_block_other_requests(demo, info, examples):
         assert slow.result()[0] == 200
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tokenizer) -> pathlib.Path:
-    from tests.conftest import tiny_bert  # pylint: disable=import-outside-toplevel
-
-    path = tmp_path_factory.mktemp("tiny_model")
-    tiny_bert().save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_bad_command_lines_exit_with_a_clear_error(tmp_path, tiny_model_dir):
     cases = {
         # flags: a word of the error
