@@ -106,7 +106,9 @@ def faithfulness(model: models.HFSequenceClassifier, word_ids: list[int], scores
 def run(args: argparse.Namespace, model: models.HFSequenceClassifier) -> dict:
     examples = datasets.read_glue_tsv(args.data, args.limit)
     methods = args.methods
-    cache = pathlib.Path(args.cache or f"benchmarks/.cache/faithfulness-{pathlib.Path(args.data).stem}-s{args.steps}.jsonl")
+    cache = pathlib.Path(
+        args.cache or f"benchmarks/.cache/faithfulness-{pathlib.Path(args.data).stem}-s{args.steps}-{args.grad_wrt}.jsonl"
+    )
     done = {(r["index"], r["method"]): r for r in storage.read_jsonl(cache)}
     todo = [(i, m) for i in range(len(examples)) for m in methods if (i, m) not in done]
     print(f"{len(examples)} examples x {len(methods)} methods; {len(done)} results cached in {cache}, {len(todo)} to go")
@@ -133,12 +135,13 @@ def run(args: argparse.Namespace, model: models.HFSequenceClassifier) -> dict:
                   **faithfulness(model, word_ids, scores, c, float(output["probas"][c]))}
         storage.append_jsonl(cache, [record])
         done[(i, method)] = record
-    return summarize(done, len(examples), methods, args.steps)
+    return summarize(done, len(examples), methods, args.steps, args.grad_wrt)
 
 
-def summarize(done: dict, n: int, methods: list[str], steps: int) -> dict:
+def summarize(done: dict, n: int, methods: list[str], steps: int, grad_wrt: str) -> dict:
     correct = [done[(i, methods[0])]["correct"] for i in range(n)]
-    summary = {"n_examples": n, "accuracy": float(np.mean(correct)), "steps": steps, "methods": {}}
+    summary = {"n_examples": n, "accuracy": float(np.mean(correct)), "steps": steps, "grad_wrt": grad_wrt,
+               "methods": {}}
     for m in methods:
         records = [done[(i, m)] for i in range(n)]
         summary["methods"][m] = {k: float(np.mean([r[k] for r in records])) for k in METRICS}
@@ -152,7 +155,8 @@ def summarize(done: dict, n: int, methods: list[str], steps: int) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    lines = [f"n = {summary['n_examples']}, steps = {summary['steps']}, accuracy = {summary['accuracy']:.3f}", "",
+    lines = [f"n = {summary['n_examples']}, steps = {summary['steps']}, accuracy = {summary['accuracy']:.3f}, "
+             f"attributions of the predicted class's {summary['grad_wrt']}", "",
              "| method | log-odds ↓ | comprehensiveness ↑ | sufficiency ↓ | passes | max completeness error | seconds |",
              "|---|---|---|---|---|---|---|"]
     for name, m in summary["methods"].items():
@@ -170,6 +174,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {list(METHODS)}")
     parser.add_argument("--json", default=None, help="write the summary here")
     parser.add_argument("--cache", default=None, help="per-example results (default under benchmarks/.cache/)")
+    parser.add_argument("--grad_wrt", default="logit", choices=models.GRAD_WRT_OPTIONS,
+                        help="explain the predicted class's logit (as DIG and SIG do) or its probability")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -185,7 +191,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
-    summary = run(args, models.minilm_sst2(args.device))
+    summary = run(args, models.minilm_sst2(args.device, grad_wrt=args.grad_wrt))
     print(markdown(summary))
     if args.json:
         storage.write_atomically(pathlib.Path(args.json), json.dumps(summary, indent=2) + "\n")

@@ -64,7 +64,7 @@ def test_runs_all_methods_and_resumes_without_redoing_work(tiny_model, data_file
 
 
 def test_main_writes_json_and_rejects_bad_flags(tiny_model, data_file, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(faithfulness.models, "minilm_sst2", lambda device=None: tiny_model)
+    monkeypatch.setattr(faithfulness.models, "minilm_sst2", lambda device=None, grad_wrt="logit": tiny_model)
     faithfulness.main(["--data", str(data_file), "--steps", "2", "--methods", "random,grad_norm",
                        "--cache", str(tmp_path / "c.jsonl"), "--json", str(tmp_path / "out.json")])
     summary = json.loads((tmp_path / "out.json").read_text())
