@@ -26,7 +26,7 @@ import torch
 from lit_sig.core import attribution
 from lit_sig.core import quadrature
 
-DEFAULT_TOLERANCE = 1e-4  # In units of the explained score (a logit by default).
+DEFAULT_TOLERANCE = 3e-4  # In units of the explained score (a logit by default).
 DEFAULT_POINTS = 3  # Lobatto nodes per panel: Simpson's rule, exact to degree 3.
 DEFAULT_MAX_ROUNDS = 64  # At most 1 + 2 * 64 rows per group beyond the endpoints.
 
