@@ -236,12 +236,19 @@ class _PathInterpreter(lit_components.Interpreter):
     def _attribute(
         self, x: torch.Tensor, baseline: torch.Tensor, movable: torch.Tensor,
         grad_fn: attribution.GradFn, settings: PathSettings,
+        input_eval: tuple[float, torch.Tensor] | None,
     ) -> attribution.PathAttribution:
+        """`input_eval`: the model's `(score, grads [T, D])` at x for this class, if known."""
         groups = self._groups(movable)
         if settings.adaptive:
-            return adaptive.adaptive_path_attribution(x, baseline, groups, grad_fn, settings.tolerance)
+            return adaptive.adaptive_path_attribution(
+                x, baseline, groups, grad_fn, settings.tolerance, input_eval=input_eval
+            )
         alphas, weights = quadrature.quadrature(settings.method, settings.steps)
-        return attribution.path_attribution(x, baseline, groups, grad_fn, alphas, weights)
+        input_score = None if input_eval is None else input_eval[0]
+        return attribution.path_attribution(
+            x, baseline, groups, grad_fn, alphas, weights, input_score=input_score
+        )
 
     def parse_config(self, config: JsonDict | None) -> PathSettings:
         """Validates `config` over the defaults; raises ValueError naming accepted values."""
@@ -389,7 +396,12 @@ class _PathInterpreter(lit_components.Interpreter):
             )  # [R, T, D]
             return scores, grads
 
-        result = self._attribute(x, baseline, movable, grad_fn, settings)
+        # The model output is x's own row when its gradients are for the same class.
+        input_eval = None
+        if has_score and (grad_key is None or output.get(grad_key) == grad_class):
+            input_grads = np.concatenate([np.asarray(output[f.grad], dtype=np.float32) for f in fields])  # [T, D]
+            input_eval = (float(output[protocol.TARGET_SCORE_FIELD]), torch.from_numpy(input_grads))
+        result = self._attribute(x, baseline, movable, grad_fn, settings, input_eval)
         scores = result.attributions.sum(-1).numpy()  # [T]
         salience = _scores_to_salience(fields, output, scores, settings.normalize)
         if self._report_completeness:

@@ -64,3 +64,16 @@ def test_ig_group_matches_fixed_ig():
 def test_no_movable_tokens():
     result = adaptive.adaptive_path_attribution(X, BASELINE, torch.zeros(0, T, dtype=torch.bool), grad_fn)
     assert result.num_rows == 0 and torch.all(result.attributions == 0) and result.completeness_delta == 0.0
+
+
+def test_a_linear_model_needs_only_the_first_panel():
+    """Along a straight path a linear model's integrand is constant: Simpson is exact at once."""
+    weights = torch.randn(T, D, dtype=torch.float64)
+
+    def linear(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [R, T, D]
+        return (rows * weights).sum((1, 2)), weights.expand_as(rows)
+
+    groups = attribution.sig_groups(torch.ones(T, dtype=torch.bool))
+    result = adaptive.adaptive_path_attribution(X, BASELINE, groups, linear, 1e-12)
+    assert result.num_rows == 2 * T + 1  # Each token at 0 and 1/2; the input once.
+    np.testing.assert_allclose(result.attributions, X * weights, atol=1e-12)

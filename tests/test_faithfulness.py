@@ -46,7 +46,7 @@ def test_runs_all_methods_and_resumes_without_redoing_work(tiny_model, data_file
         assert all(np.isfinite(metrics[k]) for k in faithfulness.METRICS)
     sig = summary["methods"]["sequential_integrated_gradients"]
     num_tokens = [len(tiny_model.tokenizer.tokenize(s)) for s, _ in datasets.BUILTIN_SENTENCES[:3]]
-    assert sig["rows"] == sum(1 + T * 3 + T + 1 for T in num_tokens)  # predict, T x n, endpoints
+    assert sig["rows"] == sum(1 + T * 3 + T for T in num_tokens)  # predict (also the input row), T x n, baselines
     assert sig["max_completeness_delta"] >= sig["median_completeness_delta"] >= 0
     assert "max_completeness_delta" not in summary["methods"]["grad_norm"]
     cache = tmp_path / "cache.jsonl"

@@ -29,6 +29,7 @@ from lit_sig.core import quadrature
 DEFAULT_TOLERANCE = 3e-4  # In units of the explained score (a logit by default).
 DEFAULT_POINTS = 3  # Lobatto nodes per panel: Simpson's rule, exact to degree 3.
 DEFAULT_MAX_ROUNDS = 64  # At most 1 + 2 * 64 rows per group beyond the endpoints.
+_INPUT = (-1, 1.0)  # The key of the row of x itself.
 
 
 @dataclasses.dataclass
@@ -48,6 +49,7 @@ def adaptive_path_attribution(
     points: int = DEFAULT_POINTS,
     max_rounds: int = DEFAULT_MAX_ROUNDS,
     max_elements: int = attribution.DEFAULT_MAX_ELEMENTS,
+    input_eval: tuple[float, torch.Tensor] | None = None,
 ) -> attribution.PathAttribution:
     """Path attribution refined per group until its |completeness delta| <= `tolerance`.
 
@@ -61,6 +63,8 @@ def adaptive_path_attribution(
         max_rounds: refinement rounds at most; a group still above the
             tolerance then keeps its last estimate (its delta shows it).
         max_elements: bound on rows * T * D per `grad_fn` call.
+        input_eval: `(score, grads [T, D])` of `x` itself, if the caller has them:
+            saves a pass.
     """
     assert points >= 3 and tolerance > 0
     G, T = groups.shape
@@ -73,10 +77,18 @@ def adaptive_path_attribution(
     # Evaluated rows, keyed by (group, alpha); alpha 1 is the input, shared by all.
     index: dict[tuple[int, float], int] = {}
     scores: list[float] = []
-    group_grads: list[torch.Tensor] = []  # per row: [T_g, D], the gradients of its moving tokens
+    # Per row: the gradients of its group's moving tokens, [T_g, D]; all of them, [T, D], for the input.
+    row_grads: list[torch.Tensor] = []
+    if input_eval is not None:
+        index[_INPUT] = 0
+        scores.append(float(input_eval[0]))
+        row_grads.append(input_eval[1])
 
     def key(g: int, alpha: float) -> tuple[int, float]:
-        return (-1, 1.0) if alpha == 1.0 else (g, alpha)
+        return _INPUT if alpha == 1.0 else (g, alpha)
+
+    def grads_of(row: int, g: int) -> torch.Tensor:
+        return row_grads[row][members[g]] if row == index.get(_INPUT) else row_grads[row]
 
     def nodes(lo: float, hi: float) -> list[float]:
         return [lo, *(lo + (hi - lo) * unit_alphas[1:-1]).tolist(), hi]
@@ -94,13 +106,16 @@ def adaptive_path_attribution(
             ):
                 scores.extend(chunk_scores.tolist())
                 # Copies, so that the chunk ([r, T, D]) itself is freed.
-                group_grads.extend(grads[r, members[g]].clone() for r, g in enumerate(row_group[rows]))
+                row_grads.extend(
+                    (grads[r] if k == _INPUT else grads[r, members[k[0]]]).clone()
+                    for r, k in enumerate(new[rows])
+                )
             index.update((k, len(index)) for k in new)
         panels = []
         for g, lo, hi in requests:
             rows = [index[key(g, a)] for a in nodes(lo, hi)]
             weights = torch.as_tensor((hi - lo) * unit_weights, dtype=x.dtype)  # [points]
-            grad_sum = torch.einsum("p,ptd->td", weights, torch.stack([group_grads[r] for r in rows]))
+            grad_sum = torch.einsum("p,ptd->td", weights, torch.stack([grads_of(r, g) for r in rows]))
             exact = scores[rows[-1]] - scores[rows[0]]
             panels.append(_Panel(lo, hi, grad_sum, exact - float((grad_sum * delta[members[g]]).sum())))
         return panels
@@ -126,7 +141,7 @@ def adaptive_path_attribution(
     for g, ps in enumerate(panels):
         weighted[members[g]] += sum(p.grad_sum for p in ps)
     attributions = delta * weighted  # [T, D]
-    score_input = scores[index[(-1, 1.0)]]
+    score_input = scores[index[_INPUT]]
     score_at_baseline = torch.tensor([scores[index[(g, 0.0)]] for g in range(G)], dtype=x.dtype)  # [G]
     deltas = score_input - score_at_baseline - groups.to(x.dtype) @ attributions.sum(-1)  # [G]
     return attribution.PathAttribution(attributions, deltas, len(index))

@@ -98,18 +98,21 @@ def path_attribution(
     alphas: np.ndarray,
     weights: np.ndarray,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    input_score: float | None = None,
 ) -> PathAttribution:
     """Integrates gradients along each group's path with one quadrature rule.
 
     Besides the `G * n` integration rows, scores `G + 1` endpoint rows (each
-    group at its baseline, and the input itself) for the completeness deltas.
+    group at its baseline, and the input itself, unless the caller gives its
+    `input_score`) for the completeness deltas.
     """
     G, T = groups.shape
     n = len(alphas)
     assert len(weights) == n and x.shape == baseline.shape and x.shape[0] == T
-    row_group = np.concatenate([np.repeat(np.arange(G), n), np.arange(G), [0]])
-    row_alpha = np.concatenate([np.tile(alphas, G), np.zeros(G), [1.0]])
-    row_weight = np.concatenate([np.tile(weights, G), np.zeros(G + 1)])
+    ends = G + (input_score is None)  # Endpoint rows to evaluate.
+    row_group = np.concatenate([np.repeat(np.arange(G), n), np.arange(G), np.zeros(ends - G, dtype=int)])
+    row_alpha = np.concatenate([np.tile(alphas, G), np.zeros(G), np.ones(ends - G)])
+    row_weight = np.concatenate([np.tile(weights, G), np.zeros(ends)])
     weighted_grads = torch.zeros_like(x)  # [T, D]
     scores = torch.empty(len(row_group), dtype=x.dtype)  # [R]
     for rows, row_scores, grads, mask in evaluate_rows(
@@ -120,7 +123,8 @@ def path_attribution(
         weighted_grads += torch.einsum("r,rt,rtd->td", weight, mask, grads)
     attributions = (x - baseline) * weighted_grads  # [T, D]
     token_attr = attributions.sum(-1)  # [T]
-    score_input, score_at_baseline = scores[-1], scores[G * n : G * n + G]  # [], [G]
+    score_input = scores[-1] if input_score is None else input_score
+    score_at_baseline = scores[G * n : G * n + G]  # [G]
     group_sums = groups.to(x.dtype) @ token_attr  # [G]
     deltas = score_input - score_at_baseline - group_sums
     return PathAttribution(attributions, deltas, len(row_group))
