@@ -316,7 +316,9 @@ def test_concurrent_mixed_requests_match_sequential(demo, info, examples):
 
 def test_slow_sig_does_not_block_other_requests(demo, info, examples):
     longest = max(examples, key=lambda ex: len(ex["data"]["sentence"]))
-    config = full_config(info, SIG, **{"Interpolation steps": 120})  # Seconds on a CPU.
+    # The most steps: tens of seconds on a CPU, far longer than the quick requests even when
+    # they share the cores with it.
+    config = full_config(info, SIG, **{"Interpolation steps": 500})
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(interpret, demo, SIG, [longest["id"]], config)
         time.sleep(0.5)  # Let SIG start.
