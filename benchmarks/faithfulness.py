@@ -37,7 +37,7 @@ Ranker = Callable[[models.HFSequenceClassifier, dict, str, int], tuple[np.ndarra
 def _lit_sig_ranker(interpreter: lit_components.Interpreter, **config) -> Ranker:
     def rank(model, example, label, steps):
         settings = dict(config)
-        if isinstance(interpreter, interpreters._PathInterpreter):  # pylint: disable=protected-access
+        if interpreters.INTERPOLATION_KEY in interpreter.config_spec():  # IG and SIG
             settings.setdefault(interpreters.INTERPOLATION_KEY, steps)
             settings[interpreters.BASELINE_KEY] = "mask"
             settings[interpreters.CLASS_KEY] = label
