@@ -5,12 +5,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test benchmark
 
-$(STAMP): setup.py
+# pyproject.toml declares ranges; constraints.txt pins every package to the tested version.
+$(STAMP): pyproject.toml setup.py constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: pip takes the CPU build from this machine's disk.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,17 +4,20 @@
     lit_sig.plot(tokens, {"SIG": sig, "IG": ig}).savefig("figure.png")
 
 Colours are diverging: red for positive salience, blue for negative, white for
-zero, each row scaled by its largest |salience|.
+zero, each row scaled by its largest |salience|. matplotlib is imported on the
+first call, not with `import lit_sig`.
 """
+
+from __future__ import annotations
 
 import html
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
-from matplotlib import colors
-from matplotlib import figure as mpl_figure
-from matplotlib.backends import backend_agg
+
+if TYPE_CHECKING:
+    from matplotlib import figure as mpl_figure
 
 CMAP = "RdBu_r"  # -1 blue, 0 white, +1 red
 
@@ -36,6 +39,9 @@ class SalienceHTML:
     def __init__(self, tokens: Sequence[str], salience: Sequence[float] | np.ndarray):
         scaled = _scaled(tokens, salience)
         raw = np.asarray(salience, dtype=np.float64).reshape(-1)
+        import matplotlib  # pylint: disable=import-outside-toplevel
+        from matplotlib import colors  # pylint: disable=import-outside-toplevel
+
         cmap = matplotlib.colormaps[CMAP]
         spans = []
         for token, value, original in zip(tokens, scaled, raw):
@@ -84,6 +90,8 @@ def plot(
     """
     if not saliences:
         raise ValueError("saliences is empty; give {method name: salience} for one or more methods.")
+    from matplotlib import figure as mpl_figure  # pylint: disable=import-outside-toplevel,redefined-outer-name
+    from matplotlib.backends import backend_agg  # pylint: disable=import-outside-toplevel
     rows = np.stack([_scaled(tokens, s, name=f"salience of {name!r}") for name, s in saliences.items()])  # [M, T]
     fig = mpl_figure.Figure(figsize=(max(4.0, 0.5 * len(tokens) + 2.0), 0.55 * len(rows) + 1.4), layout="constrained")
     backend_agg.FigureCanvasAgg(fig)
