@@ -1,5 +1,6 @@
 """A LIT model for Hugging Face PyTorch sequence classifiers that takes embeddings."""
 
+import dataclasses
 import functools
 import threading
 from collections.abc import Iterable, Sequence
@@ -18,6 +19,22 @@ GRAD_WRT_OPTIONS = ("logit", "probability")
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BASELINE_TOKENS = {"mask": "mask_token_id", "pad": "pad_token_id"}
 _ENCODING_CACHE_SIZE = 4096
+POOLED_FIELD = "mean_pooled_emb"  # The last layer's hidden states, averaged over the tokens.
+
+
+def tokens_field(segment: str) -> str:
+    """The output field of a text segment's word pieces (`Tokens`)."""
+    return f"tokens_{segment}"
+
+
+def embeddings_field(segment: str) -> str:
+    """The input and output field of a segment's word-token embeddings (`TokenEmbeddings`)."""
+    return f"input_embs_{segment}"
+
+
+def gradients_field(segment: str) -> str:
+    """The output field of the gradients of the target score for a segment's tokens (`TokenGradients`)."""
+    return f"token_grad_{segment}"
 
 
 def default_device() -> str:
@@ -76,6 +93,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         device: str | torch.device | None = None,
         max_minibatch_size: int = 32,
         max_minibatch_tokens: int = 4096,
+        max_rows_per_pass: int | None = None,
         max_length: int | None = None,
         grad_wrt: str = "logit",
         output_attention: bool = False,
@@ -92,6 +110,9 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             max_minibatch_size: examples per forward/backward pass.
             max_minibatch_tokens: padded tokens per pass (bounds memory on long
                 inputs; a single input longer than this still runs alone).
+            max_rows_per_pass: IG/SIG path rows per pass on the device path. None:
+                on CUDA, as many as fit in half the free memory (measured once
+                per length, at most 1024); elsewhere the two limits above.
             max_length: longest token sequence; longer inputs are truncated
                 (with a warning and `truncated` set in the output). Defaults to
                 the model's maximum.
@@ -109,10 +130,10 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             raise ValueError(f"text_fields must name 1 or 2 segments, got {text_fields!r}.")
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("HFSequenceClassifier needs a fast (Rust) tokenizer.")
-        if max_minibatch_size < 1 or max_minibatch_tokens < 1:
+        if max_minibatch_size < 1 or max_minibatch_tokens < 1 or (max_rows_per_pass or 1) < 1:
             raise ValueError(
-                f"max_minibatch_size and max_minibatch_tokens must be >= 1, got"
-                f" {max_minibatch_size} and {max_minibatch_tokens}."
+                f"max_minibatch_size, max_minibatch_tokens and max_rows_per_pass must be >= 1, got"
+                f" {max_minibatch_size}, {max_minibatch_tokens} and {max_rows_per_pass}."
             )
         self.device = torch.device(device or default_device())
         self.model = model.to(self.device).eval()
@@ -126,6 +147,10 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         self.precision = precision
         self._max_minibatch_size = max_minibatch_size
         self._max_minibatch_tokens = max_minibatch_tokens
+        self._max_rows_per_pass = max_rows_per_pass
+        self._row_budget = None
+        if self.device.type == "cuda" and max_rows_per_pass is None:
+            self._row_budget = DeviceRowBudget(lambda: torch.cuda.mem_get_info(self.device)[0])
         model_max = getattr(model.config, "max_position_embeddings", None) or 512
         self.max_length = min(max_length or model_max, model_max)
         self._embedding = model.get_input_embeddings()
@@ -173,19 +198,17 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         else:
             spec[LABEL_FIELD] = lit_types.CategoryLabel(vocab=self.labels, required=False)
         for f in self.text_fields:
-            spec[f"input_embs_{f}"] = lit_types.TokenEmbeddings(
-                align=f"tokens_{f}", required=False
-            )
+            spec[embeddings_field(f)] = lit_types.TokenEmbeddings(align=tokens_field(f), required=False)
         return spec
 
     def output_spec(self) -> lit_types.Spec:
         grad_key = LABEL_FIELD if self.labels is not None else None
         spec: lit_types.Spec = {}
         for f in self.text_fields:
-            spec[f"tokens_{f}"] = lit_types.Tokens(parent=f)
-            spec[f"input_embs_{f}"] = lit_types.TokenEmbeddings(align=f"tokens_{f}")
-            spec[f"token_grad_{f}"] = lit_types.TokenGradients(
-                align=f"tokens_{f}", grad_for=f"input_embs_{f}", grad_target_field_key=grad_key
+            spec[tokens_field(f)] = lit_types.Tokens(parent=f)
+            spec[embeddings_field(f)] = lit_types.TokenEmbeddings(align=tokens_field(f))
+            spec[gradients_field(f)] = lit_types.TokenGradients(
+                align=tokens_field(f), grad_for=embeddings_field(f), grad_target_field_key=grad_key
             )
         if self.labels is None:
             spec["score"] = lit_types.RegressionScore(parent=LABEL_FIELD)
@@ -195,7 +218,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             )
             spec[LABEL_FIELD] = lit_types.CategoryLabel(vocab=self.labels, required=False)
         spec[protocol.TARGET_SCORE_FIELD] = lit_types.Scalar()
-        spec["cls_emb"] = lit_types.Embeddings()
+        spec[POOLED_FIELD] = lit_types.Embeddings()
         spec["truncated"] = lit_types.Boolean()
         if self.output_attention:
             spec["tokens"] = lit_types.Tokens()
@@ -209,10 +232,9 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         vocab = self.tokenizer.convert_ids_to_tokens(list(range(self._embedding.num_embeddings)))
         return vocab, self._embedding.weight.detach().float().cpu().numpy()
 
-    def baseline_embedding(self, embeddings_field: str, kind: str) -> np.ndarray | None:
+    def baseline_embedding(self, field: str, kind: str) -> np.ndarray | None:
         """The `[emb_dim]` word embedding of the [MASK] or [PAD] token (see protocol)."""
-        if embeddings_field not in {f"input_embs_{f}" for f in self.text_fields}:
-            raise ValueError(f"Unknown embeddings field {embeddings_field!r}.")
+        self._segment_of(field)  # Validates the field.
         if kind not in BASELINE_TOKENS:
             raise ValueError(f"Unknown baseline {kind!r}; accepted: {sorted(BASELINE_TOKENS)}.")
         token_id = getattr(self.tokenizer, BASELINE_TOKENS[kind], None)
@@ -313,10 +335,10 @@ class HFSequenceClassifier(lit_model.BatchedModel):
                 inputs[half:], encodings[half:]
             )
 
-    def _target_classes(self, inputs: list[lit_types.JsonDict], logits: torch.Tensor) -> list[int]:
+    def _class_indices(self, requested: Sequence[str | None], logits: torch.Tensor) -> list[int]:
+        """Each row's class: the requested label, else the predicted class ([B, C] logits)."""
         classes = []
-        for example, predicted in zip(inputs, logits.argmax(-1).tolist()):
-            label = example.get(LABEL_FIELD)
+        for label, predicted in zip(requested, logits.argmax(-1).tolist()):
             if label is None or label == "":
                 classes.append(predicted)
             elif label in self.labels:
@@ -325,9 +347,8 @@ class HFSequenceClassifier(lit_model.BatchedModel):
                 raise ValueError(f"Unknown class {label!r} to explain; accepted: {self.labels}.")
         return classes
 
-    def _forward_backward(
-        self, inputs: list[lit_types.JsonDict], encodings: list[_Encoding]
-    ) -> list[lit_types.JsonDict]:
+    def _embed(self, inputs: Sequence[lit_types.JsonDict], encodings: Sequence[_Encoding]) -> "_Batch":
+        """Pads the inputs' ids, embeds them and puts given `input_embs_{seg}` in place."""
         B, T = len(inputs), max(len(e.input_ids) for e in encodings)
         pad_id = self.tokenizer.pad_token_id or 0
         input_ids = torch.full((B, T), pad_id, dtype=torch.long)  # [B, T]
@@ -338,73 +359,83 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             attention_mask[b, : len(e.input_ids)] = 1
             if e.token_type_ids is not None:
                 token_type_ids[b, : len(e.token_type_ids)] = torch.tensor(e.token_type_ids)
-        input_ids = input_ids.to(self.device)
         with torch.no_grad():
-            embs = self._embedding(input_ids)  # [B, T, D]
-        D = embs.shape[-1]
+            embs = self._embedding(input_ids.to(self.device))  # [B, T, D]
         for b, (example, e) in enumerate(zip(inputs, encodings)):
             for f, positions in zip(self.text_fields, e.segment_positions):
-                given = example.get(f"input_embs_{f}")
-                if given is None:
-                    continue
-                given = torch.as_tensor(np.asarray(given, dtype=np.float32))
-                if given.shape != (len(positions), D):
-                    raise ValueError(
-                        f"input_embs_{f} has shape {tuple(given.shape)}; expected"
-                        f" {(len(positions), D)} (one row per token of {f!r})."
-                    )
-                embs[b, torch.as_tensor(positions, device=self.device)] = given.to(self.device, embs.dtype)
-        embs.requires_grad_(True)
-        model_kwargs = {}
-        if any(e.token_type_ids is not None for e in encodings):
-            model_kwargs["token_type_ids"] = token_type_ids.to(self.device)
+                given = example.get(embeddings_field(f))
+                if given is not None:
+                    embs[b, torch.as_tensor(positions, device=self.device)] = self._given_embeddings(f, given, positions)
+        has_types = any(e.token_type_ids is not None for e in encodings)
+        return _Batch(embs, attention_mask.to(self.device), token_type_ids.to(self.device) if has_types else None)
+
+    def _given_embeddings(self, field: str, given, positions: np.ndarray) -> torch.Tensor:
+        D = self._embedding.embedding_dim
+        given = torch.as_tensor(np.asarray(given, dtype=np.float32))
+        if given.shape != (len(positions), D):
+            raise ValueError(
+                f"{embeddings_field(field)} has shape {tuple(given.shape)}; expected"
+                f" {(len(positions), D)} (one row per token of {field!r})."
+            )
+        return given.to(self.device, self._embedding.weight.dtype)
+
+    def _run(self, batch: "_Batch", **outputs: bool):
+        """The model's forward pass over `batch` (under autocast when asked for)."""
+        kwargs = {} if batch.token_type_ids is None else {"token_type_ids": batch.token_type_ids}
         autocast_dtype = PRECISIONS[self.precision]
         with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = self.model(
-                inputs_embeds=embs,
-                attention_mask=attention_mask.to(self.device),
-                output_hidden_states=True,
-                output_attentions=self.output_attention,
-                **model_kwargs,
-            )
-        logits = out.logits.float()  # [B, C]
+            return self.model(inputs_embeds=batch.embs, attention_mask=batch.attention_mask, **kwargs, **outputs)
+
+    def _target_scores(self, logits: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+        """`[B]` explained scores from `[B, C]` float32 logits and `[B]` class indices."""
         if self.labels is None:
-            classes = None
-            target = logits[:, 0]  # [B]
-            probas = None
-        else:
-            probas = torch.softmax(logits, dim=-1)  # [B, C]
-            classes = self._target_classes(inputs, logits)
-            index = torch.arange(B, device=logits.device), torch.tensor(classes, device=logits.device)
-            target = (logits if self.grad_wrt == "logit" else probas)[index]  # [B]
-        (grads,) = torch.autograd.grad(target.sum(), embs)  # [B, T, D]
+            return logits[:, 0]
+        chosen = logits if self.grad_wrt == "logit" else torch.softmax(logits, dim=-1)
+        return chosen.gather(1, classes[:, None])[:, 0]
 
-        mask = attention_mask.to(self.device).unsqueeze(-1).to(out.hidden_states[-1].dtype)  # [B, T, 1]
+    def _forward_backward(
+        self, inputs: list[lit_types.JsonDict], encodings: list[_Encoding]
+    ) -> list[lit_types.JsonDict]:
+        batch = self._embed(inputs, encodings)
+        batch.embs.requires_grad_(True)
+        out = self._run(batch, output_hidden_states=True, output_attentions=self.output_attention)
+        logits = out.logits.float()  # [B, C]
+        classes = None
+        if self.labels is not None:
+            classes = self._class_indices([ex.get(LABEL_FIELD) for ex in inputs], logits)
+        class_index = None if classes is None else torch.tensor(classes, device=logits.device)
+        target = self._target_scores(logits, class_index)  # [B]
+        (grads,) = torch.autograd.grad(target.sum(), batch.embs)  # [B, T, D]
+        mask = batch.attention_mask.unsqueeze(-1).to(out.hidden_states[-1].dtype)  # [B, T, 1]
         pooled = (out.hidden_states[-1] * mask).sum(1) / mask.sum(1)  # [B, H]
-        embs_np = embs.detach().float().cpu().numpy()
-        grads_np = grads.float().cpu().numpy()
-        pooled_np = pooled.detach().float().cpu().numpy()
-        target_np = target.detach().cpu().numpy()
-        probas_np = probas.detach().cpu().numpy() if probas is not None else None
-        logits_np = logits.detach().cpu().numpy()
-        attentions = (
-            [a.detach().float().cpu().numpy() for a in out.attentions] if self.output_attention else None
-        )
+        return self._to_json(encodings, batch.embs, grads, logits, classes, target, pooled, out.attentions)
 
+    def _to_json(
+        self, encodings: Sequence[_Encoding], embs: torch.Tensor, grads: torch.Tensor, logits: torch.Tensor,
+        classes: list[int] | None, target: torch.Tensor, pooled: torch.Tensor, attentions,
+    ) -> list[lit_types.JsonDict]:
+        """One LIT output dict per example, holding numpy copies."""
+        embs_np = embs.detach().float().cpu().numpy()  # [B, T, D]
+        grads_np = grads.float().cpu().numpy()  # [B, T, D]
+        pooled_np = pooled.detach().float().cpu().numpy()  # [B, H]
+        target_np = target.detach().cpu().numpy()  # [B]
+        logits_np = logits.detach().cpu().numpy()  # [B, C]
+        probas_np = None if self.labels is None else torch.softmax(logits, -1).detach().cpu().numpy()
+        attentions = [a.detach().float().cpu().numpy() for a in attentions] if self.output_attention else None
         results = []
         for b, e in enumerate(encodings):
             result: lit_types.JsonDict = {}
             for f, positions, tokens in zip(self.text_fields, e.segment_positions, e.segment_tokens):
-                result[f"tokens_{f}"] = tokens
-                result[f"input_embs_{f}"] = embs_np[b, positions]  # [T_seg, D], a copy
-                result[f"token_grad_{f}"] = grads_np[b, positions]  # [T_seg, D], a copy
+                result[tokens_field(f)] = tokens
+                result[embeddings_field(f)] = embs_np[b, positions]  # [T_seg, D], a copy
+                result[gradients_field(f)] = grads_np[b, positions]  # [T_seg, D], a copy
             if probas_np is None:
                 result["score"] = float(logits_np[b, 0])
             else:
                 result["probas"] = probas_np[b].copy()
                 result[LABEL_FIELD] = self.labels[classes[b]]
             result[protocol.TARGET_SCORE_FIELD] = float(target_np[b])
-            result["cls_emb"] = pooled_np[b].copy()
+            result[POOLED_FIELD] = pooled_np[b].copy()
             result["truncated"] = e.truncated
             if attentions is not None:
                 n = len(e.input_ids)
@@ -413,6 +444,222 @@ class HFSequenceClassifier(lit_model.BatchedModel):
                     result[f"layer_{layer + 1}/attention"] = attention[b, :, :n, :n].copy()
             results.append(result)
         return results
+
+    # The device path (lit_sig.protocol.DevicePathModel).
+
+    def path_inputs(
+        self, inputs: Sequence[lit_types.JsonDict], classes: Sequence[str | None], embeddings_fields: Sequence[str]
+    ) -> list[protocol.PathInput]:
+        """Embeds `inputs` on the device and scores each at x for its class (see protocol)."""
+        fields = [self._segment_of(name) for name in embeddings_fields]
+        inputs = list(inputs)
+        encodings = [self._encode(self._texts(ex)) for ex in inputs]
+        requested = [c if c not in (None, "") else ex.get(LABEL_FIELD) for c, ex in zip(classes, inputs)]
+        order = sorted(range(len(inputs)), key=lambda i: len(encodings[i].input_ids))
+        prepared: list[protocol.PathInput | None] = [None] * len(inputs)
+        for chunk in self._minibatches(order, [len(encodings[i].input_ids) for i in order]):
+            batch = self._embed([inputs[i] for i in chunk], [encodings[i] for i in chunk])
+            with torch.inference_mode():
+                logits = self._run(batch).logits.float()  # [B, C]
+                class_index = None
+                if self.labels is not None:
+                    class_index = torch.tensor(self._class_indices([requested[i] for i in chunk], logits),
+                                               device=self.device)  # [B]
+                scores = self._target_scores(logits, class_index).clone()  # [B]
+            for b, i in enumerate(chunk):
+                prepared[i] = self._path_input(encodings[i], fields, batch, b, class_index, scores[b])
+        return prepared
+
+    def _segment_of(self, name: str) -> int:
+        names = [embeddings_field(f) for f in self.text_fields]
+        if name not in names:
+            raise ValueError(f"Unknown embeddings field {name!r}; accepted: {names}.")
+        return names.index(name)
+
+    def _path_input(
+        self, encoding: _Encoding, fields: list[int], batch: "_Batch", b: int,
+        class_index: torch.Tensor | None, score: torch.Tensor,
+    ) -> "_HFPathInput":
+        length = len(encoding.input_ids)
+        positions = torch.as_tensor(np.concatenate([encoding.segment_positions[s] for s in fields]),
+                                    dtype=torch.long, device=self.device)  # [T]
+        full = batch.embs[b, :length].clone()  # [L, D]
+        target = None if class_index is None else int(class_index[b])
+        return _HFPathInput(
+            tokens=[encoding.segment_tokens[s] for s in fields],
+            x=full[positions],
+            target=None if target is None else self.labels[target],
+            input_score=torch.tensor(float(score), device=self.device),
+            full=full,
+            positions=positions,
+            token_type_ids=None if batch.token_type_ids is None else batch.token_type_ids[b, :length],
+            target_index=target,
+        )
+
+    def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
+        """Rows of `num_tokens` word tokens per pass: sized to free memory on CUDA."""
+        length = num_tokens + 3  # [CLS] and [SEP]s.
+        if self._max_rows_per_pass is not None:
+            return self._max_rows_per_pass
+        if self._row_budget is not None:
+            return self._row_budget.rows(length, with_grads)
+        return max(1, min(self._max_minibatch_size, self._max_minibatch_tokens // length))
+
+    def score_rows(
+        self, pieces: Sequence[tuple[protocol.PathInput, torch.Tensor]], with_grads: bool
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Scores rows of word embeddings in one pass (halves on out-of-memory)."""
+        try:
+            return self._score_pass(pieces, with_grads)
+        except Exception as error:  # pylint: disable=broad-except
+            if not _is_out_of_memory(error):
+                raise
+            total = sum(len(rows) for _, rows in pieces)
+            if total == 1:
+                raise RuntimeError(f"Out of memory on a single row on {self.device}.") from error
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            length = max(len(p.full) for p, _ in pieces)
+            if self._row_budget is not None:
+                self._row_budget.shrink(length, with_grads, total)
+            logging.warning("Out of memory on a pass of %d rows; retrying halves.", total)
+            first, second = _split_pieces(pieces, total // 2)
+            return _merge_results(pieces, first, self.score_rows(first, with_grads),
+                                  second, self.score_rows(second, with_grads))
+
+    def _score_pass(
+        self, pieces: Sequence[tuple[protocol.PathInput, torch.Tensor]], with_grads: bool
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        length = max(len(p.full) for p, _ in pieces)
+        measure = self._row_budget is not None and self._row_budget.needs_measure(length, with_grads)
+        if measure:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            start_bytes = torch.cuda.memory_allocated(self.device)
+        with torch.inference_mode(not with_grads):
+            batch = _Batch(
+                torch.cat([_place_rows(p, rows, length) for p, rows in pieces]),  # [R, L, D]
+                torch.cat([_padded(torch.ones_like(p.full[:, 0], dtype=torch.long), length, len(rows))
+                           for p, rows in pieces]),  # [R, L]
+                None if pieces[0][0].token_type_ids is None else torch.cat(
+                    [_padded(p.token_type_ids, length, len(rows)) for p, rows in pieces]),  # [R, L]
+            )
+            classes = None
+            if self.labels is not None:
+                classes = torch.cat([torch.full((len(rows),), p.target_index, device=self.device)
+                                     for p, rows in pieces])  # [R]
+            if with_grads:
+                batch.embs.requires_grad_(True)
+            scores = self._target_scores(self._run(batch).logits.float(), classes)  # [R]
+            grads = torch.autograd.grad(scores.sum(), batch.embs)[0] if with_grads else None  # [R, L, D]
+        if measure:
+            rows = len(batch.embs)
+            self._row_budget.observe(length, with_grads, rows, torch.cuda.max_memory_allocated(self.device) - start_bytes)
+        results, offset = [], 0
+        for p, rows in pieces:
+            part = slice(offset, offset + len(rows))
+            results.append((scores[part].detach(), None if grads is None else grads[part][:, p.positions]))
+            offset += len(rows)
+        return results
+
+
+@dataclasses.dataclass
+class _Batch:
+    """Model inputs of a pass, on the device."""
+
+    embs: torch.Tensor  # [B, L, D]
+    attention_mask: torch.Tensor  # [B, L]
+    token_type_ids: torch.Tensor | None  # [B, L]
+
+
+@dataclasses.dataclass(eq=False)
+class _HFPathInput(protocol.PathInput):
+    """A `PathInput` plus what the wrapper needs to put word-embedding rows back in place."""
+
+    full: torch.Tensor = None  # [L, D] every token's embedding, specials included
+    positions: torch.Tensor = None  # [T] where the word tokens sit in `full`
+    token_type_ids: torch.Tensor | None = None  # [L]
+    target_index: int | None = None
+
+
+def _padded(values: torch.Tensor, length: int, rows: int) -> torch.Tensor:
+    """`[L_p]` values, zero-padded to `length` and repeated: `[rows, length]`."""
+    return torch.nn.functional.pad(values, (0, length - len(values))).expand(rows, -1)
+
+
+def _place_rows(p: _HFPathInput, rows: torch.Tensor, length: int) -> torch.Tensor:
+    """`[r, length, D]`: the input's full embeddings with `rows` `[r, T, D]` at its word positions."""
+    block = p.full.expand(len(rows), -1, -1).clone()  # [r, L_p, D]
+    block[:, p.positions] = rows.to(block.dtype)
+    return torch.nn.functional.pad(block, (0, 0, 0, length - len(p.full)))
+
+
+def _split_pieces(pieces, first_rows: int):
+    """Splits pieces into two lists holding `first_rows` rows and the rest."""
+    first, second, taken = [], [], 0
+    for p, rows in pieces:
+        take = min(len(rows), max(0, first_rows - taken))
+        if take:
+            first.append((p, rows[:take]))
+        if take < len(rows):
+            second.append((p, rows[take:]))
+        taken += take
+    return first, second
+
+
+def _merge_results(pieces, first, first_results, second, second_results):
+    """Joins the results of split pieces back, one per original piece."""
+    merged = []
+    queue = list(zip(first, first_results)) + list(zip(second, second_results))
+    position = 0
+    for _, rows in pieces:
+        scores, grads, count = [], [], 0
+        while count < len(rows):
+            (_, part), (s, g) = queue[position]
+            scores.append(s)
+            grads.append(g)
+            count += len(part)
+            position += 1
+        merged.append((torch.cat(scores), None if grads[0] is None else torch.cat(grads)))
+    return merged
+
+
+class DeviceRowBudget:
+    """Rows per pass on a CUDA device: measured once per length and direction, then remembered.
+
+    The first pass at a length (bucketed by 16 tokens) holds `probe_rows`; its
+    peak memory gives bytes per row, and later passes hold as many rows as fit
+    in `memory_fraction` of the memory free then, at most `max_rows`.
+    """
+
+    def __init__(self, free_bytes, max_rows: int = 1024, probe_rows: int = 64, memory_fraction: float = 0.5):
+        self._free_bytes = free_bytes  # () -> int
+        self._max_rows = max_rows
+        self._probe_rows = probe_rows
+        self._fraction = memory_fraction
+        self._rows: dict[tuple[int, bool], int] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(length: int, with_grads: bool) -> tuple[int, bool]:
+        return (-(-length // 16) * 16, with_grads)
+
+    def rows(self, length: int, with_grads: bool) -> int:
+        with self._lock:
+            return self._rows.get(self._key(length, with_grads), self._probe_rows)
+
+    def needs_measure(self, length: int, with_grads: bool) -> bool:
+        with self._lock:
+            return self._key(length, with_grads) not in self._rows
+
+    def observe(self, length: int, with_grads: bool, rows: int, peak_bytes: int) -> None:
+        per_row = max(1, peak_bytes) / max(1, rows)
+        fit = int(self._fraction * self._free_bytes() / per_row)
+        with self._lock:
+            self._rows[self._key(length, with_grads)] = max(1, min(self._max_rows, fit))
+
+    def shrink(self, length: int, with_grads: bool, rows: int) -> None:
+        with self._lock:
+            self._rows[self._key(length, with_grads)] = max(1, rows // 2)
 
 
 def minilm_sst2(device: str | torch.device | None = None, **kwargs) -> HFSequenceClassifier:

@@ -26,7 +26,7 @@ def test_specs_declare_what_interpreters_need(tiny_model):
     assert grad.grad_target_field_key == "label" == outputs["probas"].parent
     assert isinstance(inputs["label"], lit_types.CategoryLabel)
     assert isinstance(outputs[protocol.TARGET_SCORE_FIELD], lit_types.Scalar)
-    assert isinstance(outputs["cls_emb"], lit_types.Embeddings)
+    assert isinstance(outputs[models.POOLED_FIELD], lit_types.Embeddings)
     assert not any(isinstance(s, lit_types.AttentionHeads) for s in outputs.values())
 
 
@@ -82,7 +82,7 @@ def test_padding_and_minibatch_size_do_not_change_results(tokenizer):
     batched = many.predict([{"sentence": s} for s in SENTENCES])[3]  # Padded to the longest.
     np.testing.assert_allclose(alone["probas"], batched["probas"], atol=1e-5)
     np.testing.assert_allclose(alone["token_grad_sentence"], batched["token_grad_sentence"], atol=1e-5)
-    np.testing.assert_allclose(alone["cls_emb"], batched["cls_emb"], atol=1e-5)
+    np.testing.assert_allclose(alone[models.POOLED_FIELD], batched[models.POOLED_FIELD], atol=1e-5)
 
 
 def test_outputs_keep_input_order(tiny_model):

@@ -11,7 +11,10 @@ baseline) - sum of the group's attributions, which is also the exact error of
 the group's summed salience. Each group starts with one panel; while
 |delta| exceeds the tolerance, its worst panel is halved (the halves reuse its
 endpoints and midpoint). All groups' new rows of a round go to the model
-together. Every |delta| ends at most the tolerance unless `max_rounds` ran out.
+together. Every |delta| ends at most the tolerance unless `max_rounds` ran out
+or the tolerance is below what the scores' float precision can resolve (a
+group stops refining once its |delta| is under that noise floor); the result's
+`converged` then says False.
 
 On BERT-like models f has narrow spikes at places that differ from token to
 token: low-order panels refined where the error is beat high-order rules there
@@ -69,7 +72,8 @@ def adaptive_path_attribution(
     assert points >= 3 and tolerance > 0
     G, T = groups.shape
     if G == 0:
-        return attribution.PathAttribution(torch.zeros_like(x), torch.zeros(0, dtype=x.dtype), 0)
+        zeros = torch.zeros_like(x)
+        return attribution.PathAttribution(zeros.sum(-1), torch.zeros(0, dtype=x.dtype), 0, zeros)
     members = [torch.nonzero(groups[g]).flatten() for g in range(G)]  # each [T_g]
     delta = x - baseline  # [T, D]
     unit_alphas, unit_weights = quadrature.gauss_lobatto(points)
@@ -104,6 +108,8 @@ def adaptive_path_attribution(
             for rows, chunk_scores, grads, _ in attribution.evaluate_rows(
                 x, baseline, groups, row_group, row_alpha, grad_fn, max_elements
             ):
+                if not bool(torch.isfinite(chunk_scores).all()):
+                    raise ValueError("The model's scores are not finite (NaN or inf); adaptive steps need real scores.")
                 scores.extend(chunk_scores.tolist())
                 # Copies, so that the chunk ([r, T, D]) itself is freed.
                 row_grads.extend(
@@ -121,11 +127,13 @@ def adaptive_path_attribution(
         return panels
 
     panels = [[p] for p in panels_of([(g, 0.0, 1.0) for g in range(G)])]
+    # Below this, a delta is the scores' rounding, not the rule's error: refining can't help.
+    noise_floor = 16 * torch.finfo(x.dtype).eps * max(1.0, max(abs(v) for v in scores))
     for _ in range(max_rounds):
         worst = {
             g: max(range(len(ps)), key=lambda j: abs(ps[j].error))
             for g, ps in enumerate(panels)
-            if abs(sum(p.error for p in ps)) > tolerance
+            if abs(sum(p.error for p in ps)) > max(tolerance, noise_floor)
         }
         if not worst:
             break
@@ -142,6 +150,8 @@ def adaptive_path_attribution(
         weighted[members[g]] += sum(p.grad_sum for p in ps)
     attributions = delta * weighted  # [T, D]
     score_input = scores[index[_INPUT]]
-    score_at_baseline = torch.tensor([scores[index[(g, 0.0)]] for g in range(G)], dtype=x.dtype)  # [G]
-    deltas = score_input - score_at_baseline - groups.to(x.dtype) @ attributions.sum(-1)  # [G]
-    return attribution.PathAttribution(attributions, deltas, len(index))
+    score_at_baseline = torch.tensor([scores[index[(g, 0.0)]] for g in range(G)], dtype=x.dtype, device=x.device)  # [G]
+    token_attr = attributions.sum(-1)  # [T]
+    deltas = score_input - score_at_baseline - groups.to(x.dtype) @ token_attr  # [G]
+    converged = bool((deltas.abs() <= tolerance).all())
+    return attribution.PathAttribution(token_attr, deltas, len(index), attributions, converged)

@@ -12,45 +12,24 @@ per token. A row of the computation is one (group, alpha) point on a path:
 and the attribution of token t is `(x_t - b_t) * sum_rows w * mask_g[t] * grad_t`.
 """
 
-import dataclasses
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
+from lit_sig.core import cancellation, engine
+from lit_sig.core.engine import PathAttribution
+
 GradFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """Maps embeddings `[R, T, D]` to `(scores [R], d scores / d embeddings [R, T, D])`."""
 
-# Rows pushed through the model per call: bounds memory by the chunk, not T * n.
+# Rows pushed through a `GradFn` per call: bounds memory by the chunk, not T * n.
 DEFAULT_MAX_ELEMENTS = 1 << 24  # rows * T * D floats, 64 MB of float32 per tensor
 
 
-@dataclasses.dataclass
-class PathAttribution:
-    """Result of a path method for one example.
-
-    Attributes:
-        attributions: `[T, D]` per-dimension attributions; sum over D for tokens.
-        group_deltas: `[G]` completeness error of each moving group:
-            F(x) - F(x with the group at its baseline) - sum of its attributions.
-        num_rows: rows (forward + backward passes) the model evaluated.
-    """
-
-    attributions: torch.Tensor
-    group_deltas: torch.Tensor
-    num_rows: int
-
-    @property
-    def completeness_delta(self) -> float:
-        """IG: the signed delta of its single group; SIG: the largest |delta|."""
-        if len(self.group_deltas) == 1:
-            return float(self.group_deltas[0])
-        return float(self.group_deltas.abs().max()) if len(self.group_deltas) else 0.0
-
-
-def _rows_per_call(x: torch.Tensor, max_elements: int) -> int:
-    T, D = x.shape
-    return max(1, max_elements // max(1, T * D))
+def rows_per_call(num_tokens: int, emb_dim: int, max_elements: int = DEFAULT_MAX_ELEMENTS) -> int:
+    """Rows of `[num_tokens, emb_dim]` that fit in `max_elements` floats (at least 1)."""
+    return max(1, max_elements // max(1, num_tokens * emb_dim))
 
 
 def evaluate_rows(
@@ -62,7 +41,7 @@ def evaluate_rows(
     grad_fn: GradFn,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Evaluates path rows in chunks of at most `max_elements` floats.
+    """Evaluates path rows of one example in chunks of at most `max_elements` floats.
 
     Args:
         x: `[T, D]` input embeddings.
@@ -74,20 +53,21 @@ def evaluate_rows(
         max_elements: bound on rows * T * D per `grad_fn` call.
 
     Yields:
-        `(rows, scores [r], grads [r, T, D], masks [r, T])` per chunk, where
-        `rows` is the chunk's slice of the row arrays.
+        `(rows, scores [r], grads [r, T, D], masks [r, T])` per chunk on x's
+        device, where `rows` is the chunk's slice of the row arrays.
     """
     delta = (x - baseline).unsqueeze(0)  # [1, T, D]
     masks = groups.to(x.dtype)  # [G, T]
-    step = _rows_per_call(x, max_elements)
+    step = rows_per_call(*x.shape, max_elements)
     for start in range(0, len(row_group), step):
+        cancellation.check()
         rows = slice(start, start + step)
-        mask = masks[torch.as_tensor(row_group[rows])]  # [r, T]
-        alpha = torch.as_tensor(row_alpha[rows], dtype=x.dtype)  # [r]
+        mask = masks[torch.as_tensor(row_group[rows], device=x.device)]  # [r, T]
+        alpha = torch.as_tensor(row_alpha[rows], dtype=x.dtype, device=x.device)  # [r]
         moved = ((1.0 - alpha)[:, None] * mask).unsqueeze(-1)  # [r, T, 1]
         scores, grads = grad_fn(x.unsqueeze(0) - moved * delta)
         assert grads.shape == (len(alpha), *x.shape), grads.shape
-        yield rows, scores.to(x.dtype).cpu(), grads.to(x.dtype).cpu(), mask
+        yield rows, scores.to(x.device, x.dtype), grads.to(x.device, x.dtype), mask
 
 
 def path_attribution(
@@ -100,34 +80,16 @@ def path_attribution(
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     input_score: float | None = None,
 ) -> PathAttribution:
-    """Integrates gradients along each group's path with one quadrature rule.
+    """One example's paths through a `GradFn` (see `engine.path_attributions`).
 
     Besides the `G * n` integration rows, scores `G + 1` endpoint rows (each
     group at its baseline, and the input itself, unless the caller gives its
-    `input_score`) for the completeness deltas.
+    `input_score`) for the completeness deltas. Keeps per-dimension attributions.
     """
-    G, T = groups.shape
-    n = len(alphas)
-    assert len(weights) == n and x.shape == baseline.shape and x.shape[0] == T
-    ends = G + (input_score is None)  # Endpoint rows to evaluate.
-    row_group = np.concatenate([np.repeat(np.arange(G), n), np.arange(G), np.zeros(ends - G, dtype=int)])
-    row_alpha = np.concatenate([np.tile(alphas, G), np.zeros(G), np.ones(ends - G)])
-    row_weight = np.concatenate([np.tile(weights, G), np.zeros(ends)])
-    weighted_grads = torch.zeros_like(x)  # [T, D]
-    scores = torch.empty(len(row_group), dtype=x.dtype)  # [R]
-    for rows, row_scores, grads, mask in evaluate_rows(
-        x, baseline, groups, row_group, row_alpha, grad_fn, max_elements
-    ):
-        scores[rows] = row_scores
-        weight = torch.as_tensor(row_weight[rows], dtype=x.dtype)  # [r]
-        weighted_grads += torch.einsum("r,rt,rtd->td", weight, mask, grads)
-    attributions = (x - baseline) * weighted_grads  # [T, D]
-    token_attr = attributions.sum(-1)  # [T]
-    score_input = scores[-1] if input_score is None else input_score
-    score_at_baseline = scores[G * n : G * n + G]  # [G]
-    group_sums = groups.to(x.dtype) @ token_attr  # [G]
-    deltas = score_input - score_at_baseline - group_sums
-    return PathAttribution(attributions, deltas, len(row_group))
+    assert x.shape == baseline.shape and groups.shape[1] == x.shape[0]
+    scorer = engine.GradFnScorer(grad_fn, rows_per_call(*x.shape, max_elements), x.device)
+    problem = engine.PathProblem(None, x, baseline, groups, input_score)
+    return engine.path_attributions([problem], scorer, alphas, weights, keep_dimensions=True)[0]
 
 
 def integrated_gradients(
@@ -165,12 +127,12 @@ def ig_groups(movable: torch.Tensor) -> torch.Tensor:
 
 def sig_groups(movable: torch.Tensor) -> torch.Tensor:
     """SIG moves each movable token alone: `[P, T]`, one row per movable token."""
-    return torch.eye(len(movable), dtype=torch.bool)[movable]
+    return torch.eye(len(movable), dtype=torch.bool, device=movable.device)[movable]
 
 
 def _movable(x: torch.Tensor, movable: torch.Tensor | None) -> torch.Tensor:
     if movable is None:
-        return torch.ones(x.shape[0], dtype=torch.bool)
+        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     assert movable.shape == x.shape[:1] and movable.dtype == torch.bool
     return movable
 
