@@ -29,6 +29,32 @@ _ALLOW_LOADING = flags.DEFINE_bool("allow_loading", False, "Let the UI load new 
 _DATAPOINTS_DIR = flags.DEFINE_string(
     "datapoints_dir", None, "Folder where the UI may save and load datapoints (default: off)."
 )
+_DEFAULT_LIMITS = server.Limits()
+_MAX_INPUTS = flags.DEFINE_integer(
+    "max_inputs", _DEFAULT_LIMITS.max_inputs,
+    "Inputs per prediction or interpretation request (raised to the data set's size).", lower_bound=1,
+)
+_MAX_REQUEST_COST = flags.DEFINE_integer(
+    "max_request_cost", _DEFAULT_LIMITS.max_request_cost,
+    "Token-rows per interpretation request: the sum over inputs of tokens x model rows"
+    " (IG: steps; SIG: tokens x steps).", lower_bound=1,
+)
+_MAX_HEAVY_REQUESTS = flags.DEFINE_integer(
+    "max_heavy_requests", _DEFAULT_LIMITS.max_heavy_requests,
+    "Interpretations running at once (default: the CPU cores).", lower_bound=1,
+)
+_MAX_QUEUED_REQUESTS = flags.DEFINE_integer(
+    "max_queued_requests", _DEFAULT_LIMITS.max_queued_requests,
+    "Interpretations waiting for a slot; more are answered 503 with Retry-After.", lower_bound=1,
+)
+_REQUEST_DEADLINE_S = flags.DEFINE_float(
+    "request_deadline_s", _DEFAULT_LIMITS.request_deadline_s,
+    "Seconds after which a request's work is abandoned (503).", lower_bound=0.001,
+)
+_READ_TIMEOUT_S = flags.DEFINE_float(
+    "read_timeout_s", _DEFAULT_LIMITS.read_timeout_s,
+    "Seconds a connection may stay silent while a request is read.", lower_bound=0.001,
+)
 flags.register_validator(
     "datapoints_dir", lambda path: path is None or os.path.isdir(path), "--datapoints_dir must be an existing folder."
 )
@@ -90,6 +116,11 @@ def main(argv: Sequence[str]) -> None:
         layouts=layout.DEFAULT_LAYOUTS | {"lit_sig": SALIENCE_LAYOUT},
         allow_loading=_ALLOW_LOADING.value,
         datapoints_dir=_DATAPOINTS_DIR.value,
+        limits=server.Limits(
+            max_inputs=_MAX_INPUTS.value, max_request_cost=_MAX_REQUEST_COST.value,
+            max_heavy_requests=_MAX_HEAVY_REQUESTS.value, max_queued_requests=_MAX_QUEUED_REQUESTS.value,
+            request_deadline_s=_REQUEST_DEADLINE_S.value, read_timeout_s=_READ_TIMEOUT_S.value,
+        ),
         **(server_flags.get_flags() | {"default_layout": "lit_sig"}),
     )
 

@@ -5,18 +5,23 @@ error text unescaped, with a traceback; serves one request at a time; and lets
 any client load models and data sets or read and write files by path. Here:
 
 * every failed request gets JSON `{"error": message}` (400 bad input, 403
-  refused, 404 unknown route or name, 413 too large; 500 only for server
-  faults, without details), with `<`, `>` and `&` escaped, and the server keeps
-  serving;
+  refused, 404 unknown route or name, 408 too slow a client, 413 too large, 503
+  busy or past its deadline; 500 only for server faults, without details),
+  with `<`, `>` and `&` escaped, and the server keeps serving; so do the
+  errors of Python's HTTP layer (bad request lines, over-long headers);
 * requests are served by a threaded WSGI server, so a slow one (SIG) does not
-  hold up the others;
+  hold up the others; the work is bounded (`server_limits.Limits`): inputs per
+  request, token-rows per interpretation, heavy requests at once and queued,
+  a deadline, and a read time-out; work stops when its client leaves;
 * `/create_model` and `/create_dataset` work only with `allow_loading`;
   `/save_datapoints` and `/load_datapoints` only with a `datapoints_dir`,
   and only for paths inside it.
 """
 
+import contextlib
 import functools
 import http
+import io
 import json
 import pathlib
 import sys
@@ -34,50 +39,108 @@ from lit_nlp.lib import wsgi_app
 from werkzeug import serving
 from werkzeug import wrappers
 
-from lit_sig import offline_client
+from lit_sig import offline_client, server_limits
+from lit_sig.core import cancellation
+from lit_sig.server_limits import Limits, RequestError
 
 MAX_REQUEST_BYTES = 32 * 2**20
 MAX_ERROR_CHARS = 2000
 SERVER_TYPES = ("default", "basic")
 DEVICES = ("cpu", "cuda")
-_MALFORMED = (TypeError, IndexError, AttributeError)
+INTERNAL_ERROR = "Internal error; see the server log."
+_READ_CHUNK = 2**16
+# LIT handlers (by function name) whose `inputs` run the model, and those that
+# wait for a heavy-work slot.
+_MODEL_HANDLERS = frozenset(
+    {"_get_preds", "_get_interpretations", "_get_metrics", "_get_generated", "_annotate_new_data"}
+)
+_INPUT_HANDLERS = _MODEL_HANDLERS | {"_save_datapoints"}
+_HEAVY_HANDLERS = frozenset({"_get_interpretations", "_get_generated"})
 
 
-class RequestError(Exception):
-    """A request the server refuses, with its HTTP status."""
-
-    def __init__(self, status: http.HTTPStatus, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def error_response(status: http.HTTPStatus, message: str) -> wrappers.Response:
-    """JSON `{"error": message}` that no browser renders as markup."""
+def error_body(message: str) -> bytes:
+    """`{"error": message}` as JSON, with `<`, `>` and `&` escaped, cut to `MAX_ERROR_CHARS`."""
     if len(message) > MAX_ERROR_CHARS:
         message = message[:MAX_ERROR_CHARS] + "..."
     body = json.dumps({"error": message})
-    body = body.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return body.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+
+
+def error_response(
+    status: http.HTTPStatus, message: str, headers: Mapping[str, str] | None = None
+) -> wrappers.Response:
+    """JSON `{"error": message}` that no browser renders as markup."""
     return wrappers.Response(
-        body,
+        error_body(message),
         status=status,
         content_type="application/json; charset=utf-8",
-        headers={"Cache-Control": "no-store"},
+        headers={"Cache-Control": "no-store", **(headers or {})},
     )
 
 
 def _describe(error: Exception) -> tuple[http.HTTPStatus, str]:
-    """The status and message for an exception a request raised."""
+    """The status and message for an exception a request raised.
+
+    Only validation errors are the client's (400); anything else, such as a
+    TypeError or KeyError from inside, is a fault of the server (500, no details).
+    """
     if isinstance(error, RequestError):
         return error.status, str(error)
+    if isinstance(error, cancellation.Cancelled):
+        return http.HTTPStatus.SERVICE_UNAVAILABLE, str(error)
     if isinstance(error, FileNotFoundError):
         return http.HTTPStatus.NOT_FOUND, "No such file."
     if isinstance(error, ValueError):
         return http.HTTPStatus.BAD_REQUEST, str(error)
-    if isinstance(error, KeyError):
-        return http.HTTPStatus.BAD_REQUEST, f"Missing or unknown key: {error.args[0] if error.args else ''}"
-    if isinstance(error, _MALFORMED):
-        return http.HTTPStatus.BAD_REQUEST, f"Malformed request ({type(error).__name__}): {error}"
-    return http.HTTPStatus.INTERNAL_SERVER_ERROR, f"Internal error ({type(error).__name__}); see the server log."
+    return http.HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR
+
+
+def parse_json(body: bytes) -> Any:
+    """The request body as JSON (None when empty); ValueError for malformed or too deeply nested JSON."""
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("Malformed JSON: nested too deeply.") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError.
+        raise ValueError(f"Malformed JSON: {error}") from None
+
+
+def read_body(environ: dict) -> bytes:
+    """Reads the whole body, counting bytes as they come (chunked or not).
+
+    Raises:
+        RequestError: 413 past `MAX_REQUEST_BYTES`, 400 for a malformed chunk or
+            a body shorter than its Content-Length, 408 when the client stalls.
+    """
+    stream, chunked = environ["wsgi.input"], bool(environ.get("wsgi.input_terminated"))
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise RequestError(http.HTTPStatus.BAD_REQUEST, "Malformed Content-Length.") from None
+    too_large = RequestError(
+        http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"Requests are limited to {MAX_REQUEST_BYTES} bytes."
+    )
+    if not chunked and length > MAX_REQUEST_BYTES:
+        raise too_large
+    parts, size = [], 0
+    try:
+        while chunked or size < length:
+            part = stream.read(_READ_CHUNK if chunked else min(_READ_CHUNK, length - size))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+            if size > MAX_REQUEST_BYTES:
+                raise too_large
+    except TimeoutError:
+        raise RequestError(http.HTTPStatus.REQUEST_TIMEOUT, "The request body did not arrive in time.") from None
+    except OSError as error:  # werkzeug's dechunker: "Invalid chunk header".
+        raise RequestError(http.HTTPStatus.BAD_REQUEST, f"Malformed chunked body: {error}") from None
+    if not chunked and size < length:
+        raise RequestError(http.HTTPStatus.BAD_REQUEST, "The body is shorter than its Content-Length.")
+    return b"".join(parts)
 
 
 class HardenedLitApp(lit_app.LitApp):
@@ -90,6 +153,7 @@ class HardenedLitApp(lit_app.LitApp):
         *,
         allow_loading: bool = False,
         datapoints_dir: str | pathlib.Path | None = None,
+        limits: Limits | None = None,
         **kw,
     ):
         """Builds the app; `kw` are `LitApp`'s keyword arguments.
@@ -101,10 +165,17 @@ class HardenedLitApp(lit_app.LitApp):
                 `/create_dataset`) with the loaders LIT infers.
             datapoints_dir: the existing folder that `/save_datapoints` and
                 `/load_datapoints` may use; None turns both off.
+            limits: bounds on the work of one request and on concurrent heavy
+                requests (default `Limits()`); `max_inputs` is raised to the
+                largest data set's size.
 
         Raises:
             ValueError: `datapoints_dir` is not an existing folder.
         """
+        limits = limits or Limits()
+        self._limits = limits
+        self._max_inputs = max([limits.max_inputs, *(len(d) for d in datasets.values())])
+        self._gate = server_limits.HeavyGate(limits.max_heavy_requests, limits.max_queued_requests)
         self._allow_loading = allow_loading
         self._datapoints_dir = None
         if datapoints_dir is not None:
@@ -118,23 +189,75 @@ class HardenedLitApp(lit_app.LitApp):
         super().__init__(models, datasets, **kw)
 
     def make_handler(self, fn: Callable[..., Any]) -> Callable[..., wrappers.Response]:
-        """LIT's handler for `fn`, with unknown names and errors answered as JSON."""
+        """LIT's handler for `fn`, with its request checked and bounded first, and errors answered as JSON."""
         handler = super().make_handler(fn)
+        name = fn.__name__
 
         @functools.wraps(fn)
         def _handler(app: wsgi_app.App, request: wrappers.Request, environ: dict) -> wrappers.Response:
             try:
                 self._check_names(request.args)
-                return handler(app, request, environ)
+                data = parse_json(request.get_data())
+                self._check_request(name, request.args, data)
+                if name not in _MODEL_HANDLERS:
+                    return handler(app, request, environ)
+                stop = server_limits.stop_check(self._limits.request_deadline_s, environ.get("werkzeug.socket"))
+                with contextlib.ExitStack() as stack:
+                    if name in _HEAVY_HANDLERS:
+                        stack.enter_context(self._gate.admit(stop))
+                    stack.enter_context(cancellation.scope(stop))
+                    return handler(app, request, environ)
             except Exception as error:  # pylint: disable=broad-except
-                status, message = _describe(error)
-                if status >= http.HTTPStatus.INTERNAL_SERVER_ERROR:
-                    logging.exception("%s failed", request.path)
-                else:
-                    logging.warning("%s: %d %s", request.path, status, message[:200])
-                return error_response(status, message)
+                return _error_for(request, error)
 
         return _handler
+
+    def _check_request(self, name: str, args: Mapping[str, str], data: Any) -> None:
+        """Raises ValueError (or a RequestError) for a body that handler `name` can't take or the limits refuse."""
+        if data is not None and not isinstance(data, dict):
+            raise ValueError(f"Malformed request: the body must be a JSON object, not a {type(data).__name__}.")
+        if name not in _INPUT_HANDLERS:
+            return
+        inputs = (data or {}).get("inputs")
+        if not isinstance(inputs, list):
+            raise ValueError('Malformed request: the body must be a JSON object with a list of "inputs".')
+        if name in _MODEL_HANDLERS and len(inputs) > self._max_inputs:
+            raise RequestError(
+                http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"{len(inputs)} inputs; the server takes at most {self._max_inputs} per request (max_inputs).",
+            )
+        examples = self._check_inputs(inputs, args.get("dataset_name"))
+        config = data.get("config")
+        if config is not None and not isinstance(config, dict):
+            raise ValueError('Malformed request: "config" must be a JSON object.')
+        server_limits.check_numbers(config or {})
+        if name == "_get_interpretations" and "interpreter" in args and "model" in args:
+            self._check_cost(args["interpreter"], args["model"], examples, config or {})
+
+    def _check_inputs(self, inputs: list, dataset_name: str | None) -> list[dict]:
+        """The inputs' example data; ValueError for ids not in the data set or malformed examples."""
+        index = self._datasets[dataset_name].index if dataset_name in self._datasets else None
+        examples = []
+        for entry in inputs:
+            if isinstance(entry, str):
+                if index is None or entry not in index:
+                    raise ValueError(f"Unknown example id {entry[:80]!r} in data set {dataset_name!r}.")
+                entry = index[entry]
+            elif not isinstance(entry, dict) or not isinstance(entry.get("data"), dict):
+                raise ValueError('Malformed request: each input must be an example id or {"id", "data": {...}}.')
+            examples.append(entry["data"])
+        return examples
+
+    def _check_cost(self, interpreter: str, model: str, examples: list[dict], config: dict) -> None:
+        """Raises a 413 RequestError if the interpretation would run more token-rows than allowed."""
+        cost = server_limits.request_cost(self._interpreters[interpreter], self._models[model], examples, config)
+        if cost > self._limits.max_request_cost:
+            raise RequestError(
+                http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"This request would run {cost:,} token-rows (the sum over inputs of tokens x model rows);"
+                f" the server's limit is {self._limits.max_request_cost:,} (max_request_cost). Send fewer or"
+                " shorter inputs, or fewer Interpolation steps.",
+            )
 
     def _check_names(self, args: Mapping[str, str]) -> None:
         """Raises a 404 RequestError for a model, data set or component `args` name that isn't served."""
@@ -196,18 +319,58 @@ class HardenedLitApp(lit_app.LitApp):
         return super()._push_ui_state(data, dataset_name=dataset_name, **kw)
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
-        """WSGI entry: LIT's app, with any non-JSON error page replaced by JSON."""
-        if (wrappers.Request(environ).content_length or 0) > MAX_REQUEST_BYTES:
-            response = error_response(
-                http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"Requests are limited to {MAX_REQUEST_BYTES} bytes."
-            )
+        """WSGI entry: the body read within limits, then LIT's app, with any non-JSON error page replaced by JSON."""
+        try:
+            body = read_body(environ)
+            if "\x00" in environ.get("PATH_INFO", ""):
+                raise ValueError("The path contains a NUL character.")
+        except Exception as error:  # pylint: disable=broad-except
+            response = _error_for(wrappers.Request(environ), error)
+            response.headers["Connection"] = "close"  # The rest of the body is unread.
         else:
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+            environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))})
             response = wrappers.Response.from_app(super().__call__, environ, buffered=True)
             if response.status_code >= 400 and response.mimetype != "application/json":
                 status = http.HTTPStatus(response.status_code)
                 response = error_response(status, status.phrase)
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response(environ, start_response)
+
+
+def _error_for(request: wrappers.Request, error: Exception) -> wrappers.Response:
+    """The JSON error response for `error`, logged (with its traceback when it is the server's fault)."""
+    status, message = _describe(error)
+    if status >= http.HTTPStatus.INTERNAL_SERVER_ERROR and not isinstance(error, RequestError):
+        if isinstance(error, cancellation.Cancelled):
+            logging.warning("%s abandoned: %s", request.path, message)
+        else:
+            logging.error("%s failed", request.path, exc_info=error)
+    else:
+        logging.warning("%s: %d %s", request.path, status, message[:200])
+    return error_response(status, message, getattr(error, "headers", None))
+
+
+class JsonErrorRequestHandler(serving.WSGIRequestHandler):
+    """werkzeug's handler with a read time-out, and JSON for the errors `http.server` answers itself."""
+
+    timeout = Limits.read_timeout_s
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Bad request lines, over-long lines or headers: `{"error": ...}` with nosniff, then close."""
+        status = http.HTTPStatus(code)
+        self.log_error("code %d, message %s", code, message)
+        body = error_body(f"{status.phrase}: {message or explain or status.description}")
+        self.send_response(code, status.phrase)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+        self.close_connection = True
 
 
 def check_device(device: str | None) -> None:
@@ -228,6 +391,7 @@ def serve(
     client_root: str | None = None,
     allow_loading: bool = False,
     datapoints_dir: str | None = None,
+    limits: Limits | None = None,
     **app_kw,
 ) -> None:
     """Serves `HardenedLitApp(models, datasets, ...)` on `host:port` until interrupted.
@@ -242,6 +406,7 @@ def serve(
             fonts (`offline_client.localize`).
         allow_loading: see `HardenedLitApp`.
         datapoints_dir: see `HardenedLitApp`.
+        limits: see `HardenedLitApp`; `read_timeout_s` is set on every connection.
         **app_kw: `LitApp` keyword arguments (interpreters, layouts, LIT's
             server flags); others are ignored, as LIT's dev_server does.
 
@@ -258,15 +423,18 @@ def serve(
             logging.warning("%s Serving LIT's client, which loads its fonts from the internet.", error)
             client_root = str(offline_client.LIT_CLIENT_ROOT)
     accepted = dev_server.get_available_keywords(lit_app.LitApp)
+    limits = limits or Limits()
     lit = HardenedLitApp(
         models,
         datasets,
         allow_loading=allow_loading,
         datapoints_dir=datapoints_dir,
         client_root=client_root,
+        limits=limits,
         **{k: v for k, v in app_kw.items() if k in accepted},
     )
-    server = serving.make_server(host, port, lit, threaded=True)
+    handler = type("RequestHandler", (JsonErrorRequestHandler,), {"timeout": limits.read_timeout_s})
+    server = serving.make_server(host, port, lit, threaded=True, request_handler=handler)
     url_host = f"[{host}]" if ":" in host else host
     print(f"LIT demo at http://{url_host}:{server.server_port}/", flush=True)
     try:

@@ -176,7 +176,7 @@ ERROR_CASES = {
     "empty text": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"inputs": [new_input("  ")]}, 400, "empty"),
     "text not a string": ("/get_preds", {"model": MODEL}, {"inputs": [{"id": "", "data": {"sentence": 3, "_id": ""}}]}, 400, "string"),
     "no inputs": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"config": {}}, 400, "inputs"),
-    "unknown example id": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"inputs": [MARKUP]}, 400, "key"),
+    "unknown example id": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"inputs": [MARKUP]}, 400, "example id"),
     "malformed JSON": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, b'{"inputs": [' + MARKUP.encode(), 400, "Expecting"),
     "JSON list": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, [MARKUP], 400, "Malformed"),
     "unknown model": ("/get_preds", {"model": MARKUP, "dataset_name": DATASET}, {"inputs": []}, 404, "Unknown model"),

@@ -1,0 +1,226 @@
+"""Bounds on the work a LIT server takes on: inputs, cost, concurrency and time.
+
+`Limits` holds the numbers; `request_cost` prices an interpretation request in
+token-rows (the tokens of every model row it will run); `HeavyGate` lets a
+bounded number of heavy requests run at once behind a bounded queue; and
+`stop_check` tells `lit_sig.core.cancellation` when a request's deadline has
+passed or its client has gone.
+"""
+
+import contextlib
+import dataclasses
+import http
+import os
+import re
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from lit_nlp.api import model as lit_model
+from lit_nlp.api import types as lit_types
+from lit_nlp.components import gradient_maps, lime_explainer
+
+from lit_sig import interpreters
+from lit_sig.core import adaptive, cancellation
+
+MAX_LIME_SAMPLES = 1024
+RETRY_AFTER_S = 5
+CLIENT_GONE = "The client closed its connection."
+_POLL_S = 0.25
+_WORDS = re.compile(r"\w+|[^\w\s]")
+# Rows one adaptive path may use: both ends plus two per refinement round.
+_ADAPTIVE_ROWS = 2 + 2 * getattr(adaptive, "DEFAULT_MAX_ROUNDS", 64)
+
+
+class RequestError(Exception):
+    """A request the server refuses, with its HTTP status and extra headers."""
+
+    def __init__(self, status: http.HTTPStatus, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = dict(headers or {})
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one server accepts; every field must be positive.
+
+    Attributes:
+        max_inputs: inputs per request that runs the model (the served data
+            sets' sizes raise it, so the UI can always predict a whole data set).
+        max_request_cost: token-rows per interpretation request: the sum over
+            its inputs of tokens x model rows (IG: steps; SIG: tokens x steps).
+        max_heavy_requests: interpretations (and generations) running at once.
+        max_queued_requests: heavy requests waiting for a slot; more get 503.
+        request_deadline_s: seconds a request may take before it is abandoned.
+        read_timeout_s: seconds a connection may stay silent while the server
+            reads a request.
+    """
+
+    max_inputs: int = 1000
+    max_request_cost: int = 2_000_000
+    max_heavy_requests: int = dataclasses.field(default_factory=_cores)
+    max_queued_requests: int = dataclasses.field(default_factory=lambda: 2 * _cores())
+    request_deadline_s: float = 120.0
+    read_timeout_s: float = 30.0
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{field.name} must be a positive number, got {value!r}.")
+
+
+def check_numbers(config: Mapping[str, Any]) -> None:
+    """Raises ValueError for a config number too large to be a float (a 400-digit integer)."""
+    for key, value in config.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                float(value)
+            except OverflowError:
+                raise ValueError(f"{key!r} is out of range: a number of {len(str(abs(value)))} digits.") from None
+
+
+def _integer_in(config: Mapping[str, Any], key: str, low: int, high: int) -> int | None:
+    """`config[key]` as an integer in [low, high] (None if absent); ValueError otherwise."""
+    if config.get(key) is None:
+        return None
+    value = config[key]
+    message = f"{key!r} must be an integer in [{low}, {high}], got {str(value)[:40]!r}."
+    if isinstance(value, bool):
+        raise ValueError(message)
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(message) from None
+    if not number.is_integer() or not low <= number <= high:  # NaN and inf fail too.
+        raise ValueError(message)
+    return int(number)
+
+
+def _scalar_range(interpreter: Any, key: str) -> tuple[int, int]:
+    spec = interpreter.config_spec().get(key)
+    return int(getattr(spec, "min_val", 1) or 1), int(getattr(spec, "max_val", 100) or 100)
+
+
+def rows_per_token_and_input(interpreter: Any, config: Mapping[str, Any]) -> tuple[int, int]:
+    """`(per_token, per_input)`: an input of T tokens costs T x (per_token x T + per_input) token-rows.
+
+    Validates the config keys that set the cost (LIT's own IG and LIME included);
+    raises ValueError naming the accepted values.
+    """
+    if isinstance(interpreter, interpreters.SequentialIntegratedGradients | interpreters.IntegratedGradients):
+        settings = interpreter.parse_config(dict(config))
+        rows = _ADAPTIVE_ROWS if settings.adaptive else settings.steps
+        sequential = isinstance(interpreter, interpreters.SequentialIntegratedGradients)
+        return (rows, 1) if sequential else (0, rows + 1)
+    if isinstance(interpreter, gradient_maps.IntegratedGradients):
+        key = gradient_maps.INTERPOLATION_KEY
+        steps = _integer_in(config, key, *_scalar_range(interpreter, key))
+        return 0, (steps or 30) + 1
+    if isinstance(interpreter, lime_explainer.LIME):
+        samples = _integer_in(config, lime_explainer.NUM_SAMPLES_KEY, 1, MAX_LIME_SAMPLES)
+        return 0, (samples or 256) + 1
+    return 0, 1
+
+
+def _unwrapped(model: lit_model.Model) -> lit_model.Model:
+    while isinstance(model, lit_model.ModelWrapper):
+        model = model.wrapped
+    return model
+
+
+def token_counts(model: lit_model.Model, examples: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Tokens per example: the model's own tokenizer (truncated as it truncates), else words + 2."""
+    fields = [k for k, v in model.input_spec().items() if isinstance(v, lit_types.TextSegment)]
+    base = _unwrapped(model)
+    tokenizer, max_length = getattr(base, "tokenizer", None), getattr(base, "max_length", None)
+    counts = []
+    for example in examples:
+        texts = [example[f] for f in fields if isinstance(example.get(f), str)]
+        if tokenizer is not None and 0 < len(texts) <= 2:
+            truncate = isinstance(max_length, int)
+            ids = tokenizer(*texts, truncation=truncate, max_length=max_length if truncate else None)["input_ids"]
+            counts.append(len(ids))
+        else:
+            counts.append(sum(len(_WORDS.findall(t)) for t in texts) + 2)
+    return counts
+
+
+def request_cost(
+    interpreter: Any, model: lit_model.Model, examples: Sequence[Mapping[str, Any]], config: Mapping[str, Any]
+) -> int:
+    """Token-rows an interpretation request will run (see `Limits.max_request_cost`)."""
+    per_token, per_input = rows_per_token_and_input(interpreter, config)
+    return sum(t * (per_token * t + per_input) for t in token_counts(model, examples))
+
+
+class HeavyGate:
+    """At most `slots` heavy requests at once, `queue` more waiting; beyond that, 503."""
+
+    def __init__(self, slots: int, queue: int):
+        self._slots = threading.BoundedSemaphore(slots)
+        self._capacity = slots + queue
+        self._admitted = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def admit(self, should_stop: cancellation.StopCheck) -> Iterator[None]:
+        """Runs the body in a slot; raises a 503 RequestError when full, Cancelled if stopped while queued."""
+        with self._lock:
+            if self._admitted >= self._capacity:
+                raise RequestError(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"The server is busy ({self._capacity} heavy requests running or queued); retry later.",
+                    {"Retry-After": str(RETRY_AFTER_S)},
+                )
+            self._admitted += 1
+        try:
+            while not self._slots.acquire(timeout=_POLL_S):
+                if reason := should_stop():
+                    raise cancellation.Cancelled(reason)
+            try:
+                yield
+            finally:
+                self._slots.release()
+        finally:
+            with self._lock:
+                self._admitted -= 1
+
+
+def client_gone(sock: socket.socket) -> bool:
+    """Whether the peer closed `sock` (readable with nothing to read); data waiting means it is still there."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+def stop_check(deadline_s: float, sock: socket.socket | None) -> cancellation.StopCheck:
+    """A check that returns why to stop once `deadline_s` has passed or the client has gone.
+
+    The socket is polled at most every 0.25 s.
+    """
+    deadline = time.monotonic() + deadline_s
+    next_poll = 0.0
+
+    def should_stop() -> str | None:
+        nonlocal next_poll
+        now = time.monotonic()
+        if now > deadline:
+            return f"The request ran past the server's deadline of {deadline_s:g} s."
+        if sock is not None and now >= next_poll:
+            next_poll = now + _POLL_S
+            if client_gone(sock):
+                return CLIENT_GONE
+        return None
+
+    return should_stop
