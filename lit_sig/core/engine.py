@@ -131,7 +131,7 @@ def path_attributions(
         dtype = _dtype(p)
         row_weights = plan.weight[rows, None].to(dtype) * p.groups[plan.group[rows]].to(dtype)  # [r, T]
         weighted[index] += torch.einsum("rt,rtd->td", row_weights, grads.to(dtype))
-    ends = _endpoint_scores(problems, scorer) if measure_completeness else [None] * len(problems)
+    ends = _endpoint_scores(problems, scorer) if measure_completeness else [(None, None)] * len(problems)
     results = []
     for p, plan, w, (input_score, baseline_scores) in zip(problems, plans, weighted, ends):
         attributions = (p.x - p.baseline).to(w.dtype) * w  # [T, D]

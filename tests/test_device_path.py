@@ -1,0 +1,295 @@
+"""The device path (rows built and summed where the model runs) against the generic `predict` path,
+exact SIG against an independent occlusion, and the protocol found through LIT's wrappers."""
+
+import numpy as np
+import pytest
+import torch
+from lit_nlp.api import model as lit_model
+from lit_nlp.lib import caching
+
+import lit_sig
+from lit_sig import interpreters, models, protocol
+from lit_sig.core import cancellation, engine
+from tests.conftest import tiny_bert
+
+SENTENCE = "a charming and often affecting journey"
+PAIR = {"sentence1": "a man plays a guitar", "sentence2": "nobody is playing music"}
+RAW = {interpreters.NORMALIZATION_KEY: False}
+EXACT = {interpreters.METHOD_KEY: interpreters.EXACT_METHOD}
+
+
+class PredictOnly(lit_model.Model):
+    """A plain LIT model over the wrapper: its specs, `predict` and baselines, no device path."""
+
+    def __init__(self, model: models.HFSequenceClassifier, with_score: bool = True, with_baselines: bool = True):
+        self._model, self._with_score = model, with_score
+        if with_baselines:
+            self.baseline_embedding = model.baseline_embedding
+
+    def input_spec(self):
+        return self._model.input_spec()
+
+    def output_spec(self):
+        spec = dict(self._model.output_spec())
+        if not self._with_score:
+            del spec[protocol.TARGET_SCORE_FIELD]
+        return spec
+
+    def predict(self, inputs, **kw):
+        outputs = list(self._model.predict(inputs, **kw))
+        if not self._with_score:
+            for o in outputs:
+                del o[protocol.TARGET_SCORE_FIELD]
+        return outputs
+
+
+@pytest.fixture(scope="module")
+def regression_model(tokenizer) -> models.HFSequenceClassifier:
+    return models.HFSequenceClassifier(tiny_bert(num_labels=1, seed=2), tokenizer, labels=None, device="cpu")
+
+
+def salience(result: dict, field: str = "token_grad_sentence") -> np.ndarray:
+    return np.asarray(result[field].salience, dtype=np.float64)
+
+
+def run(interpreter, model, examples, **config):
+    return interpreter.run(examples, model, None, config={**RAW, **config})
+
+
+def salience_fields(model: models.HFSequenceClassifier) -> list[str]:
+    return [models.gradients_field(f) for f in model.text_fields]
+
+
+CASES = {
+    "sentence": ("tiny_model", {"sentence": SENTENCE, "label": "1"}),
+    "pair": ("tiny_pair_model", dict(PAIR, label="neutral")),
+    "regression": ("regression_model", {"sentence": SENTENCE}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("interpreter", [lit_sig.IntegratedGradients, lit_sig.SequentialIntegratedGradients])
+@pytest.mark.parametrize("baseline", interpreters.BASELINES)
+def test_device_path_equals_predict_path(request, case, interpreter, baseline):
+    fixture, example = CASES[case]
+    model = request.getfixturevalue(fixture)
+    config = {interpreters.INTERPOLATION_KEY: 8, interpreters.BASELINE_KEY: baseline}
+    device = run(interpreter(), model, [example], **config)[0]
+    generic = run(interpreter(), PredictOnly(model), [example], **config)[0]
+    for field in salience_fields(model):
+        ours, theirs = salience(device, field), salience(generic, field)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6 * np.abs(theirs).max())
+    assert device[interpreters.COMPLETENESS_KEY] == pytest.approx(generic[interpreters.COMPLETENESS_KEY], abs=1e-5)
+
+
+def test_several_examples_in_one_run_equal_one_at_a_time(tiny_model):
+    examples = [{"sentence": s} for s in (SENTENCE, "bad", "not a good film at all , sadly", "it works")]
+    for interpreter in (lit_sig.IntegratedGradients(), lit_sig.SequentialIntegratedGradients()):
+        together = run(interpreter, tiny_model, examples, **{interpreters.INTERPOLATION_KEY: 6})
+        for example, result in zip(examples, together):
+            alone = run(interpreter, tiny_model, [example], **{interpreters.INTERPOLATION_KEY: 6})[0]
+            np.testing.assert_allclose(salience(result), salience(alone), rtol=1e-6, atol=1e-7)
+
+
+class PassRecorder:
+    """Records each pass the engine asks a scorer for: how many examples and rows it held."""
+
+    def __init__(self, scorer, rows_per_pass: int):
+        self.scorer, self.rows, self.passes = scorer, rows_per_pass, []
+        self.device = scorer.device
+
+    def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
+        return self.rows
+
+    def score_rows(self, pieces, with_grads):
+        self.passes.append((len(pieces), sum(len(rows) for _, rows in pieces), with_grads))
+        return self.scorer.score_rows(pieces, with_grads)
+
+
+def test_rows_of_several_examples_share_passes(tiny_model):
+    prepared = tiny_model.path_inputs([{"sentence": "good"}, {"sentence": "bad"}], [None, None],
+                                      ["input_embs_sentence"])
+    problems = [
+        engine.PathProblem(p, p.x, torch.zeros_like(p.x), torch.ones(1, len(p.x), dtype=torch.bool), p.input_score)
+        for p in prepared
+    ]
+    recorder = PassRecorder(tiny_model, rows_per_pass=16)
+    results = engine.path_attributions(problems, recorder, *lit_sig.core.quadrature.quadrature("gausslegendre", 10))
+    # 2 x 10 gradient rows in passes of at most 16, the first holding both examples; then 2 endpoint rows.
+    assert recorder.passes == [(2, 16, True), (1, 4, True), (2, 2, False)]
+    alone = engine.path_attributions(problems[1:], tiny_model, *lit_sig.core.quadrature.quadrature("gausslegendre", 10))
+    np.testing.assert_allclose(results[1].token_attributions, alone[0].token_attributions, rtol=1e-6)
+
+
+def test_protocol_found_through_caching_model_wrapper(tiny_model, monkeypatch):
+    """LIT's server wraps every model: the device path and the [MASK] baseline must still be used."""
+    wrapped = caching.CachingModelWrapper(tiny_model, "tiny")
+    assert protocol.find_device_path(wrapped) is tiny_model
+    assert protocol.find_capability(wrapped, protocol.BASELINE_METHOD) == tiny_model.baseline_embedding
+    passes = []
+    real = tiny_model.score_rows
+    monkeypatch.setattr(tiny_model, "score_rows", lambda pieces, g: passes.append(g) or real(pieces, g))
+    example = {"sentence": SENTENCE, "label": "1"}
+    for baseline in interpreters.BASELINES:
+        config = {interpreters.BASELINE_KEY: baseline, interpreters.INTERPOLATION_KEY: 5}
+        served = salience(run(lit_sig.SequentialIntegratedGradients(), wrapped, [example], **config)[0])
+        direct = salience(run(lit_sig.SequentialIntegratedGradients(), tiny_model, [example], **config)[0])
+        np.testing.assert_array_equal(served, direct)
+    assert passes  # The rows went through the device path, not through `predict`.
+    zero = salience(run(lit_sig.SequentialIntegratedGradients(), wrapped, [example], **{interpreters.BASELINE_KEY: "zero"})[0])
+    mask = salience(run(lit_sig.SequentialIntegratedGradients(), wrapped, [example], **{interpreters.BASELINE_KEY: "mask"})[0])
+    assert np.abs(zero - mask).max() > 1e-3
+
+
+# Exact SIG.
+
+
+def occlusion(model: models.HFSequenceClassifier, texts: tuple[str, ...], target: int, baseline: str) -> np.ndarray:
+    """F(x) - F(x with word token i at the baseline), by direct Hugging Face calls on token ids."""
+    encoding = model.tokenizer(*texts, return_tensors="pt")
+    ids = encoding["input_ids"][0]
+    words = [i for i, s in enumerate(encoding.sequence_ids(0)) if s is not None]
+    table = model.model.get_input_embeddings()
+
+    def score(embs: torch.Tensor) -> float:
+        with torch.no_grad():
+            logits = model.model(inputs_embeds=embs[None], token_type_ids=encoding.get("token_type_ids")).logits
+        return float(logits[0, target])
+
+    with torch.no_grad():
+        full = table(ids)  # [L, D]
+    at_input = score(full)
+    gaps = []
+    for position in words:
+        moved = full.clone()
+        if baseline == "zero":
+            moved[position] = 0.0
+        else:
+            token = model.tokenizer.mask_token_id if baseline == "mask" else model.tokenizer.pad_token_id
+            with torch.no_grad():
+                moved[position] = table(torch.tensor(token))  # The token id replaced.
+        gaps.append(at_input - score(moved))
+    return np.array(gaps)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("baseline", interpreters.BASELINES)
+def test_exact_sig_equals_occlusion(request, case, baseline):
+    fixture, example = CASES[case]
+    model = request.getfixturevalue(fixture)
+    result = run(lit_sig.SequentialIntegratedGradients(), model, [example],
+                 **EXACT, **{interpreters.BASELINE_KEY: baseline})[0]
+    ours = np.concatenate([salience(result, f) for f in salience_fields(model)])
+    target = 0 if model.labels is None else model.labels.index(example["label"])
+    theirs = occlusion(model, tuple(example[f] for f in model.text_fields), target, baseline)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
+    assert result[interpreters.COMPLETENESS_KEY] == 0.0
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_exact_sig_is_500_step_sig_within_its_delta(request, case):
+    fixture, example = CASES[case]
+    model = request.getfixturevalue(fixture)
+    exact = run(lit_sig.SequentialIntegratedGradients(), model, [example], **EXACT)[0]
+    fine = run(lit_sig.SequentialIntegratedGradients(), model, [example], **{interpreters.INTERPOLATION_KEY: 500})[0]
+    for field in salience_fields(model):
+        gap = np.abs(salience(exact, field) - salience(fine, field)).max()
+        assert gap <= fine[interpreters.COMPLETENESS_KEY] + 1e-6
+
+
+def test_exact_sig_is_t_plus_one_forward_passes(tiny_pair_model):
+    calls = []
+
+    def record(module, args, kwargs, output):
+        calls.append((kwargs["inputs_embeds"].shape[0], torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+
+    handle = tiny_pair_model.model.register_forward_hook(record, with_kwargs=True)
+    try:
+        result = run(lit_sig.SequentialIntegratedGradients(), tiny_pair_model, [PAIR], **EXACT)[0]
+    finally:
+        handle.remove()
+    T = sum(len(result[f].tokens) for f in salience_fields(tiny_pair_model))
+    assert sum(rows for rows, _, _ in calls) == T + 1
+    assert all(inference and not grad for _, inference, grad in calls)  # No backward pass is possible.
+
+
+def test_exact_through_predict_when_the_model_has_no_device_path(tiny_model):
+    example = {"sentence": SENTENCE, "label": "0"}
+    generic = run(lit_sig.SequentialIntegratedGradients(), PredictOnly(tiny_model), [example], **EXACT)[0]
+    device = run(lit_sig.SequentialIntegratedGradients(), tiny_model, [example], **EXACT)[0]
+    np.testing.assert_allclose(salience(generic), salience(device), rtol=1e-5, atol=1e-7)
+
+
+def test_exact_config_errors(tiny_model):
+    with pytest.raises(ValueError, match="closed form; IG has none"):
+        run(lit_sig.IntegratedGradients(), tiny_model, [{"sentence": SENTENCE}], **EXACT)
+    with pytest.raises(ValueError, match="Adaptive steps.*doesn't apply"):
+        run(lit_sig.SequentialIntegratedGradients(), tiny_model, [{"sentence": SENTENCE}],
+            **EXACT, **{interpreters.ADAPTIVE_KEY: True})
+    spec = lit_sig.SequentialIntegratedGradients().config_spec()[interpreters.METHOD_KEY]
+    assert interpreters.EXACT_METHOD in spec.vocab
+    assert interpreters.EXACT_METHOD not in lit_sig.IntegratedGradients().config_spec()[interpreters.METHOD_KEY].vocab
+
+
+# Models that declare no target score.
+
+
+def test_no_target_score_refuses_what_needs_it(tiny_model):
+    plain = PredictOnly(tiny_model, with_score=False)
+    example = {"sentence": SENTENCE, "label": "1"}
+    for config in (EXACT, {interpreters.ADAPTIVE_KEY: True}):
+        with pytest.raises(ValueError, match=protocol.TARGET_SCORE_FIELD):
+            run(lit_sig.SequentialIntegratedGradients(), plain, [example], **config)
+    fixed = run(lit_sig.IntegratedGradients(), plain, [example], **{interpreters.INTERPOLATION_KEY: 8})[0]
+    reference = run(lit_sig.IntegratedGradients(), tiny_model, [example], **{interpreters.INTERPOLATION_KEY: 8})[0]
+    np.testing.assert_allclose(salience(fixed), salience(reference), rtol=1e-5, atol=1e-7)
+    assert fixed[interpreters.COMPLETENESS_KEY] is None  # Unmeasured, never NaN.
+
+
+# Out of memory, row budgets, cancellation.
+
+
+def test_out_of_memory_in_a_pass_retries_halves(tiny_model, monkeypatch):
+    example = {"sentence": SENTENCE, "label": "1"}
+    config = {interpreters.INTERPOLATION_KEY: 20}
+    reference = run(lit_sig.SequentialIntegratedGradients(), tiny_model, [example], **config)[0]
+    real, sizes = tiny_model._score_pass, []
+
+    def flaky(pieces, with_grads):
+        rows = sum(len(r) for _, r in pieces)
+        sizes.append(rows)
+        if rows > 5:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(pieces, with_grads)
+
+    monkeypatch.setattr(tiny_model, "_score_pass", flaky)
+    result = run(lit_sig.SequentialIntegratedGradients(), tiny_model, [example], **config)[0]
+    np.testing.assert_allclose(salience(result), salience(reference), rtol=1e-6, atol=1e-7)
+    assert max(sizes) > 5 and any(s <= 5 for s in sizes)
+
+
+def test_device_row_budget_fits_free_memory():
+    free = {"bytes": 8 << 30}
+    budget = models.DeviceRowBudget(lambda: free["bytes"], max_rows=1024, probe_rows=64, memory_fraction=0.5)
+    assert budget.rows(130, True) == 64 and budget.needs_measure(130, True)
+    budget.observe(130, True, rows=64, peak_bytes=64 * (16 << 20))  # 16 MiB a row.
+    assert not budget.needs_measure(140, True)  # Same bucket of 16 tokens.
+    assert budget.rows(130, True) == 256  # Half of 8 GiB / 16 MiB.
+    assert budget.needs_measure(130, False) and budget.needs_measure(200, True)
+    budget.observe(20, False, rows=64, peak_bytes=64 * (1 << 20))
+    assert budget.rows(20, False) == 1024  # Capped.
+    budget.shrink(130, True, 256)
+    assert budget.rows(130, True) == 128
+
+
+def test_cancelled_scope_stops_an_explanation(tiny_model):
+    passes = []
+
+    def stop_after_two() -> str | None:
+        passes.append(1)
+        return "deadline passed" if len(passes) > 2 else None
+
+    with cancellation.scope(stop_after_two), pytest.raises(cancellation.Cancelled, match="deadline"):
+        run(lit_sig.SequentialIntegratedGradients(), tiny_model, [{"sentence": SENTENCE}],
+            **{interpreters.INTERPOLATION_KEY: 100})
+    assert len(passes) == 3

@@ -1,0 +1,70 @@
+"""What the served LIT UI shows equals what a notebook computes, for every interpreter and baseline.
+
+The demo runs as a real HTTP server (LIT wraps its model in `CachingModelWrapper`);
+the notebook side is `interpreter.run()` on `models.minilm_sst2()` in this process.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+import lit_sig
+from lit_sig import interpreters, models
+from tests.test_server import IG, LIT_SIG_INTERPRETERS, SIG, full_config, interpret, running_demo
+
+SENTENCE_INDEX = 1
+NOTEBOOK = {
+    "lit_sig Gradient Norm": lit_sig.GradientNorm,
+    "lit_sig Gradient x Input": lit_sig.GradientDotInput,
+    IG: lit_sig.IntegratedGradients,
+    SIG: lit_sig.SequentialIntegratedGradients,
+}
+CASES = [(name, None) for name in LIT_SIG_INTERPRETERS[:2]] + [
+    (name, {interpreters.BASELINE_KEY: baseline, interpreters.INTERPOLATION_KEY: 12})
+    for name in (IG, SIG) for baseline in interpreters.BASELINES
+] + [(SIG, {interpreters.METHOD_KEY: interpreters.EXACT_METHOD, interpreters.BASELINE_KEY: "mask"})]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    with running_demo(tmp_path_factory.mktemp("served") / "server.log") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def served_info(served) -> dict:
+    from tests.test_server import call_ok
+
+    return call_ok(served, "/get_info")
+
+
+@pytest.fixture(scope="module")
+def served_example(served) -> dict:
+    from tests.test_server import DATASET, call_ok
+
+    return call_ok(served, "/get_dataset", {"dataset_name": DATASET})[SENTENCE_INDEX]
+
+
+@pytest.mark.parametrize("name, overrides", CASES, ids=[f"{n}-{o}" for n, o in CASES])
+def test_served_salience_equals_notebook(served, served_info, served_example, sst2, name, overrides):
+    config = None if overrides is None else full_config(served_info, name, **overrides)
+    status, _, body = interpret(served, name, [served_example["id"]], config)
+    assert status == 200, body[:2000]
+    ui = json.loads(body)[0][models.gradients_field("sentence")]
+    example = {k: v for k, v in served_example["data"].items() if not k.startswith("_")}
+    notebook = NOTEBOOK[name]().run([example], sst2, None, config=config)[0][models.gradients_field("sentence")]
+    assert ui["tokens"] == list(notebook.tokens)
+    np.testing.assert_allclose(ui["salience"], notebook.salience, rtol=1e-5, atol=1e-6)
+
+
+def test_served_mask_and_zero_baselines_differ(served, served_info, served_example):
+    """The bug this file guards against: the served [MASK] baseline silently became zeros."""
+    by_baseline = {}
+    for baseline in ("mask", "zero"):
+        config = full_config(served_info, SIG, **{interpreters.BASELINE_KEY: baseline,
+                                                   interpreters.METHOD_KEY: interpreters.EXACT_METHOD})
+        status, _, body = interpret(served, SIG, [served_example["id"]], config)
+        assert status == 200, body[:2000]
+        by_baseline[baseline] = np.array(json.loads(body)[0][models.gradients_field("sentence")]["salience"])
+    assert np.abs(by_baseline["mask"] - by_baseline["zero"]).max() > 1e-3
