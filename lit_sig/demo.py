@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -144,6 +145,9 @@ def serve(demo_flags: _Flags, argv: Sequence[str]) -> None:
 def main() -> None:
     """The `lit-sig-demo` console script: parses sys.argv and serves (set-up errors: one line, status 2)."""
     demo_flags = define_flags()
+    # `--help` lists the main module's key flags; under a console script that module is pip's wrapper.
+    for holder in dataclasses.astuple(demo_flags):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[holder.name])
     server.run(lambda argv: serve(demo_flags, argv))
 
 
