@@ -20,6 +20,7 @@ any client load models and data sets or read and write files by path. Here:
 
 import contextlib
 import functools
+import inspect
 import http
 import io
 import json
@@ -175,7 +176,7 @@ class HardenedLitApp(lit_app.LitApp):
         limits = limits or Limits()
         self._limits = limits
         self._max_inputs = max([limits.max_inputs, *(len(d) for d in datasets.values())])
-        self._gate = server_limits.HeavyGate(limits.max_heavy_requests, limits.max_queued_requests)
+        self.heavy_gate = server_limits.HeavyGate(limits.max_heavy_requests, limits.max_queued_requests)
         self._allow_loading = allow_loading
         self._datapoints_dir = None
         if datapoints_dir is not None:
@@ -204,7 +205,7 @@ class HardenedLitApp(lit_app.LitApp):
                 stop = server_limits.stop_check(self._limits.request_deadline_s, environ.get("werkzeug.socket"))
                 with contextlib.ExitStack() as stack:
                     if name in _HEAVY_HANDLERS:
-                        stack.enter_context(self._gate.admit(stop))
+                        stack.enter_context(self.heavy_gate.admit(stop))
                     stack.enter_context(cancellation.scope(stop))
                     return handler(app, request, environ)
             except Exception as error:  # pylint: disable=broad-except
@@ -301,10 +302,12 @@ class HardenedLitApp(lit_app.LitApp):
 
     def _create_model(self, data, model_name=None, **kw):
         self._check_loading()
+        _check_init_args(self._model_loaders.get(model_name), model_name, data)
         return super()._create_model(data, model_name=model_name, **kw)
 
     def _create_dataset(self, data, dataset_name=None, **kw):
         self._check_loading()
+        _check_init_args(self._dataset_loaders.get(dataset_name), dataset_name, data)
         return super()._create_dataset(data, dataset_name=dataset_name, **kw)
 
     def _save_datapoints(self, data, dataset_name=None, path=None, **kw):
@@ -338,6 +341,18 @@ class HardenedLitApp(lit_app.LitApp):
         return response(environ, start_response)
 
 
+def _check_init_args(loader: tuple[Callable, Any] | None, name: str | None, data: Any) -> None:
+    """ValueError if a loader without an init spec can't take the config's arguments (LIT would raise TypeError)."""
+    config = (data or {}).get("config")
+    if loader is None or loader[1] is not None or not isinstance(config, dict):
+        return
+    args = {k: v for k, v in config.items() if k != "new_name"}
+    try:
+        inspect.signature(loader[0]).bind(**args)
+    except TypeError as error:
+        raise ValueError(f"{name} can't be created with the arguments {sorted(args)}: {error}.") from None
+
+
 def _error_for(request: wrappers.Request, error: Exception) -> wrappers.Response:
     """The JSON error response for `error`, logged (with its traceback when it is the server's fault)."""
     status, message = _describe(error)
@@ -361,6 +376,8 @@ class JsonErrorRequestHandler(serving.WSGIRequestHandler):
         status = http.HTTPStatus(code)
         self.log_error("code %d, message %s", code, message)
         body = error_body(f"{status.phrase}: {message or explain or status.description}")
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # Garbage, not HTTP/0.9: answer with headers.
         self.send_response(code, status.phrase)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("X-Content-Type-Options", "nosniff")
@@ -379,6 +396,12 @@ def check_device(device: str | None) -> None:
         raise ValueError(f"--device={device!r}; accepted: {', '.join(DEVICES)}.")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device=cuda, but PyTorch sees no CUDA device here; use --device=cpu.")
+
+
+def make_server(app: HardenedLitApp, host: str, port: int, read_timeout_s: float) -> serving.BaseWSGIServer:
+    """A threaded werkzeug server for `app` whose connections time out after `read_timeout_s` of silence."""
+    handler = type("RequestHandler", (JsonErrorRequestHandler,), {"timeout": read_timeout_s})
+    return serving.make_server(host, port, app, threaded=True, request_handler=handler)
 
 
 def serve(
@@ -433,8 +456,7 @@ def serve(
         limits=limits,
         **{k: v for k, v in app_kw.items() if k in accepted},
     )
-    handler = type("RequestHandler", (JsonErrorRequestHandler,), {"timeout": limits.read_timeout_s})
-    server = serving.make_server(host, port, lit, threaded=True, request_handler=handler)
+    server = make_server(lit, host, port, limits.read_timeout_s)
     url_host = f"[{host}]" if ":" in host else host
     print(f"LIT demo at http://{url_host}:{server.server_port}/", flush=True)
     try:

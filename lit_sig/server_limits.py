@@ -171,6 +171,12 @@ class HeavyGate:
         self._admitted = 0
         self._lock = threading.Lock()
 
+    @property
+    def admitted(self) -> int:
+        """Heavy requests running or queued now."""
+        with self._lock:
+            return self._admitted
+
     @contextlib.contextmanager
     def admit(self, should_stop: cancellation.StopCheck) -> Iterator[None]:
         """Runs the body in a slot; raises a 503 RequestError when full, Cancelled if stopped while queued."""

@@ -24,9 +24,12 @@ from typing import Any
 
 import pytest
 import torch
+from lit_nlp.api import components as lit_components
 from werkzeug import test as werkzeug_test
 
-from lit_sig import datasets, offline_client, server
+import lit_sig
+from lit_sig import datasets, offline_client, server, server_limits
+from lit_sig.core import cancellation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = "sst2_minilm"
@@ -186,6 +189,12 @@ ERROR_CASES = {
     "unknown route": ("/get_" + urllib.parse.quote(MARKUP), None, {"inputs": []}, 404, "Not Found"),
     "traversal in a static path": ("/static/../../../../etc/passwd", None, None, 400, "Bad Request"),
     "notebook-only route": ("/push_ui_state", {"dataset_name": DATASET}, {"inputs": []}, 404, "notebooks"),
+    "JSON nested 10,000 deep": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, b"[" * 10_000 + b"]" * 10_000, 400, "nested"),
+    "NUL in a static path": ("/static/%00../etc/passwd", None, None, 400, "NUL"),
+    "5,000 example ids": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"inputs": ["x"] * 5000}, 413, "at most 1000"),
+    "inputs not a list": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"inputs": {"a": 1}}, 400, "list"),
+    "input not an example": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"inputs": [3]}, 400, "example id"),
+    "config not an object": ("/get_interpretations", {"model": MODEL, "dataset_name": DATASET, "interpreter": IG}, {"inputs": [], "config": [1]}, 400, "config"),
 }
 # (interpreter, config overrides, a word of the message); the example is the data set's first.
 CONFIG_ERROR_CASES = {
@@ -198,6 +207,11 @@ CONFIG_ERROR_CASES = {
     "unknown method": (SIG, {"Integration method": MARKUP}, "Integration method"),
     "unknown key": (IG, {MARKUP: 1}, "Unknown config key"),
     "normalize not a bool": (IG, {"Normalize": MARKUP}, "Normalize"),
+    "steps of 400 digits": (SIG, {"Interpolation steps": 10**400}, "Interpolation steps"),
+    "tolerance of 400 digits": (SIG, {"Tolerance": 10**400}, "Tolerance"),
+    "LIT IG steps abc": ("Integrated Gradients", {"Interpolation steps": "abc"}, "Interpolation steps"),
+    "LIT IG steps 1000": ("Integrated Gradients", {"Interpolation steps": 1000}, "[5, 100]"),
+    "LIME samples 5000": ("LIME", {"Number of samples": "5000"}, "Number of samples"),
 }
 
 
@@ -286,8 +300,16 @@ def test_missing_datapoints_file_is_404(local_app):
 
 
 def test_loading_route_works_when_allowed(local_app):
-    status, content_type, body = local_call(local_app, "/create_dataset", {"dataset_name": DATASET}, {"inputs": [], "config": {}})
-    assert status != 403 and content_type.startswith("application/json"), body
+    config = {"new_name": "copy", "examples": [{"sentence": "A copied sentence.", "label": "1"}]}
+    status, _, body = local_call(local_app, "/create_dataset", {"dataset_name": DATASET}, {"inputs": [], "config": config})
+    assert status == 200, body
+    info, name = json.loads(body)
+    assert name == "copy" and "copy" in info["datasets"]
+    (example,) = json.loads(local_call(local_app, "/get_dataset", {"dataset_name": "copy"}, {})[2])
+    assert example["data"]["sentence"] == "A copied sentence." and example["data"]["label"] == "1"
+    # Arguments the data set's class doesn't take are the client's mistake, not a server fault.
+    status, _, body = local_call(local_app, "/create_dataset", {"dataset_name": DATASET}, {"inputs": [], "config": {"new_name": "x"}})
+    assert status == 400 and "examples" in json.loads(body)["error"]
 
 
 def test_concurrent_mixed_requests_match_sequential(demo, info, examples):
@@ -312,23 +334,6 @@ def test_concurrent_mixed_requests_match_sequential(demo, info, examples):
     with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
         concurrent_results = list(pool.map(send, requests))
     assert concurrent_results == sequential
-
-
-def test_slow_sig_does_not_block_other_requests(demo, info, examples):
-    longest = max(examples, key=lambda ex: len(ex["data"]["sentence"]))
-    # The most steps: tens of seconds on a CPU, far longer than the quick requests even when
-    # they share the cores with it.
-    config = full_config(info, SIG, **{"Interpolation steps": 500})
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(interpret, demo, SIG, [longest["id"]], config)
-        time.sleep(0.5)  # Let SIG start.
-        assert not slow.done(), "SIG finished too fast to tell"
-        start = time.monotonic()
-        assert call(demo, "/get_info")[0] == 200
-        call_ok(demo, "/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"inputs": [new_input("Not blocked at all.")]})
-        quick_s = time.monotonic() - start
-        assert not slow.done(), f"the quick requests waited for SIG ({quick_s:.1f} s)"
-        assert slow.result()[0] == 200
 
 
 def test_bad_command_lines_exit_with_a_clear_error(tmp_path, tiny_model_dir):
@@ -360,3 +365,184 @@ def test_bad_command_lines_exit_with_a_clear_error(tmp_path, tiny_model_dir):
         assert process.returncode != 0, f"{args}: exit 0\n{out}{err}"
         assert "Traceback" not in err, f"{args}:\n{err}"
         assert cases[args] in err, f"{args}:\n{err}"
+
+
+# --- Limits, time-outs and cancellation, on an in-process server with the tiny model. ---
+
+class BlockingInterpreter(lit_components.Interpreter):
+    """Heavy work made deterministic: runs until `release` is set, checking for cancellation."""
+
+    def __init__(self):
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.stopped: list[str] = []
+
+    def run(self, inputs, model, dataset, model_outputs=None, config=None):
+        self.started.set()
+        try:
+            while not self.release.wait(0.02):
+                cancellation.check()
+        except cancellation.Cancelled as stop:
+            self.stopped.append(str(stop))
+            raise
+        return [{} for _ in inputs]
+
+
+@contextlib.contextmanager
+def local_server(model, limits: server.Limits, **interpreters) -> Iterator[tuple[str, server.HardenedLitApp]]:
+    """Serves the tiny model and `interpreters` (plus lit_sig's SIG and IG) on a free loopback port."""
+    app = server.HardenedLitApp(
+        {"tiny": model}, {DATASET: datasets.builtin(4)}, limits=limits,
+        client_root=str(offline_client.LIT_CLIENT_ROOT),
+        interpreters={SIG: lit_sig.SequentialIntegratedGradients(), IG: lit_sig.IntegratedGradients(), **interpreters},
+    )
+    httpd = server.make_server(app, "127.0.0.1", 0, limits.read_timeout_s)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}", app
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def raw_exchange(base: str, request: bytes, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+    """Sends raw bytes; returns the status, headers (lower-case names) and body of the answer."""
+    host, port = urllib.parse.urlsplit(base).netloc.split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def sig_body(sentence: str, steps: int) -> dict:
+    return {"inputs": [new_input(sentence)], "config": {"Interpolation steps": steps, "Normalize": False}}
+
+
+TINY_PARAMS = {"model": "tiny", "dataset_name": DATASET, "do_predict": "1"}
+
+
+@pytest.fixture(scope="module")
+def quick_server(tiny_model) -> Iterator[tuple[str, server.HardenedLitApp]]:
+    with local_server(tiny_model, server.Limits(read_timeout_s=1, max_request_cost=50_000)) as served:
+        yield served
+
+
+@pytest.mark.parametrize("request_bytes, status, word", [
+    (b"GARBAGE\r\n\r\n", 400, "Bad request"),
+    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, "URI Too Long"),
+    (b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n", 431, "Header"),
+    (b"POST /get_info HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "chunk"),
+    (b"POST /get_info HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}", 400, "shorter"),
+    (b"GET /static/%00../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 400, "NUL"),
+])
+def test_protocol_errors_get_json(quick_server, request_bytes, status, word):
+    got_status, headers, body = raw_exchange(quick_server[0], request_bytes)
+    assert got_status == status, body
+    assert headers["content-type"].startswith("application/json")
+    assert headers["x-content-type-options"] == "nosniff"
+    assert word.lower() in json.loads(body)["error"].lower()
+
+
+def test_a_stalled_body_times_out_with_408(quick_server):
+    """Content-Length larger than what arrives: the read time-out (1 s here) answers instead of waiting forever."""
+    host, port = urllib.parse.urlsplit(quick_server[0]).netloc.split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(b"POST /get_info HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}")  # And then nothing.
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408") and b"in time" in answer
+
+
+def test_chunked_body_over_the_limit_is_413(quick_server, monkeypatch):
+    monkeypatch.setattr(server, "MAX_REQUEST_BYTES", 10_000)
+    chunk = b"a" * 1000
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(20)) + b"0\r\n\r\n"
+    request = b"POST /get_info HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    status, headers, answer = raw_exchange(quick_server[0], request)
+    assert status == 413 and "10000 bytes" in json.loads(answer)["error"]
+    small = b"POST /get_info HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    status, _, answer = raw_exchange(quick_server[0], small)
+    assert status == 200 and "models" in json.loads(answer)
+
+
+def test_request_cost_is_bounded(quick_server):
+    base, _ = quick_server
+    sentence = "a rather long sentence that has quite a few tokens in it"
+    status, _, body = call(base, "/get_interpretations", TINY_PARAMS | {"interpreter": SIG}, sig_body(sentence, 500))
+    message = json.loads(body)["error"]
+    assert status == 413 and "max_request_cost" in message and "50,000" in message
+    status, _, body = call(base, "/get_interpretations", TINY_PARAMS | {"interpreter": SIG}, sig_body(sentence, 2))
+    assert status == 200, body
+
+
+def test_too_many_inputs_is_413(quick_server):
+    base, app = quick_server
+    inputs = [new_input("one more")] * 1001
+    status, _, body = call(base, "/get_preds", {"model": "tiny", "dataset_name": DATASET}, {"inputs": inputs})
+    assert status == 413 and "1000" in json.loads(body)["error"]
+
+
+def test_a_bug_is_a_bare_500(quick_server, monkeypatch):
+    def broken(*args, **kw):
+        raise TypeError("secret detail")
+
+    monkeypatch.setattr(quick_server[1], "_get_dataset", broken)  # Bound at start: patch the class instead.
+    monkeypatch.setattr(server.HardenedLitApp, "_check_names", broken)
+    status, content_type, body = call(quick_server[0], "/get_dataset", {"dataset_name": DATASET})
+    assert status == 500 and json.loads(body) == {"error": server.INTERNAL_ERROR}
+    assert b"secret" not in body and b"TypeError" not in body
+
+
+def test_deadline_stops_real_sig(tiny_model):
+    """A deadline that has passed before the first model pass: the path engine stops at its first check."""
+    with local_server(tiny_model, server.Limits(request_deadline_s=1e-9)) as (base, _):
+        status, _, body = call(base, "/get_interpretations", TINY_PARAMS | {"interpreter": SIG}, sig_body("good", 5))
+    assert status == 503 and "deadline" in json.loads(body)["error"]
+
+
+def test_busy_server_answers_503_and_quick_routes_still_answer(tiny_model):
+    """One heavy slot and one queue place: the third heavy request is refused at once; quick ones pass."""
+    slow = BlockingInterpreter()
+    with local_server(tiny_model, server.Limits(max_heavy_requests=1, max_queued_requests=1), Slow=slow) as (base, app):
+        params = TINY_PARAMS | {"interpreter": "Slow"}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            running = pool.submit(call, base, "/get_interpretations", params, {"inputs": [new_input("first")]})
+            assert slow.started.wait(60)
+            queued = pool.submit(call, base, "/get_interpretations", params, {"inputs": [new_input("second")]})
+            while app.heavy_gate.admitted < 2:
+                time.sleep(0.01)
+            status, headers, body = raw_exchange(base, b"POST /get_interpretations?" + urllib.parse.urlencode(
+                params).encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\n\r\n{\"inputs\":[]}")
+            assert status == 503 and headers["retry-after"] == "5" and "busy" in json.loads(body)["error"]
+            # The heavy ones are still held; quick routes answer meanwhile.
+            assert call(base, "/get_info")[0] == 200
+            assert len(call_ok(base, "/get_dataset", {"dataset_name": DATASET})) == 4
+            preds = call_ok(base, "/get_preds", {"model": "tiny", "dataset_name": DATASET}, {"inputs": [new_input("quick")]})
+            assert len(preds) == 1 and not running.done() and not queued.done()
+            slow.release.set()
+            assert running.result()[0] == 200 and queued.result()[0] == 200
+
+
+def test_work_stops_when_its_client_leaves(tiny_model):
+    slow = BlockingInterpreter()
+    with local_server(tiny_model, server.Limits(), Slow=slow) as (base, app):
+        query = urllib.parse.urlencode(TINY_PARAMS | {"interpreter": "Slow"}).encode()
+        body = json.dumps({"inputs": [new_input("left")]}).encode()
+        host, port = urllib.parse.urlsplit(base).netloc.split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as sock:
+            sock.sendall(b"POST /get_interpretations?" + query + b" HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\n\r\n" + body)
+            assert slow.started.wait(60)
+        while not slow.stopped:  # Never set (and the test times out) if the work went on.
+            time.sleep(0.01)
+        assert slow.stopped == [server_limits.CLIENT_GONE]
+        while app.heavy_gate.admitted:
+            time.sleep(0.01)
