@@ -52,6 +52,8 @@ DATA_SUFFIXES = (".tsv", ".jsonl")
 PARTIAL_SUFFIX = ".partial.jsonl"
 # Row fields that record how a row was made; a resumed run must match them.
 SETTINGS_FIELDS = ("method", "steps", "baseline", "normalize", "target")
+# Row fields that record what made it: the model (path or name), its labels and the data file.
+SOURCE_FIELDS = ("model", "labels", "data")
 SCHEMA = pa.schema([
     ("id", pa.int64()),
     ("sentence", pa.string()),
@@ -67,6 +69,9 @@ SCHEMA = pa.schema([
     ("baseline", pa.string()),  # null for the gradient methods
     ("normalize", pa.bool_()),
     ("target", pa.string()),  # whose class score is explained: "predicted" or "label"
+    ("model", pa.string()),  # EMBEDDED_MODEL, a Hugging Face name, or a checkpoint's absolute path
+    ("labels", pa.list_(pa.string())),
+    ("data", pa.string()),  # the data file's absolute path
 ])
 _BATCH_COLUMN = "examples"  # Ray Data rows: one JSON-encoded batch of examples each.
 
@@ -84,6 +89,8 @@ class Job:
     target: str
     device: str | None
     batch_size: int
+    data: str = ""  # the data file, as recorded in rows
+
 
     def build_model(self) -> models.HFSequenceClassifier:
         if self.model == EMBEDDED_MODEL:
@@ -107,6 +114,13 @@ class Job:
 
     def settings(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in SETTINGS_FIELDS}
+
+    def source(self) -> dict[str, Any]:
+        """What makes the rows: the model (a local checkpoint as its absolute path), labels, data file."""
+        model = self.model
+        if model != EMBEDDED_MODEL and pathlib.Path(model).exists():
+            model = str(pathlib.Path(model).resolve())
+        return {"model": model, "labels": list(self.labels), "data": self.data}
 
 
 class Explainer:
@@ -145,6 +159,7 @@ class Explainer:
                 "completeness_delta": None if delta is None else float(delta),
                 "truncated": bool(output["truncated"]),
                 **self._job.settings(),
+                **self._job.source(),
             })
         return rows
 
@@ -213,12 +228,12 @@ def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
 def _check_resumable(
     rows: Iterable[dict[str, Any]], examples: list[dict[str, Any]], job: Job, source: pathlib.Path
 ) -> None:
-    settings = job.settings()
+    wanted = job.settings() | job.source()
     for row in rows:
-        made_with = {field: row.get(field) for field in SETTINGS_FIELDS}
-        if made_with != settings:
+        differ = [f"{k}={row.get(k)!r} (this run: {v!r})" for k, v in wanted.items() if row.get(k) != v]
+        if differ:
             raise ValueError(
-                f"{source} holds rows made with {made_with}, not {settings}; resume with"
+                f"{source} holds rows made with another {', '.join(differ)}; resume with"
                 " the same flags, or write to another --out."
             )
         i = row["id"]
@@ -419,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             target=args.target,
             device=_parse_device(args.device, local=args.ray is None),
             batch_size=args.batch_size,
+            data=str(pathlib.Path(args.data).resolve()),
         )
         try:
             job.config()

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import pathlib
+import shutil
 import sys
 
 import numpy as np
@@ -148,6 +149,30 @@ def test_resume_with_other_settings_is_refused(data, tiny_model_dir, tmp_path, c
         run(data, tiny_model_dir, out, "--method", "ig", "--steps", "3")
     assert exit_info.value.code == 2
     assert "resume with the same flags" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change", ["model", "labels", "data"])
+def test_resume_with_another_model_labels_or_data_is_refused(data, tiny_model_dir, tmp_path, capsys, tokenizer, change):
+    """A second run into the same --out must not mix rows of two models (or label sets, or data files)."""
+    out = tmp_path / "out.jsonl"
+    run(data, tiny_model_dir, out, "--method", "grad_norm", "--labels", "0,1", "--limit", "2")
+    before = out.read_bytes()
+    other_model = tmp_path / "other_model"
+    shutil.copytree(tiny_model_dir, other_model)
+    other_data = tmp_path / "copy.tsv"
+    other_data.write_bytes(data.read_bytes())
+    flags = {"model": ("--model", str(other_model)), "labels": ("--labels", "neg,pos"), "data": ("--data", str(other_data))}
+    argv = ["--data", str(data), "--model", str(tiny_model_dir), "--out", str(out), "--method", "grad_norm", "--labels", "0,1"]
+    flag, value = flags[change]
+    argv[argv.index(flag) + 1] = value
+    with pytest.raises(SystemExit) as exit_info:
+        explain.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"another {change}=" in err and "resume with the same flags" in err
+    assert out.read_bytes() == before
+    row = explain.read_rows(out)[0]
+    assert (row["model"], row["labels"], row["data"]) == (str(tiny_model_dir.resolve()), ["0", "1"], str(data.resolve()))
 
 
 def test_jsonl_data_with_a_text_field(tiny_model_dir, tmp_path):
