@@ -43,7 +43,7 @@ def _lit_sig_ranker(interpreter: lit_components.Interpreter, **config) -> Ranker
             settings[interpreters.CLASS_KEY] = label
         result = interpreter.run([example], model, None, config={interpreters.NORMALIZATION_KEY: False, **settings})
         delta = result[0].get(interpreters.COMPLETENESS_KEY)
-        return np.asarray(result[0]["token_grad_sentence"].salience), None if delta is None else abs(delta)
+        return np.asarray(result[0][models.gradients_field("sentence")].salience), None if delta is None else abs(delta)
     return rank
 
 
@@ -51,7 +51,7 @@ def _lit_ig(model, example, label, steps):
     interpreter = gradient_maps.IntegratedGradients()
     config = {gradient_maps.INTERPOLATION_KEY: steps, gradient_maps.NORMALIZATION_KEY: False,
               gradient_maps.CLASS_KEY: label}
-    return np.asarray(interpreter.run([example], model, None, config=config)[0]["token_grad_sentence"].salience), None
+    return np.asarray(interpreter.run([example], model, None, config=config)[0][models.gradients_field("sentence")].salience), None
 
 
 def _random(model, example, label, steps):
@@ -66,6 +66,9 @@ METHODS: dict[str, Ranker] = {
     "grad_dot_input": _lit_sig_ranker(lit_sig.GradientDotInput()),
     "integrated_gradients": _lit_sig_ranker(lit_sig.IntegratedGradients()),
     "sequential_integrated_gradients": _lit_sig_ranker(lit_sig.SequentialIntegratedGradients()),
+    "exact_sequential_integrated_gradients": _lit_sig_ranker(
+        lit_sig.SequentialIntegratedGradients(), **{interpreters.METHOD_KEY: interpreters.EXACT_METHOD}
+    ),
     "adaptive_sequential_integrated_gradients": _lit_sig_ranker(
         lit_sig.SequentialIntegratedGradients(), **{interpreters.ADAPTIVE_KEY: True}
     ),

@@ -41,8 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if issubclass(method, (lit_sig.IntegratedGradients, lit_sig.SequentialIntegratedGradients)):
             config[interpreters.INTERPOLATION_KEY] = args.steps
         result = method().run([example], model, config=config)[0]
-        tokens = result["token_grad_sentence"].tokens
-        saliences[name] = result["token_grad_sentence"].salience
+        tokens = result[models.gradients_field("sentence")].tokens
+        saliences[name] = result[models.gradients_field("sentence")].salience
         if interpreters.COMPLETENESS_KEY in result:
             print(f"{name}: completeness delta {result[interpreters.COMPLETENESS_KEY]:+.2e}")
     probability = float(output["probas"][model.labels.index(predicted)])

@@ -1,14 +1,19 @@
-"""IG and SIG through the user's path, against the bare model's forward+backward floor.
+"""IG and SIG through the user's path, against the bare model's floor, in one run.
 
     python -m benchmarks.speed --tokens 16,32,64,128 --steps 50 --json speed.json
+    python -m benchmarks.speed --shape bert-base --precision bfloat16 --tokens 32,128 --memory_tokens 0
 
 Per case (method, T word tokens, n steps): the seconds of one `interpreter.run`
-on the embedded SST-2 model (interpreter -> model predict -> device), and in the
-same run the floor: as many rows of T + 2 tokens pushed through the bare torch
-model's forward and backward (gradients with respect to the input embeddings)
-at its fastest minibatch size. For SIG, also adaptive SIG's passes and
-completeness error beside fixed SIG's; and the peak memory of SIG on the
-longest input the model takes, measured in a child process for a bounded time.
+(interpreter -> model -> device) and, in the same run, the floor: as many rows of
+T + 2 tokens pushed through the bare torch model at its fastest minibatch size
+(forward+backward for gradient rows, forward only for score rows). Methods:
+fixed-step IG and SIG, exact SIG (whose time is also set against fixed SIG's
+floor), adaptive SIG's passes and completeness error, and IG over many sentences
+of 8..40 tokens in one `run()` (`--ig_batch`). Also the peak memory of SIG on the
+longest input, measured in a child process for a bounded time.
+
+`--shape sst2` is the embedded model; `minilm`, `bert-base` (and `tiny`) are
+random-weight models of those shapes: speed does not depend on the weights.
 """
 
 import argparse
@@ -18,20 +23,29 @@ import os
 import pathlib
 import time
 
+import numpy as np
 import torch
 
 import lit_sig
-from benchmarks.common import CountingModel
+from benchmarks.common import SHAPES, WORDS, CountingModel, random_model
 from lit_sig import interpreters, models, storage
 
+SIG, IG = "sequential_integrated_gradients", "integrated_gradients"
+EXACT_SIG, IG_BATCH = "exact_sequential_integrated_gradients", "integrated_gradients_batch"
 METHODS = {
-    "integrated_gradients": lit_sig.IntegratedGradients,
-    "sequential_integrated_gradients": lit_sig.SequentialIntegratedGradients,
+    IG: (lit_sig.IntegratedGradients, {}),
+    SIG: (lit_sig.SequentialIntegratedGradients, {}),
+    EXACT_SIG: (lit_sig.SequentialIntegratedGradients, {interpreters.METHOD_KEY: interpreters.EXACT_METHOD}),
 }
-FLOOR_MINIBATCHES = (8, 16, 32, 64, 128)
+CPU_MINIBATCHES = (8, 16, 32, 64, 128)
+CUDA_MINIBATCHES = (32, 64, 128, 256, 512, 1024)
 REPEAT_BELOW = 20_000  # rows * T: cheaper cases are timed --repeats times.
-# Words that are one word piece each, so a sentence of T of them has T tokens.
-WORDS = "the film is not bad but the plot never quite works and i wanted more from it".split()
+
+
+def load_model(shape: str, device: str | None, precision: str) -> models.HFSequenceClassifier:
+    if shape == "sst2":
+        return models.minilm_sst2(device, precision=precision)
+    return random_model(shape, device, precision)
 
 
 def sentence(model: models.HFSequenceClassifier, num_tokens: int) -> str:
@@ -40,42 +54,92 @@ def sentence(model: models.HFSequenceClassifier, num_tokens: int) -> str:
     return text
 
 
-def explain(model: models.HFSequenceClassifier, method: str, text: str, config: dict) -> tuple[float, int, float]:
-    """Seconds, rows and completeness delta of one explanation."""
+def synchronize(model: models.HFSequenceClassifier) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+
+
+def explain(model: models.HFSequenceClassifier, method: str, texts: list[str], config: dict) -> dict:
+    """Seconds, rows (forward+backward and forward-only) and completeness delta of one `run`."""
     counting = CountingModel(model)
+    interpreter, extra = METHODS[method]
+    synchronize(model)
     started = time.perf_counter()
-    result = METHODS[method]().run([{"sentence": text}], counting, None, config=config)[0]
-    return time.perf_counter() - started, counting.rows, abs(result[interpreters.COMPLETENESS_KEY])
+    results = interpreter().run([{"sentence": t} for t in texts], counting, None, config={**config, **extra})
+    synchronize(model)
+    seconds = time.perf_counter() - started
+    deltas = [abs(r[interpreters.COMPLETENESS_KEY]) for r in results]
+    return {"seconds": seconds, "rows": counting.rows, "forward_rows": counting.forward_rows,
+            "completeness_delta": max(deltas)}
 
 
-def floor_seconds(model: models.HFSequenceClassifier, text: str, rows: int) -> tuple[float, int]:
-    """Seconds for `rows` forward+backward passes of the bare model, at its best minibatch size."""
-    encoding = model.tokenizer(text, return_tensors="pt").to(model.device)
-    with torch.no_grad():
-        embs = model.model.get_input_embeddings()(encoding["input_ids"])  # [1, T + 2, D]
+class Floor:
+    """The bare model's time for rows of one sentence, at its fastest minibatch size (found once)."""
 
-    def run(num_rows: int, size: int) -> float:
+    def __init__(self, model: models.HFSequenceClassifier, text: str):
+        self.model = model
+        encoding = model.tokenizer(text, return_tensors="pt").to(model.device)
+        with torch.no_grad():
+            self.embs = model.model.get_input_embeddings()(encoding["input_ids"])  # [1, T + 2, D]
+        self.mask = encoding["attention_mask"]  # [1, T + 2]
+        self.sizes = CUDA_MINIBATCHES if model.device.type == "cuda" else CPU_MINIBATCHES
+        self.best: dict[bool, int] = {}
+
+    def _pass(self, rows: int, with_grads: bool) -> None:
+        autocast = models.PRECISIONS[self.model.precision]
+        x = self.embs.expand(rows, -1, -1).clone().requires_grad_(with_grads)  # [b, T + 2, D]
+        with torch.inference_mode(not with_grads), torch.autocast(
+            self.model.device.type, dtype=autocast, enabled=autocast is not None
+        ):
+            logits = self.model.model(inputs_embeds=x, attention_mask=self.mask.expand(rows, -1)).logits
+        if with_grads:
+            torch.autograd.grad(logits[:, -1].float().sum(), x)
+
+    def _time(self, rows: int, size: int, with_grads: bool) -> float:
+        synchronize(self.model)
         started = time.perf_counter()
-        for start in range(0, num_rows, size):
-            b = min(size, num_rows - start)
-            x = embs.expand(b, -1, -1).clone().requires_grad_(True)  # [b, T + 2, D]
-            mask = encoding["attention_mask"].expand(b, -1)
-            logits = model.model(inputs_embeds=x, attention_mask=mask).logits  # [b, C]
-            torch.autograd.grad(logits[:, -1].sum(), x)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
+        for start in range(0, rows, size):
+            self._pass(min(size, rows - start), with_grads)
+        synchronize(self.model)
         return time.perf_counter() - started
 
-    sample = min(rows, 2 * max(FLOOR_MINIBATCHES))
-    best = min(FLOOR_MINIBATCHES, key=lambda size: run(sample, size) / sample)
-    return run(rows, best), best
+    def seconds(self, rows: int, with_grads: bool = True) -> float:
+        """Seconds for `rows` passes (forward+backward, or forward only)."""
+        if rows == 0:
+            return 0.0
+        if with_grads not in self.best:
+            sample = min(max(rows, self.sizes[0]), 2 * max(self.sizes))
+            self._time(min(sample, self.sizes[0]), self.sizes[0], with_grads)  # Warm up.
+            self.best[with_grads] = min(self.sizes, key=lambda s: self._time(sample, s, with_grads) / sample)
+        return self._time(rows, self.best[with_grads], with_grads)
+
+    def of(self, counts: dict) -> float:
+        return self.seconds(counts["rows"], True) + self.seconds(counts["forward_rows"], False)
 
 
-def peak_memory(num_tokens: int, steps: int, seconds: float, device: str | None) -> dict:
+def time_case(model, method: str, texts: list[str], floors: list[Floor], config: dict, repeats: int) -> dict:
+    """Ours and the floor alternate; the fastest of each counts (the machine is shared)."""
+    case = explain(model, method, texts, config)
+    times, floor_times = [case["seconds"]], [sum(f.of(case) / len(texts) for f in floors)]
+    while len(times) < repeats and case["rows"] * len(texts[0].split()) <= REPEAT_BELOW * len(texts):
+        times.append(explain(model, method, texts, config)["seconds"])
+        floor_times.append(sum(f.of(case) / len(texts) for f in floors))
+    case |= {"method": method, "seconds": min(times), "floor_seconds": min(floor_times)}
+    case["ratio"] = case["seconds"] / case["floor_seconds"]
+    return case
+
+
+def batch_floor(model, texts: list[str], case: dict) -> float:
+    """The floor of IG's rows over `texts`: each sentence's rows at the best minibatch of its length."""
+    per_text = {"rows": case["rows"] // len(texts), "forward_rows": case["forward_rows"] // len(texts)}
+    return sum(Floor(model, t).of(per_text) for t in texts)
+
+
+def peak_memory(shape: str, num_tokens: int, steps: int, seconds: float, device: str | None) -> dict:
     """Peak extra resident memory of SIG on `num_tokens` tokens, run for at most `seconds`."""
     context = multiprocessing.get_context("spawn")
     ready = context.Queue()
-    child = context.Process(target=_memory_child, args=(num_tokens, steps, device, ready), daemon=True)
+    child = context.Process(target=_memory_child, args=(shape, num_tokens, steps, device, ready), daemon=True)
     child.start()
     baseline_kb = ready.get(timeout=600)
     started, peak_kb, finished = time.monotonic(), baseline_kb, False
@@ -101,8 +165,8 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
-def _memory_child(num_tokens: int, steps: int, device: str | None, ready) -> None:
-    model = models.minilm_sst2(device)
+def _memory_child(shape: str, num_tokens: int, steps: int, device: str | None, ready) -> None:
+    model = load_model(shape, device, "float32")
     text = sentence(model, num_tokens)
     model.predict([{"sentence": text}])  # Warm up before the baseline.
     ready.put(_status_kb(os.getpid(), "VmRSS"))
@@ -111,12 +175,67 @@ def _memory_child(num_tokens: int, steps: int, device: str | None, ready) -> Non
     )
 
 
+def print_row(case: dict) -> None:
+    extra = ""
+    if "adaptive_rows" in case:
+        extra = f"{case['adaptive_rows']} ({case['adaptive_pass_fraction']:.0%}), delta {case['adaptive_completeness_delta']:.1e}"
+    if "ratio_to_sig_floor" in case:
+        extra = f"1/{1 / case['ratio_to_sig_floor']:.0f} of fixed SIG's floor"
+    print(f"| {case['method']} | {case['tokens']} | {case['rows']} + {case['forward_rows']} | {case['seconds']:.3f} "
+          f"| {case['floor_seconds']:.3f} | {case['ratio']:.3f} | {case['completeness_delta']:.1e} | {extra} |",
+          flush=True)
+
+
+def run_cases(model, tokens: list[int], methods: list[str], steps: int, repeats: int, tolerance: float | None,
+              ig_batch: int) -> list[dict]:
+    config = {interpreters.INTERPOLATION_KEY: steps, interpreters.NORMALIZATION_KEY: False}
+    explain(model, IG, [sentence(model, 8)], config)  # Warm up.
+    print("| method | T | rows (fwd+bwd + fwd) | seconds | floor | ratio | completeness delta | notes |")
+    print("|---|---|---|---|---|---|---|---|")
+    cases = []
+    for T in tokens:
+        text = sentence(model, T)
+        floor = Floor(model, text)
+        by_method = {}
+        for method in methods:
+            case = time_case(model, method, [text], [floor], config, repeats) | {"tokens": T, "steps": steps}
+            if method == SIG:
+                adaptive = {interpreters.NORMALIZATION_KEY: False, interpreters.ADAPTIVE_KEY: True}
+                if tolerance is not None:
+                    adaptive[interpreters.TOLERANCE_KEY] = tolerance
+                run = explain(model, SIG, [text], adaptive)
+                case |= {"adaptive_rows": run["rows"] + run["forward_rows"],
+                         "adaptive_pass_fraction": (run["rows"] + run["forward_rows"]) / (case["rows"] + case["forward_rows"]),
+                         "adaptive_completeness_delta": run["completeness_delta"]}
+            by_method[method] = case
+            cases.append(case)
+        if EXACT_SIG in by_method:
+            exact = by_method[EXACT_SIG]
+            sig_rows = T * (steps + 1) + 1  # Fixed SIG's rows, all with gradients, at its floor.
+            exact["ratio_to_sig_floor"] = exact["seconds"] / floor.seconds(sig_rows, True)
+        for method in methods:
+            print_row(by_method[method])
+    if ig_batch:
+        rng = np.random.default_rng(0)
+        texts = [sentence(model, int(t)) for t in rng.integers(8, 41, ig_batch)]
+        case = explain(model, IG, texts, config) | {"method": IG_BATCH, "tokens": "8-40", "steps": steps,
+                                                     "sentences": ig_batch}
+        case["floor_seconds"] = batch_floor(model, texts, case)
+        case["ratio"] = case["seconds"] / case["floor_seconds"]
+        cases.append(case)
+        print_row(case)
+    return cases
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="sst2", choices=["sst2", *SHAPES])
     parser.add_argument("--tokens", default="16,32,64,128", help="word tokens per sentence, comma-separated")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--methods", default=",".join(METHODS), help=f"from {list(METHODS)}")
+    parser.add_argument("--precision", default="float32", choices=list(models.PRECISIONS))
     parser.add_argument("--tolerance", type=float, default=None, help="adaptive SIG tolerance (default: its own)")
+    parser.add_argument("--ig_batch", type=int, default=0, help="IG over this many sentences in one run (0: skip)")
     parser.add_argument("--memory_tokens", type=int, default=510, help="0 skips the memory check")
     parser.add_argument("--memory_seconds", type=float, default=120.0)
     parser.add_argument("--repeats", type=int, default=3, help=f"timings per case when rows * T <= {REPEAT_BELOW}")
@@ -130,43 +249,14 @@ def main(argv: list[str] | None = None) -> None:
     methods = args.methods.split(",")
     if bad := sorted(set(methods) - set(METHODS)):
         parser.error(f"unknown --methods {bad}; accepted: {', '.join(METHODS)}")
-    model = models.minilm_sst2(args.device)
+    model = load_model(args.shape, args.device, args.precision)
     if bad := [t for t in tokens if not 1 <= t <= model.max_length - 2]:
         parser.error(f"--tokens {bad} out of range; accepted: 1..{model.max_length - 2}")
-    config = {interpreters.INTERPOLATION_KEY: args.steps, interpreters.NORMALIZATION_KEY: False}
-    adaptive = {interpreters.NORMALIZATION_KEY: False, interpreters.ADAPTIVE_KEY: True}
-    if args.tolerance is not None:
-        adaptive[interpreters.TOLERANCE_KEY] = args.tolerance
-    explain(model, "integrated_gradients", sentence(model, 8), config)  # Warm up.
-
     report = {"device": str(model.device) if model.device.type == "cpu" else torch.cuda.get_device_name(),
-              "threads": torch.get_num_threads(), "cases": []}
-    print("| method | T | n | rows | seconds | floor | ratio | adaptive rows | passes | delta fixed | delta adaptive |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for T in tokens:
-        text = sentence(model, T)
-        for method in methods:
-            # Ours and the floor alternate; the fastest of each counts (the machine is shared).
-            seconds, rows, delta = explain(model, method, text, config)
-            times, floors = [seconds], [floor_seconds(model, text, rows)]
-            while len(times) < args.repeats and rows * T <= REPEAT_BELOW:
-                times.append(explain(model, method, text, config)[0])
-                floors.append(floor_seconds(model, text, rows))
-            seconds = min(times)
-            floor, minibatch = min(floors)
-            case = {"method": method, "tokens": T, "steps": args.steps, "rows": rows, "seconds": seconds,
-                    "floor_seconds": floor, "floor_minibatch": minibatch, "ratio": seconds / floor,
-                    "completeness_delta": delta}
-            if method == "sequential_integrated_gradients":
-                _, adaptive_rows, adaptive_delta = explain(model, method, text, adaptive)
-                case |= {"adaptive_rows": adaptive_rows, "adaptive_pass_fraction": adaptive_rows / rows,
-                         "adaptive_completeness_delta": adaptive_delta}
-            report["cases"].append(case)
-            print(f"| {method} | {T} | {args.steps} | {rows} | {seconds:.2f} | {floor:.2f} | {case['ratio']:.3f} "
-                  f"| {case.get('adaptive_rows', '')} | {case.get('adaptive_pass_fraction', float('nan')):.2f} "
-                  f"| {delta:.1e} | {case.get('adaptive_completeness_delta', float('nan')):.1e} |", flush=True)
+              "threads": torch.get_num_threads(), "shape": args.shape, "precision": args.precision,
+              "cases": run_cases(model, tokens, methods, args.steps, args.repeats, args.tolerance, args.ig_batch)}
     if args.memory_tokens:
-        report["memory"] = peak_memory(args.memory_tokens, args.steps, args.memory_seconds, args.device)
+        report["memory"] = peak_memory(args.shape, args.memory_tokens, args.steps, args.memory_seconds, args.device)
         print(f"SIG memory at T={args.memory_tokens}, n={args.steps}: {report['memory']}")
     if args.json:
         storage.write_atomically(pathlib.Path(args.json), json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,135 @@
+"""The GPU check, in one command: agreement with the CPU, bfloat16's cost, and speed against the floor.
+
+    python -m benchmarks.gpu_check --json gpu_check.json          # on a CUDA machine, a few minutes
+    python -m benchmarks.gpu_check --device cpu --quick           # the same code path, tiny, anywhere
+
+1. CUDA vs CPU: IG, SIG (20 steps) and exact SIG of a random MiniLM-shaped model
+   (same weights on both) on three sentences, fp32: the largest relative difference.
+2. bfloat16: SIG's completeness deltas and its distance from fp32.
+3. Speed (benchmarks.speed, floor rerun in the same process): SIG, exact SIG and IG
+   at T = 32 and 128 for the MiniLM and BERT-base shapes, fp32 and bf16, and IG over
+   64 sentences in one `run()`; time-interpret's SIG beside ours if it is installed.
+Random weights: speed does not depend on them.
+"""
+
+import argparse
+import json
+import pathlib
+import time
+
+import numpy as np
+import torch
+
+import lit_sig
+from benchmarks import speed
+from benchmarks.common import WORDS, random_model
+from lit_sig import interpreters, models, storage
+
+SENTENCES = [" ".join(WORDS[i % len(WORDS)] for i in range(start, start + n)) for start, n in ((0, 7), (3, 20), (5, 40))]
+PATH_METHODS = {
+    "ig": (lit_sig.IntegratedGradients, {}),
+    "sig": (lit_sig.SequentialIntegratedGradients, {}),
+    "exact_sig": (lit_sig.SequentialIntegratedGradients, {interpreters.METHOD_KEY: interpreters.EXACT_METHOD}),
+}
+
+
+def attributions(model: models.HFSequenceClassifier, method: str, steps: int = 20) -> list[tuple[np.ndarray, float]]:
+    interpreter, extra = PATH_METHODS[method]
+    config = {interpreters.NORMALIZATION_KEY: False, interpreters.INTERPOLATION_KEY: steps, **extra}
+    results = interpreter().run([{"sentence": s} for s in SENTENCES], model, None, config=config)
+    return [(np.asarray(r[models.gradients_field("sentence")].salience), abs(r[interpreters.COMPLETENESS_KEY]))
+            for r in results]
+
+
+def max_relative(a: list[tuple[np.ndarray, float]], b: list[tuple[np.ndarray, float]]) -> float:
+    return max(float(np.abs(x - y).max() / max(np.abs(y).max(), 1e-12)) for (x, _), (y, _) in zip(a, b))
+
+
+def agreement(device: str, shape: str) -> dict:
+    """Step 1 and 2: the device against the CPU in fp32, and bf16 against fp32 on the device."""
+    cpu = random_model(shape, "cpu")
+    here = random_model(shape, device)
+    bf16 = random_model(shape, device, precision="bfloat16")
+    report = {}
+    for method in PATH_METHODS:
+        reference, ours, low = attributions(cpu, method), attributions(here, method), attributions(bf16, method)
+        report[method] = {
+            "device_vs_cpu_max_relative": max_relative(ours, reference),
+            "bf16_vs_fp32_max_relative": max_relative(low, ours),
+            "fp32_completeness_delta": max(d for _, d in ours),
+            "bf16_completeness_delta": max(d for _, d in low),
+        }
+        print(f"{method}: {report[method]}", flush=True)
+    return report
+
+
+def time_interpret_sig(model: models.HFSequenceClassifier, text: str, steps: int) -> dict | None:
+    """time-interpret's SIG on the same model, word tokens only, [MASK] baseline; None if not installed."""
+    try:
+        from tint.attr import SequentialIntegratedGradients  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return None
+    encoding = model.tokenizer(text, return_tensors="pt").to(model.device)
+    table = model.model.get_input_embeddings()
+    with torch.no_grad():
+        full = table(encoding["input_ids"])[0]  # [L, D]
+    words = full[1:-1]  # [T, D]
+    baseline = table.weight[model.tokenizer.mask_token_id].detach().expand_as(words)
+    autocast = models.PRECISIONS[model.precision]
+
+    def forward(word_embs: torch.Tensor) -> torch.Tensor:  # [N, T, D] -> [N, C]
+        N = word_embs.shape[0]
+        embs = torch.cat([full[:1].expand(N, 1, -1), word_embs, full[-1:].expand(N, 1, -1)], dim=1)
+        with torch.autocast(model.device.type, dtype=autocast, enabled=autocast is not None):
+            return model.model(inputs_embeds=embs, attention_mask=torch.ones(embs.shape[:2], device=embs.device)).logits.float()
+
+    explainer = SequentialIntegratedGradients(forward)
+    speed.synchronize(model)
+    started = time.perf_counter()
+    result = explainer.attribute(words[None], baselines=baseline[None], target=1, n_steps=steps)
+    speed.synchronize(model)
+    return {"seconds": time.perf_counter() - started, "salience": result[0].sum(-1).detach().float().cpu().numpy()}
+
+
+def speed_table(device: str, shapes: list[str], tokens: list[int], steps: int, ig_batch: int) -> list[dict]:
+    cases = []
+    for shape in shapes:
+        for precision in ("float32", "bfloat16"):
+            print(f"\n{shape}, {precision}:", flush=True)
+            model = random_model(shape, device, precision)
+            run = speed.run_cases(model, tokens, [speed.SIG, speed.EXACT_SIG, speed.IG], steps, 3, None,
+                                  ig_batch if precision == "float32" else 0)
+            for case in run:
+                case |= {"shape": shape, "precision": precision}
+                if case["method"] == speed.SIG:
+                    tint = time_interpret_sig(model, speed.sentence(model, case["tokens"]), steps)
+                    if tint is not None:
+                        case["time_interpret_seconds"] = tint["seconds"]
+                        case["speedup_over_time_interpret"] = tint["seconds"] / case["seconds"]
+                        print(f"  time-interpret SIG T={case['tokens']}: {tint['seconds']:.3f} s, ours "
+                              f"{case['seconds']:.3f} s ({case['speedup_over_time_interpret']:.2f}x)", flush=True)
+            cases += run
+    return cases
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="tiny shape, short sentences, few steps (a smoke test)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here; use --device cpu for a smoke test")
+    shapes, tokens, steps, ig_batch = (["tiny"], [8], 5, 4) if args.quick else (["minilm", "bert-base"], [32, 128], 50, 64)
+    report = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "agreement": agreement(args.device, shapes[0]),
+        "speed": speed_table(args.device, shapes, tokens, steps, ig_batch),
+    }
+    if args.json:
+        storage.write_atomically(pathlib.Path(args.json), json.dumps(report, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
