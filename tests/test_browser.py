@@ -4,6 +4,7 @@ Needs Debian's chromium (`make install` installs it); Playwright drives it.
 The page may not reach any host but the demo's: its fonts are served locally.
 """
 
+import itertools
 import json
 import pathlib
 import shutil
@@ -22,6 +23,7 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1440, "height": 900}
 SCREENSHOT_COPY = pathlib.Path("/tmp/lit_sig_screenshot.png")
+SIG_NAME = "Sequential Integrated Gradients"
 SIG_ROW = 'div.method-row[id="sequential integrated gradients"]'
 TIMEOUT_MS = 120_000
 SIG_TIMEOUT_MS = 60_000
@@ -102,9 +104,17 @@ def test_sig_from_the_salience_module(offline_page, demo, tmp_path):
     shutil.copyfile(screenshot, SCREENSHOT_COPY)
 
     assert [text.strip() for text in chips.locator("span.pre-wrap").all_inner_texts()] == tokens
+    # The values the UI shows (each chip's tooltip) are the API's for the UI's default config: same signs, same order.
+    shown = [float(chip.locator("lit-tooltip").get_attribute("content")) for chip in chips.all()]
+    info = call_ok(demo, "/get_info")
+    config = {k: v.get("default") for k, v in info["interpreters"][SIG_NAME]["configSpec"].items()}
+    params = {"model": MODEL, "dataset_name": DATASET, "interpreter": SIG_NAME, "do_predict": "1"}
+    api = call_ok(demo, "/get_interpretations", params, {"inputs": [example["id"]], "config": config})[0]
+    assert_same_signs_and_order(shown, api["token_grad_sentence"]["salience"])
     colours = [chip.evaluate("el => getComputedStyle(el).backgroundColor") for chip in chips.all()]
-    coloured = [c for c in colours if c not in WHITE_OR_NONE]
-    assert len(coloured) >= len(colours) / 2, colours
+    for colour, value in zip(colours, shown):
+        if abs(value) >= 0.1 * max(map(abs, shown)):  # Every clearly salient token is coloured.
+            assert colour not in WHITE_OR_NONE, (colours, shown)
 
     statuses = page.evaluate(
         """async () => {
@@ -119,3 +129,16 @@ def test_sig_from_the_salience_module(offline_page, demo, tmp_path):
     module = page.locator("salience-map-module").first.bounding_box()
     assert module["y"] + module["height"] <= VIEWPORT["height"], "the salience module is not on the first screen"
     assert not elsewhere, f"the page asked for other hosts: {json.dumps(elsewhere)}"
+    assert not errors, f"console errors: {json.dumps(errors, indent=1)}"
+
+
+def assert_same_signs_and_order(shown: list[float], api: list[float]) -> None:
+    """`shown` (3 significant digits, maybe rescaled) has `api`'s signs and order, up to ties at display precision."""
+    assert len(shown) == len(api)
+    scale = max(map(abs, api))
+    for s, a in zip(shown, api):
+        if abs(a) > 1e-3 * scale:
+            assert (s > 0) == (a > 0), (shown, api)
+    for i, j in itertools.combinations(range(len(api)), 2):
+        if abs(api[i] - api[j]) > 0.01 * scale:
+            assert (shown[i] > shown[j]) == (api[i] > api[j]) or shown[i] == shown[j], (i, j, shown, api)

@@ -546,3 +546,18 @@ def test_work_stops_when_its_client_leaves(tiny_model):
         assert slow.stopped == [server_limits.CLIENT_GONE]
         while app.heavy_gate.admitted:
             time.sleep(0.01)
+
+
+def test_small_load_keeps_results_exact_and_errors_bounded(tiny_model):
+    """benchmarks.server_load in small: 4 clients for 2 s; only 503s may fail, SIG results equal the lone ones."""
+    from benchmarks import server_load
+
+    limits = server.Limits(max_heavy_requests=1, max_queued_requests=1)
+    with local_server(tiny_model, limits, **{"Sequential Integrated Gradients": lit_sig.SequentialIntegratedGradients()}) as (base, app):
+        report = server_load.run_load(base, "tiny", clients=4, duration_s=2, max_requests=200, steps=3, backoff_s=0.05)
+        assert app.heavy_gate.admitted == 0
+    assert report["server_errors_other_than_503"] == 0 and report["no_answer"] == 0, report
+    assert report["sig_completed"] > 0 and report["sig_mismatches"] == 0, report
+    assert all(status in (200, 503) for status in (int(k.split()[1]) for k in report["statuses"])), report
+    assert not any(k.startswith("quick") and not k.endswith("200") for k in report["statuses"]), report
+    assert report["alone_after_equal"], report

@@ -1,0 +1,189 @@
+"""A bounded load test of the demo server, on loopback only.
+
+    .venv/bin/python -m benchmarks.server_load --clients 32 --duration_s 60 [--json load.json]
+
+Starts `python -m demos.glue_demo` (the embedded model) on 127.0.0.1, then
+`--clients` threads send, until `--duration_s` has passed (and at most
+`--max_requests` in all), a mix of SIG interpretations and quick requests
+(`/get_info`, `/get_dataset`, `/get_preds`). It reports the status counts (5xx
+other than 503 must be none), the quick requests' latency, whether every
+completed SIG result equals the same request made alone, the server's resident
+memory before and after, and how long the request takes alone before and right
+after the load. Stops the server at the end.
+"""
+
+import argparse
+import collections
+import concurrent.futures
+import json
+import os
+import pathlib
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DATASET = "sentences"
+
+
+def call(base: str, route: str, params: dict[str, str] | None, body: Any, timeout: float) -> tuple[int, bytes]:
+    """One POST (or GET without a body); returns the status and body (status 0: no answer)."""
+    url = base + route + ("?" + urllib.parse.urlencode(params) if params else "")
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except OSError:
+        return 0, b""
+
+
+def sig_requests(model: str, ids: list[str], steps: int) -> list[tuple[str, dict, dict]]:
+    """One SIG request per example id: (route, params, body)."""
+    params = {"model": model, "dataset_name": DATASET, "interpreter": "Sequential Integrated Gradients", "do_predict": "1"}
+    config = {"Interpolation steps": steps, "Normalize": False}
+    return [("/get_interpretations", params, {"inputs": [i], "config": config}) for i in ids]
+
+
+def quick_requests(model: str, ids: list[str]) -> list[tuple[str, dict | None, dict | None]]:
+    return [
+        ("/get_info", None, None),
+        ("/get_dataset", {"dataset_name": DATASET}, None),
+        ("/get_preds", {"model": model, "dataset_name": DATASET}, {"inputs": ids[:2]}),
+    ]
+
+
+def timed(base: str, request: tuple, timeout: float) -> tuple[int, bytes, float]:
+    start = time.monotonic()
+    status, body = call(base, *request, timeout=timeout)
+    return status, body, time.monotonic() - start
+
+
+def run_load(
+    base: str, model: str, *, clients: int, duration_s: float, max_requests: int, steps: int,
+    sig_share: float = 0.5, request_timeout_s: float = 300, rss: Any = None, backoff_s: float = 1.0,
+) -> dict[str, Any]:
+    """Runs the load against a served demo; returns the report (see the module doc).
+
+    A client that gets a 503 waits `backoff_s` (less than the server's Retry-After) before its next request.
+    """
+    examples = json.loads(call(base, "/get_dataset", {"dataset_name": DATASET}, None, request_timeout_s)[1])
+    ids = [ex["id"] for ex in examples]
+    sigs, quicks = sig_requests(model, ids, steps), quick_requests(model, ids)
+    alone = {}
+    alone_before_s = []
+    for i, request in enumerate(sigs):
+        status, body, seconds = timed(base, request, request_timeout_s)
+        assert status == 200, body[:500]
+        alone[i] = json.loads(body)
+        alone_before_s.append(seconds)
+    rss_before = rss() if rss else None
+    lock, counter = threading.Lock(), iter(range(max_requests))
+    statuses: collections.Counter = collections.Counter()
+    quick_s: list[float] = []
+    mismatches, sig_done = [], 0
+    end = time.monotonic() + duration_s
+
+    def client(n: int) -> None:
+        nonlocal sig_done
+        k = n
+        while time.monotonic() < end:
+            with lock:
+                if next(counter, None) is None:
+                    return
+            k += 1
+            is_sig = (k * 0.618034) % 1 < sig_share
+            index = k % len(sigs)
+            request = sigs[index] if is_sig else quicks[k % len(quicks)]
+            status, body, seconds = timed(base, request, request_timeout_s)
+            with lock:
+                statuses[f"{'sig' if is_sig else 'quick'} {status}"] += 1
+                if not is_sig:
+                    quick_s.append(seconds)
+                elif status == 200:
+                    sig_done += 1
+                    if json.loads(body) != alone[index]:
+                        mismatches.append(index)
+            if status == 503:
+                time.sleep(backoff_s)
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    rss_after = rss() if rss else None
+    status, body, after_s = timed(base, sigs[0], request_timeout_s)
+    return {
+        "clients": clients, "duration_s": duration_s, "steps": steps,
+        "statuses": dict(sorted(statuses.items())),
+        "server_errors_other_than_503": sum(v for k, v in statuses.items() if k.split()[1][0] == "5" and not k.endswith("503")),
+        "no_answer": sum(v for k, v in statuses.items() if k.endswith(" 0")),
+        "sig_completed": sig_done, "sig_mismatches": len(mismatches),
+        "quick_p50_s": statistics.median(quick_s) if quick_s else None,
+        "quick_p95_s": sorted(quick_s)[int(0.95 * (len(quick_s) - 1))] if quick_s else None,
+        "quick_max_s": max(quick_s) if quick_s else None,
+        "alone_before_s": alone_before_s[0], "alone_after_s": after_s,
+        "alone_after_equal": status == 200 and json.loads(body) == alone[0],
+        "rss_before_mb": rss_before, "rss_after_mb": rss_after,
+    }
+
+
+def rss_of(pid: int) -> float:
+    """Resident memory of process `pid` in MB (Linux)."""
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise OSError(f"No VmRSS for {pid}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--duration_s", type=float, default=60)
+    parser.add_argument("--max_requests", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=20, help="SIG's Interpolation steps")
+    parser.add_argument("--max_examples", type=int, default=4, help="distinct SIG requests")
+    parser.add_argument("--backoff_s", type=float, default=1.0, help="a client's wait after a 503")
+    parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("demo_args", nargs="*", help="extra flags for the demo, after --")
+    args = parser.parse_args()
+    port = free_port()
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "demos.glue_demo", "--host", "127.0.0.1", "--port", str(port),
+               "--max_examples", str(args.max_examples), *args.demo_args]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while call(base, "/get_info", None, None, 5)[0] != 200:
+            if process.poll() is not None or time.monotonic() > deadline:
+                sys.exit("The demo did not start.")
+            time.sleep(0.5)
+        report = run_load(
+            base, "sst2_minilm", clients=args.clients, duration_s=args.duration_s,
+            max_requests=args.max_requests, steps=args.steps, rss=lambda: rss_of(process.pid),
+            backoff_s=args.backoff_s,
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
