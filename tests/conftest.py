@@ -44,6 +44,11 @@ def tiny_pair_model(tokenizer) -> models.HFSequenceClassifier:
 
 
 @pytest.fixture(scope="session")
+def regression_model(tokenizer) -> models.HFSequenceClassifier:
+    return models.HFSequenceClassifier(tiny_bert(num_labels=1, seed=2), tokenizer, labels=None, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def minilm_model(tokenizer) -> models.HFSequenceClassifier:
     """The real 6-layer MiniLM encoder with a seeded random classification head."""
     torch.manual_seed(0)

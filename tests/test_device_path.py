@@ -10,7 +10,6 @@ from lit_nlp.lib import caching
 import lit_sig
 from lit_sig import interpreters, models, protocol
 from lit_sig.core import cancellation, engine
-from tests.conftest import tiny_bert
 
 SENTENCE = "a charming and often affecting journey"
 PAIR = {"sentence1": "a man plays a guitar", "sentence2": "nobody is playing music"}
@@ -41,11 +40,6 @@ class PredictOnly(lit_model.Model):
             for o in outputs:
                 del o[protocol.TARGET_SCORE_FIELD]
         return outputs
-
-
-@pytest.fixture(scope="module")
-def regression_model(tokenizer) -> models.HFSequenceClassifier:
-    return models.HFSequenceClassifier(tiny_bert(num_labels=1, seed=2), tokenizer, labels=None, device="cpu")
 
 
 def salience(result: dict, field: str = "token_grad_sentence") -> np.ndarray:
