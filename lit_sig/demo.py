@@ -38,10 +38,25 @@ class _Flags:
     precision: flags.FlagHolder[str]
     allow_loading: flags.FlagHolder[bool]
     datapoints_dir: flags.FlagHolder[str | None]
+    max_inputs: flags.FlagHolder[int]
+    max_request_cost: flags.FlagHolder[int]
+    max_heavy_requests: flags.FlagHolder[int]
+    max_queued_requests: flags.FlagHolder[int]
+    request_deadline_s: flags.FlagHolder[float]
+    read_timeout_s: flags.FlagHolder[float]
+
+    def limits(self) -> server.Limits:
+        """The server's work bounds that the flags give."""
+        return server.Limits(
+            max_inputs=self.max_inputs.value, max_request_cost=self.max_request_cost.value,
+            max_heavy_requests=self.max_heavy_requests.value, max_queued_requests=self.max_queued_requests.value,
+            request_deadline_s=self.request_deadline_s.value, read_timeout_s=self.read_timeout_s.value,
+        )
 
 
 def define_flags() -> _Flags:
     """Defines the demo's flags in absl's global registry; call once per process."""
+    defaults = server.Limits()
     defined = _Flags(
         model=flags.DEFINE_string(
             "model", None, "Hugging Face name or local path (default: the embedded SST-2 model)."
@@ -60,6 +75,31 @@ def define_flags() -> _Flags:
         allow_loading=flags.DEFINE_bool("allow_loading", False, "Let the UI load new models and data sets."),
         datapoints_dir=flags.DEFINE_string(
             "datapoints_dir", None, "Folder where the UI may save and load datapoints (default: off)."
+        ),
+        max_inputs=flags.DEFINE_integer(
+            "max_inputs", defaults.max_inputs,
+            "Inputs per prediction or interpretation request (raised to the data set's size).", lower_bound=1,
+        ),
+        max_request_cost=flags.DEFINE_integer(
+            "max_request_cost", defaults.max_request_cost,
+            "Token-rows per interpretation request: the sum over inputs of tokens x model rows"
+            " (IG: steps; SIG: tokens x steps).", lower_bound=1,
+        ),
+        max_heavy_requests=flags.DEFINE_integer(
+            "max_heavy_requests", defaults.max_heavy_requests,
+            "Interpretations running at once (default: the CPU cores).", lower_bound=1,
+        ),
+        max_queued_requests=flags.DEFINE_integer(
+            "max_queued_requests", defaults.max_queued_requests,
+            "Interpretations waiting for a slot; more are answered 503 with Retry-After.", lower_bound=1,
+        ),
+        request_deadline_s=flags.DEFINE_float(
+            "request_deadline_s", defaults.request_deadline_s,
+            "Seconds after which a request's work is abandoned (503).", lower_bound=0.001,
+        ),
+        read_timeout_s=flags.DEFINE_float(
+            "read_timeout_s", defaults.read_timeout_s,
+            "Seconds a connection may stay silent while a request is read.", lower_bound=0.001,
         ),
     )
     flags.register_validator(
@@ -138,6 +178,7 @@ def serve(demo_flags: _Flags, argv: Sequence[str]) -> None:
         layouts=layout.DEFAULT_LAYOUTS | {"lit_sig": SALIENCE_LAYOUT},
         allow_loading=demo_flags.allow_loading.value,
         datapoints_dir=demo_flags.datapoints_dir.value,
+        limits=demo_flags.limits(),
         **(server_flags.get_flags() | {"default_layout": "lit_sig"}),
     )
 

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import time
+import urllib.request
 import venv
 import zipfile
 
@@ -25,7 +27,7 @@ import pytest
 from packaging.requirements import Requirement
 
 import lit_sig
-from lit_sig import sst2_model
+from lit_sig import offline_client, sst2_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SENTENCE = "Not a bad movie at all."
@@ -171,6 +173,33 @@ def test_fresh_install_keeps_torch_and_explains_from_outside(wheel, fresh_venv, 
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert [row["sentence"] for row in sorted(rows, key=lambda r: r["id"])] == ["A great film.", "Dull and far too long."]
     assert [row["predicted"] for row in sorted(rows, key=lambda r: r["id"])] == ["1", "0"]
+
+    # The installed demo serves LIT's page (with local fonts when Debian's are there) and answers.
+    url = None
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    demo = subprocess.Popen([bin_dir / "lit-sig-demo", "--port", "0", "--max_examples", "2"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 180
+        while url is None and time.monotonic() < deadline and (line := demo.stdout.readline()):
+            lines.append(line)
+            if line.startswith("LIT demo at "):
+                url = line.split()[-1]
+        assert url, "".join(lines[-20:])
+        with urllib.request.urlopen(url, timeout=30) as response:
+            page = response.read().decode()
+        assert response.status == 200 and "<lit-app" in page
+        if all(face.path.is_file() for face in offline_client.FONT_FACES):  # make install puts them there
+            assert "static/fonts/fonts.css" in page and "fonts.googleapis.com" not in page
+        request = urllib.request.Request(url + "get_info", data=b"{}", method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            info = json.loads(response.read())
+        assert list(info["models"]) == ["sst2_minilm"] and "Sequential Integrated Gradients" in info["interpreters"]
+    finally:
+        demo.terminate()
+        demo.wait(timeout=30)
 
 
 def _modules_after(code: str) -> set[str]:
