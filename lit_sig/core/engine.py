@@ -156,7 +156,7 @@ def occlusion_attributions(problems: Sequence[PathProblem], scorer: RowScorer) -
     for p, (input_score, baseline_scores) in zip(problems, _endpoint_scores(problems, scorer)):
         assert bool((p.groups.sum(-1) == 1).all()), "occlusion needs one token per group"
         token_attr = torch.zeros(p.x.shape[0], dtype=_dtype(p), device=p.x.device)  # [T]
-        token_attr[p.groups.int().argmax(-1)] = input_score - baseline_scores
+        token_attr[p.groups.nonzero()[:, 1]] = input_score - baseline_scores  # Group g moves token t.
         G = len(p.groups)
         results.append(PathAttribution(
             token_attr.cpu(), torch.zeros(G, dtype=token_attr.dtype), G + (p.input_score is None)
