@@ -67,7 +67,7 @@ class Limits:
     max_inputs: int = 1000
     max_request_cost: int = 2_000_000
     max_heavy_requests: int = dataclasses.field(default_factory=_cores)
-    max_queued_requests: int = dataclasses.field(default_factory=lambda: 2 * _cores())
+    max_queued_requests: int = 16  # The UI sends several interpretations at once on a selection.
     request_deadline_s: float = 120.0
     read_timeout_s: float = 30.0
 

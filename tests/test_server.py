@@ -494,8 +494,7 @@ def test_a_bug_is_a_bare_500(quick_server, monkeypatch):
     def broken(*args, **kw):
         raise TypeError("secret detail")
 
-    monkeypatch.setattr(quick_server[1], "_get_dataset", broken)  # Bound at start: patch the class instead.
-    monkeypatch.setattr(server.HardenedLitApp, "_check_names", broken)
+    monkeypatch.setattr(server.HardenedLitApp, "_check_names", broken)  # A bug inside the server.
     status, content_type, body = call(quick_server[0], "/get_dataset", {"dataset_name": DATASET})
     assert status == 500 and json.loads(body) == {"error": server.INTERNAL_ERROR}
     assert b"secret" not in body and b"TypeError" not in body
