@@ -133,7 +133,7 @@ def run(args: argparse.Namespace, model: models.HFSequenceClassifier) -> dict:
         scores, delta = METHODS[method](counting, query, label, args.steps)
         seconds = time.perf_counter() - started
         assert scores.shape == (len(word_ids),), (method, scores.shape)
-        record = {"index": i, "method": method, "seconds": seconds, "rows": counting.rows,
+        record = {"index": i, "method": method, "seconds": seconds, "rows": counting.rows + counting.forward_rows,
                   "completeness_delta": delta, "correct": label == example["label"],
                   **faithfulness(model, word_ids, scores, c, float(output["probas"][c]))}
         storage.append_jsonl(cache, [record])
