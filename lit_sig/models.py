@@ -536,17 +536,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             torch.cuda.reset_peak_memory_stats(self.device)
             start_bytes = torch.cuda.memory_allocated(self.device)
         with torch.inference_mode(not with_grads):
-            batch = _Batch(
-                torch.cat([_place_rows(p, rows, length) for p, rows in pieces]),  # [R, L, D]
-                torch.cat([_padded(torch.ones_like(p.full[:, 0], dtype=torch.long), length, len(rows))
-                           for p, rows in pieces]),  # [R, L]
-                None if pieces[0][0].token_type_ids is None else torch.cat(
-                    [_padded(p.token_type_ids, length, len(rows)) for p, rows in pieces]),  # [R, L]
-            )
-            classes = None
-            if self.labels is not None:
-                classes = torch.cat([torch.full((len(rows),), p.target_index, device=self.device)
-                                     for p, rows in pieces])  # [R]
+            batch, classes = self._rows_batch(pieces, length)
             if with_grads:
                 batch.embs.requires_grad_(True)
             scores = self._target_scores(self._run(batch).logits.float(), classes)  # [R]
@@ -554,12 +544,43 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         if measure:
             rows = len(batch.embs)
             self._row_budget.observe(length, with_grads, rows, torch.cuda.max_memory_allocated(self.device) - start_bytes)
-        results, offset = [], 0
-        for p, rows in pieces:
-            part = slice(offset, offset + len(rows))
+        results = []
+        for (p, _), part in zip(pieces, _piece_slices(pieces)):
             results.append((scores[part].detach(), None if grads is None else grads[part][:, p.positions]))
-            offset += len(rows)
         return results
+
+    def forward_rows(self, pieces: Sequence[tuple[protocol.PathInput, torch.Tensor]]) -> list[torch.Tensor]:
+        """Per `(input, rows [r, T, D])`: scores `[r]` that autograd can differentiate back to `rows`.
+
+        For libraries that take a forward function (captum); one pass, no out-of-memory retry.
+        """
+        length = max(len(p.full) for p, _ in pieces)
+        batch, classes = self._rows_batch(pieces, length)
+        scores = self._target_scores(self._run(batch).logits.float(), classes)  # [R]
+        return [scores[part] for part in _piece_slices(pieces)]
+
+    def _rows_batch(
+        self, pieces: Sequence[tuple[protocol.PathInput, torch.Tensor]], length: int
+    ) -> tuple["_Batch", torch.Tensor | None]:
+        """Model inputs for rows of word embeddings padded to `length`, and each row's class `[R]`."""
+        batch = _Batch(
+            torch.cat([_place_rows(p, rows, length) for p, rows in pieces]),  # [R, L, D]
+            torch.cat([_padded(torch.ones_like(p.full[:, 0], dtype=torch.long), length, len(rows))
+                       for p, rows in pieces]),  # [R, L]
+            None if pieces[0][0].token_type_ids is None else torch.cat(
+                [_padded(p.token_type_ids, length, len(rows)) for p, rows in pieces]),  # [R, L]
+        )
+        classes = None
+        if self.labels is not None:
+            classes = torch.cat([torch.full((len(rows),), p.target_index, device=self.device)
+                                 for p, rows in pieces])  # [R]
+        return batch, classes
+
+
+def _piece_slices(pieces: Sequence[tuple[object, torch.Tensor]]) -> list[slice]:
+    """Each piece's rows in the concatenated pass."""
+    bounds = np.cumsum([0] + [len(rows) for _, rows in pieces])
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 @dataclasses.dataclass
