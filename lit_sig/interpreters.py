@@ -95,7 +95,38 @@ def _parse_bool(config: JsonDict, key: str, default: bool) -> bool:
     return bool(value)
 
 
-def _scores_to_salience(
+def requested_class(model: lit_model.Model, grad_key: str | None, class_to_explain: str) -> str | None:
+    """The class a config asks for (validated), or None for the input's label or prediction."""
+    if grad_key is None:
+        if class_to_explain:
+            raise ValueError(f"The model has no class to explain (regression); got {class_to_explain!r}.")
+        return None
+    if not class_to_explain:
+        return None
+    vocab = getattr(model.input_spec()[grad_key], "vocab", None)
+    if vocab and class_to_explain not in vocab:
+        raise ValueError(f"Unknown class {class_to_explain!r} to explain; accepted: {list(vocab)}.")
+    return class_to_explain
+
+
+def baseline_embeddings(
+    model: lit_model.Model, fields: list[GradField], kind: str, lengths: list[int], x: torch.Tensor
+) -> torch.Tensor:
+    """`[T, D]`: each field's `kind` baseline vector (see `BASELINES`), repeated over its `lengths` tokens."""
+    find = protocol.find_capability(model, protocol.BASELINE_METHOD) if kind != "zero" else None
+    parts = []
+    for f, length in zip(fields, lengths):
+        vector = find(f.embs, kind) if find is not None else None
+        if vector is None:
+            if kind != "zero":
+                logging.warning("The model declares no %r baseline for %s; using zeros.", kind, f.embs)
+            vector = np.zeros(x.shape[-1], dtype=np.float32)
+        vector = torch.as_tensor(np.asarray(vector), dtype=x.dtype, device=x.device)  # [D]
+        parts.append(vector.expand(length, -1))
+    return torch.cat(parts)
+
+
+def scores_to_salience(
     fields: list[GradField], tokens: list[list[str]], scores: np.ndarray, normalize: bool
 ) -> dict[str, Any]:
     """Splits `[T_total]` token scores over the fields (each with its `tokens`), in field order."""
@@ -144,7 +175,7 @@ class _GradientInterpreter(lit_components.Interpreter):
             result = {}
             for f in fields:
                 scores = self._token_scores(output, f).numpy()
-                result.update(_scores_to_salience([f], [output[f.tokens]], scores, normalize))
+                result.update(scores_to_salience([f], [output[f.tokens]], scores, normalize))
             results.append(result)
         return results
 
@@ -339,7 +370,7 @@ class _PathInterpreter(lit_components.Interpreter):
             )
         if not inputs:
             return []
-        requested = self._requested_class(model, fields[0].grad_key, settings)
+        requested = requested_class(model, fields[0].grad_key, settings.class_to_explain)
         device_model = protocol.find_device_path(model)
         if device_model is not None:
             prepared = device_model.path_inputs(inputs, [requested] * len(inputs), [f.embs for f in fields])
@@ -363,21 +394,6 @@ class _PathInterpreter(lit_components.Interpreter):
         results = self._attribute(problems, scorer, settings, has_score)
         return [self._result(fields, t, r, settings) for t, r in zip(tokens, results)]
 
-    def _requested_class(self, model: lit_model.Model, grad_key: str | None, settings: PathSettings) -> str | None:
-        """The class the config asks for (validated), or None for the input's label or prediction."""
-        if grad_key is None:
-            if settings.class_to_explain:
-                raise ValueError(
-                    f"The model has no class to explain (regression); got {settings.class_to_explain!r}."
-                )
-            return None
-        if not settings.class_to_explain:
-            return None
-        vocab = getattr(model.input_spec()[grad_key], "vocab", None)
-        if vocab and settings.class_to_explain not in vocab:
-            raise ValueError(f"Unknown class {settings.class_to_explain!r} to explain; accepted: {list(vocab)}.")
-        return settings.class_to_explain
-
     def _check_needs_score(self, settings: PathSettings, has_score: bool) -> None:
         if has_score:
             return
@@ -396,25 +412,9 @@ class _PathInterpreter(lit_components.Interpreter):
         flat = [t for field_tokens in tokens for t in field_tokens]
         movable = torch.tensor([t not in SPECIAL_TOKENS for t in flat], dtype=torch.bool, device=x.device)  # [T]
         lengths = [len(field_tokens) for field_tokens in tokens]
-        baseline = self._baseline(model, fields, kind, lengths, x)  # [T, D]
+        baseline = baseline_embeddings(model, fields, kind, lengths, x)  # [T, D]
         baseline = torch.where(movable[:, None], baseline, x)
         return engine.PathProblem(key, x, baseline, self._groups(movable), input_score)
-
-    def _baseline(
-        self, model: lit_model.Model, fields: list[GradField], kind: str, lengths: list[int], x: torch.Tensor
-    ) -> torch.Tensor:
-        """`[T, D]`: each field's `kind` baseline vector, repeated over its tokens."""
-        find = protocol.find_capability(model, protocol.BASELINE_METHOD) if kind != "zero" else None
-        parts = []
-        for f, length in zip(fields, lengths):
-            vector = find(f.embs, kind) if find is not None else None
-            if vector is None:
-                if kind != "zero":
-                    logging.warning("The model declares no %r baseline for %s; using zeros.", kind, f.embs)
-                vector = np.zeros(x.shape[-1], dtype=np.float32)
-            vector = torch.as_tensor(np.asarray(vector), dtype=x.dtype, device=x.device)  # [D]
-            parts.append(vector.expand(length, -1))
-        return torch.cat(parts)
 
     def _predict_problem(
         self, model: lit_model.Model, fields: list[GradField], kind: str, example: JsonDict,
@@ -445,7 +445,7 @@ class _PathInterpreter(lit_components.Interpreter):
         settings: PathSettings,
     ) -> JsonDict:
         scores = result.token_attributions.double().numpy()  # [T]
-        salience = _scores_to_salience(fields, tokens, scores, settings.normalize)
+        salience = scores_to_salience(fields, tokens, scores, settings.normalize)
         delta = result.completeness_delta
         if not result.converged:
             logging.warning(
