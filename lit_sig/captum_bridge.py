@@ -96,12 +96,14 @@ class Target:
 class CaptumMethod:
     """A captum method, its parameters, and how its attributions become token salience.
 
+    `cost(settings)` gives the model rows an input of T tokens costs (T x per token + per input);
     `attribute(target, settings)` returns `[1, T, D]` attributions.
     """
 
     name: str
     description: str
     params: tuple[Param, ...]
+    cost: Callable[[dict[str, Any]], tuple[int, int]]  # settings -> model rows (per token, per input)
     attribute: Callable[[Target, dict[str, Any]], torch.Tensor]
     per_token: bool = False  # One feature per token: salience = the feature's attribution.
     sampled: bool = False  # Draws random numbers: seeded, one at a time.
@@ -160,15 +162,18 @@ METHODS: dict[str, CaptumMethod] = {m.name: m for m in (
     CaptumMethod(
         "Saliency", "|gradient| (abs) or the gradient, summed over the embedding: 1 backward pass.",
         (Param("abs", True),),
+        lambda s: (0, 1),
         lambda t, s: captum.attr.Saliency(t.forward).attribute(t.x, abs=s["abs"]),
     ),
     CaptumMethod(
         "InputXGradient", "gradient x input, summed over the embedding (= lit_sig Gradient x Input).", (),
+        lambda s: (0, 1),
         lambda t, s: captum.attr.InputXGradient(t.forward).attribute(t.x),
     ),
     CaptumMethod(
         "GradientShap", "expected gradients from the baseline with Gaussian noise: n_samples passes.",
         (Param("n_samples", 5, 1, 500), Param("stdevs", 0.0, 0.0, 10.0), _seed_param()),
+        lambda s: (0, s["n_samples"]),
         lambda t, s: captum.attr.GradientShap(t.forward).attribute(
             t.x, baselines=t.baseline, n_samples=s["n_samples"], stdevs=s["stdevs"]),
         sampled=True,
@@ -176,6 +181,7 @@ METHODS: dict[str, CaptumMethod] = {m.name: m for m in (
     CaptumMethod(
         "NoiseTunnel IG", "SmoothGrad-style average of IG over noisy inputs: nt_samples x n_steps passes.",
         _noise_tunnel_params(),
+        lambda s: (0, s["nt_samples"] * s["n_steps"]),
         lambda t, s: _noise_tunnel(captum.attr.IntegratedGradients(t.forward), t, s,
                                    internal_batch_size=t.rows_per_pass),
         sampled=True,
@@ -183,11 +189,13 @@ METHODS: dict[str, CaptumMethod] = {m.name: m for m in (
     CaptumMethod(
         "NoiseTunnel SIG", "SmoothGrad-style average of SIG over noisy inputs: nt_samples x T x n_steps passes.",
         _noise_tunnel_params(),
+        lambda s: (s["nt_samples"] * s["n_steps"], 0),
         lambda t, s: _noise_tunnel(_TokenSIG(t.forward, t.rows_per_pass), t, s),
         sampled=True,
     ),
     CaptumMethod(
         "FeatureAblation", "F(x) - F(x with the token at the baseline): T + 1 forward passes (= exact SIG).", (),
+        lambda s: (1, 1),
         lambda t, s: captum.attr.FeatureAblation(t.forward).attribute(
             t.x, baselines=t.baseline, feature_mask=t.feature_mask, perturbations_per_eval=t.rows_per_pass),
         per_token=True,
@@ -195,6 +203,7 @@ METHODS: dict[str, CaptumMethod] = {m.name: m for m in (
     CaptumMethod(
         "Occlusion", "mean occlusion of the windows of sliding_window_shapes tokens covering each token.",
         (Param("sliding_window_shapes", 1, 1, 16),),
+        lambda s: (1, 1),
         lambda t, s: captum.attr.Occlusion(t.forward).attribute(
             t.x, sliding_window_shapes=(s["sliding_window_shapes"], t.x.shape[-1]), strides=(1, t.x.shape[-1]),
             baselines=t.baseline, perturbations_per_eval=t.rows_per_pass),
@@ -203,6 +212,7 @@ METHODS: dict[str, CaptumMethod] = {m.name: m for m in (
     CaptumMethod(
         "KernelShap", "Shapley values by weighted regression over n_samples token coalitions.",
         (Param("n_samples", 100, 1, 5000), _seed_param()),
+        lambda s: (0, s["n_samples"]),
         lambda t, s: captum.attr.KernelShap(t.forward).attribute(
             t.x, baselines=t.baseline, feature_mask=t.feature_mask, n_samples=s["n_samples"],
             perturbations_per_eval=t.rows_per_pass),
@@ -211,6 +221,7 @@ METHODS: dict[str, CaptumMethod] = {m.name: m for m in (
     CaptumMethod(
         "Lime", "a sparse linear surrogate fit on n_samples random token subsets.",
         (Param("n_samples", 100, 1, 5000), _seed_param()),
+        lambda s: (0, s["n_samples"]),
         lambda t, s: captum.attr.Lime(t.forward).attribute(
             t.x, baselines=t.baseline, feature_mask=t.feature_mask, n_samples=s["n_samples"],
             perturbations_per_eval=t.rows_per_pass),
@@ -266,6 +277,10 @@ class CaptumInterpreter(lit_components.Interpreter):
 
     def meta_spec(self) -> lit_types.Spec:
         return {"saliency": lit_types.TokenSalience(autorun=self._autorun, signed=self.method.signed)}
+
+    def rows_per_token_and_input(self, config: JsonDict | None) -> tuple[int, int]:
+        """Model rows of one input of T tokens: T x per_token + per_input (validates `config`)."""
+        return self.method.cost(self.parse_config(config))
 
     def is_compatible(self, model: lit_model.Model, dataset: lit_dataset.Dataset) -> bool:
         del dataset

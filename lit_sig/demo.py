@@ -23,7 +23,7 @@ from lit_nlp.api import components as lit_components
 from lit_nlp.api import layout
 from lit_nlp.components import core
 
-from lit_sig import datasets, interpreters, models, server
+from lit_sig import captum_bridge, datasets, interpreters, models, server
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,10 +129,12 @@ SALIENCE_LAYOUT = layout.LitCanonicalLayout(
 
 
 def lit_sig_interpreters() -> dict[str, lit_components.Interpreter]:
-    """Ours, named apart from LIT's ("Integrated Gradients") so both can be compared.
+    """Ours, named apart from LIT's ("Integrated Gradients") so both can be compared, then captum's.
 
-    IG (n rows) runs on every selection, SIG (T x n rows) on request. Completeness
-    deltas go to the server log: LIT's salience module can't show them.
+    IG (n rows) runs on every selection, SIG (T x n rows, or T + 1 forward passes
+    with `Integration method: exact`) and the captum methods ("captum ...") on
+    request. Completeness deltas go to the server log: LIT's salience module
+    can't show them.
     """
     return {
         "lit_sig Gradient Norm": interpreters.GradientNorm(),
@@ -141,7 +143,7 @@ def lit_sig_interpreters() -> dict[str, lit_components.Interpreter]:
         "Sequential Integrated Gradients": interpreters.SequentialIntegratedGradients(
             autorun=False, report_completeness=False
         ),
-    }
+    } | captum_bridge.captum_interpreters()
 
 
 def serve(demo_flags: _Flags, argv: Sequence[str]) -> None:

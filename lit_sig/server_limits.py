@@ -116,9 +116,13 @@ def rows_per_token_and_input(interpreter: Any, config: Mapping[str, Any]) -> tup
     Validates the config keys that set the cost (LIT's own IG and LIME included);
     raises ValueError naming the accepted values.
     """
+    if hasattr(interpreter, "rows_per_token_and_input"):  # The captum bridge's interpreters.
+        return interpreter.rows_per_token_and_input(config)
     if isinstance(interpreter, interpreters.SequentialIntegratedGradients | interpreters.IntegratedGradients):
         settings = interpreter.parse_config(dict(config))
         rows = _ADAPTIVE_ROWS if settings.adaptive else settings.steps
+        if settings.method == interpreters.EXACT_METHOD:
+            rows = 1  # Each token at its baseline, forward only.
         sequential = isinstance(interpreter, interpreters.SequentialIntegratedGradients)
         return (rows, 1) if sequential else (0, rows + 1)
     if isinstance(interpreter, gradient_maps.IntegratedGradients):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import lit_sig
-from lit_sig import interpreters, models
+from lit_sig import captum_bridge, interpreters, models
 from tests.test_server import IG, LIT_SIG_INTERPRETERS, SIG, full_config, interpret, running_demo
 
 SENTENCE_INDEX = 1
@@ -23,7 +23,13 @@ NOTEBOOK = {
 CASES = [(name, None) for name in LIT_SIG_INTERPRETERS[:2]] + [
     (name, {interpreters.BASELINE_KEY: baseline, interpreters.INTERPOLATION_KEY: 12})
     for name in (IG, SIG) for baseline in interpreters.BASELINES
-] + [(SIG, {interpreters.METHOD_KEY: interpreters.EXACT_METHOD, interpreters.BASELINE_KEY: "mask"})]
+] + [(SIG, {interpreters.METHOD_KEY: interpreters.EXACT_METHOD, interpreters.BASELINE_KEY: "mask"})] + [
+    ("captum FeatureAblation", {interpreters.BASELINE_KEY: "pad"}),
+    ("captum InputXGradient", {}),
+    ("captum KernelShap", {"n_samples": 30, "seed": 7}),
+]
+for name in captum_bridge.METHODS:
+    NOTEBOOK[f"captum {name}"] = lambda name=name: captum_bridge.CaptumInterpreter(name)
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +74,11 @@ def test_served_mask_and_zero_baselines_differ(served, served_info, served_examp
         assert status == 200, body[:2000]
         by_baseline[baseline] = np.array(json.loads(body)[0][models.gradients_field("sentence")]["salience"])
     assert np.abs(by_baseline["mask"] - by_baseline["zero"]).max() > 1e-3
+
+
+def test_captum_methods_are_served(served, served_info):
+    """Every bridged method is offered for the served model, marked as from captum."""
+    model = next(iter(served_info["models"]))
+    for name in captum_bridge.METHODS:
+        assert f"captum {name}" in served_info["interpreters"]
+        assert f"captum {name}" in served_info["models"][model]["interpreters"]
