@@ -22,11 +22,11 @@ SHAPES = {
 class CountingModel:
     """Counts the rows a model is asked for (through `predict` or the device path), passing all through.
 
-    `rows` counts forward+backward rows, `forward_rows` forward-only ones.
+    `rows` counts forward+backward rows, `forward_only` forward-only ones.
     """
 
     def __init__(self, model: models.HFSequenceClassifier):
-        self.model, self.rows, self.forward_rows = model, 0, 0
+        self.model, self.rows, self.forward_only = model, 0, 0
         self.device = model.device
 
     def predict(self, inputs, **kw):
@@ -35,7 +35,7 @@ class CountingModel:
         return self.model.predict(inputs, **kw)
 
     def path_inputs(self, inputs, classes, fields):
-        self.forward_rows += len(inputs)
+        self.forward_only += len(inputs)
         return self.model.path_inputs(inputs, classes, fields)
 
     def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
@@ -46,8 +46,17 @@ class CountingModel:
         if with_grads:
             self.rows += count
         else:
-            self.forward_rows += count
+            self.forward_only += count
         return self.model.score_rows(pieces, with_grads)
+
+    def forward_rows(self, pieces):
+        """The captum bridge's forward function: rows that require grad will get a backward pass."""
+        for _, rows in pieces:
+            if rows.requires_grad:
+                self.rows += len(rows)
+            else:
+                self.forward_only += len(rows)
+        return self.model.forward_rows(pieces)
 
     def __getattr__(self, name):
         return getattr(self.model, name)

@@ -17,6 +17,7 @@ random-weight models of those shapes: speed does not depend on the weights.
 """
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -28,7 +29,7 @@ import torch
 
 import lit_sig
 from benchmarks.common import SHAPES, WORDS, CountingModel, random_model
-from lit_sig import interpreters, models, storage
+from lit_sig import captum_bridge, interpreters, models, storage
 
 SIG, IG = "sequential_integrated_gradients", "integrated_gradients"
 EXACT_SIG, IG_BATCH = "exact_sequential_integrated_gradients", "integrated_gradients_batch"
@@ -37,6 +38,10 @@ METHODS = {
     SIG: (lit_sig.SequentialIntegratedGradients, {}),
     EXACT_SIG: (lit_sig.SequentialIntegratedGradients, {interpreters.METHOD_KEY: interpreters.EXACT_METHOD}),
 }
+CAPTUM_PREFIX = "captum:"
+for _name in captum_bridge.METHODS:  # e.g. "captum:KernelShap"; run with --methods.
+    METHODS[CAPTUM_PREFIX + _name] = (functools.partial(captum_bridge.CaptumInterpreter, _name), {})
+DEFAULT_METHODS = (IG, SIG, EXACT_SIG)
 CPU_MINIBATCHES = (8, 16, 32, 64, 128)
 CUDA_MINIBATCHES = (32, 64, 128, 256, 512, 1024)
 REPEAT_BELOW = 20_000  # rows * T: cheaper cases are timed --repeats times.
@@ -63,13 +68,15 @@ def explain(model: models.HFSequenceClassifier, method: str, texts: list[str], c
     """Seconds, rows (forward+backward and forward-only) and completeness delta of one `run`."""
     counting = CountingModel(model)
     interpreter, extra = METHODS[method]
+    if method.startswith(CAPTUM_PREFIX):  # captum's own keys: its defaults, raw salience.
+        config = {interpreters.NORMALIZATION_KEY: False}
     synchronize(model)
     started = time.perf_counter()
     results = interpreter().run([{"sentence": t} for t in texts], counting, None, config={**config, **extra})
     synchronize(model)
     seconds = time.perf_counter() - started
-    deltas = [abs(r[interpreters.COMPLETENESS_KEY]) for r in results]
-    return {"seconds": seconds, "rows": counting.rows, "forward_rows": counting.forward_rows,
+    deltas = [abs(r.get(interpreters.COMPLETENESS_KEY) or 0.0) for r in results]
+    return {"seconds": seconds, "rows": counting.rows, "forward_rows": counting.forward_only,
             "completeness_delta": max(deltas)}
 
 
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", default="sst2", choices=["sst2", *SHAPES])
     parser.add_argument("--tokens", default="16,32,64,128", help="word tokens per sentence, comma-separated")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"from {list(METHODS)}")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"from {list(METHODS)}")
     parser.add_argument("--precision", default="float32", choices=list(models.PRECISIONS))
     parser.add_argument("--tolerance", type=float, default=None, help="adaptive SIG tolerance (default: its own)")
     parser.add_argument("--ig_batch", type=int, default=0, help="IG over this many sentences in one run (0: skip)")
