@@ -77,3 +77,29 @@ def test_a_linear_model_needs_only_the_first_panel():
     result = adaptive.adaptive_path_attribution(X, BASELINE, groups, linear, 1e-12)
     assert result.num_rows == 2 * T + 1  # Each token at 0 and 1/2; the input once.
     np.testing.assert_allclose(result.attributions, X * weights, atol=1e-12)
+
+
+def test_a_tolerance_below_float_precision_is_reported_not_met_and_bounded():
+    """float32 scores can't resolve 1e-12: refinement stops at their noise floor and says so."""
+    x, baseline = X.float(), BASELINE.float()
+
+    def grad_fn32(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, grads = grad_fn(rows.double())
+        return scores.float(), grads.float()
+
+    groups = attribution.sig_groups(torch.ones(T, dtype=torch.bool))
+    result = adaptive.adaptive_path_attribution(x, baseline, groups, grad_fn32, 1e-12)
+    assert not result.converged
+    assert result.num_rows <= T * (2 + 2 * adaptive.DEFAULT_MAX_ROUNDS) + 1
+    met = adaptive.adaptive_path_attribution(x, baseline, groups, grad_fn32, 1e-3)
+    assert met.converged and float(met.group_deltas.abs().max()) <= 1e-3
+
+
+def test_non_finite_scores_are_refused():
+    def nan_scores(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, grads = grad_fn(rows)
+        return scores * float("nan"), grads
+
+    groups = attribution.sig_groups(torch.ones(T, dtype=torch.bool))
+    with pytest.raises(ValueError, match="not finite"):
+        adaptive.adaptive_path_attribution(X, BASELINE, groups, nan_scores)
