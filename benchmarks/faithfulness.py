@@ -1,200 +1,404 @@
-"""Faithfulness of token attributions on SST-2: the SIG paper's protocol (after DIG).
+"""Faithfulness of token attributions on SST-2, in our protocol or the SIG paper's.
 
-    python -m benchmarks.faithfulness --data ../shared/data/sst2/dev.tsv --limit 200 --steps 50 --json out.json
+    python -m benchmarks.faithfulness --data ../shared/data/sst2/dev.tsv --steps 50 --protocol ours --json out.json
+    python -m benchmarks.faithfulness --data ../shared/data/sst2/dev.tsv --steps 50 --protocol paper --json out.json
 
-For each example: the predicted class c and its probability p; word tokens ranked
-by attribution to c; k = 20% of them (at least 1).
-- log-odds: top-k tokens replaced by [MASK]: log p'(c) - log p(c) (lower is better).
-- comprehensiveness: top-k tokens deleted: p(c) - p'(c) (higher is better).
-- sufficiency: only the top-k tokens kept: p(c) - p'(c) (lower is better).
-Per-example results go to an append-only cache, so an interrupted run resumes.
+For each example: the predicted class c and its probability p; positions ranked by their
+attribution; the top k erased (lit_sig.erasure): log-odds (top k replaced), comprehensiveness
+(top k deleted), sufficiency (only the top k kept).
+
+- ours: word tokens attributed, ranked and erased ([CLS]/[SEP] fixed), [MASK] baseline, the
+  predicted class's logit, k = max(1, round(0.2 T)), replaced by [MASK].
+- paper (time-interpret's experiments/nlp, after DIG): every position attributed, ranked and
+  erased, [CLS]/[SEP] included, captum's zero baseline, the largest logit of each path point,
+  k = floor(0.2 (T + 2)), replaced by [PAD].
+
+`--baseline` and `--replacement` override the protocol's. Attributions are computed here with
+lit_sig's path engine (`lit_sig.core.engine`, the interpreters' own) over a Hugging Face model;
+tests check them against the interpreters (ours) and captum / time-interpret (paper). Per-example
+results go to an append-only cache, so an interrupted run resumes; the summary has paired
+bootstrap 95% intervals for every mean and every difference of two methods.
 """
 
 import argparse
+import csv
+import dataclasses
 import json
-import math
 import pathlib
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import tqdm
-from lit_nlp.api import components as lit_components
-from lit_nlp.components import gradient_maps
+import transformers
 
-import lit_sig
-from benchmarks.common import CountingModel
-from lit_sig import datasets, interpreters, models, storage
+from lit_sig import erasure, storage
+from lit_sig.core import adaptive, attribution, engine, quadrature
 
-TOP_FRACTION = 0.2
-METRICS = ("log_odds", "comprehensiveness", "sufficiency")
-# (model, example, class, steps) -> (token scores [T], completeness delta or None)
-Ranker = Callable[[models.HFSequenceClassifier, dict, str, int], tuple[np.ndarray, float | None]]
+BASELINES = ("mask", "pad", "zero")
+DEFAULT_BASELINE = {"ours": "mask", "paper": "zero"}
+TARGETS = {"ours": "predicted", "paper": "max"}  # The explained score: the predicted class's logit, or the max logit.
 
 
-def _lit_sig_ranker(interpreter: lit_components.Interpreter, **config) -> Ranker:
-    def rank(model, example, label, steps):
-        settings = dict(config)
-        if interpreters.INTERPOLATION_KEY in interpreter.config_spec():  # IG and SIG
-            settings.setdefault(interpreters.INTERPOLATION_KEY, steps)
-            settings[interpreters.BASELINE_KEY] = "mask"
-            settings[interpreters.CLASS_KEY] = label
-        result = interpreter.run([example], model, None, config={interpreters.NORMALIZATION_KEY: False, **settings})
-        delta = result[0].get(interpreters.COMPLETENESS_KEY)
-        return np.asarray(result[0][models.gradients_field("sentence")].salience), None if delta is None else abs(delta)
-    return rank
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What a run computes: the protocol, its attribution baseline and the path steps."""
+
+    protocol: erasure.Protocol
+    baseline: str
+    steps: int
+
+    @property
+    def target(self) -> str:
+        return TARGETS[self.protocol.name]
+
+    def key(self) -> str:
+        p = self.protocol
+        return f"{p.name}-{self.baseline}-{p.replacement}-s{self.steps}"
 
 
-def _lit_ig(model, example, label, steps):
-    interpreter = gradient_maps.IntegratedGradients()
-    config = {gradient_maps.INTERPOLATION_KEY: steps, gradient_maps.NORMALIZATION_KEY: False,
-              gradient_maps.CLASS_KEY: label}
-    return np.asarray(interpreter.run([example], model, None, config=config)[0][models.gradients_field("sentence")].salience), None
+@dataclasses.dataclass(eq=False)
+class Example:
+    """One tokenized example on the model's device."""
+
+    index: int
+    sentence: str
+    ids: list[int]  # with [CLS]/[SEP]
+    special: list[bool]
+    x: torch.Tensor  # [L, D] word embeddings of every position
+    baseline: torch.Tensor  # [L, D]; equal to x where a position never moves
+    movable: torch.Tensor  # [L] bool: the ranked positions
+    predicted: int
+    label: str
 
 
-def _random(model, example, label, steps):
+class HFScorer:
+    """The engine's `RowScorer` over a Hugging Face classifier; rows are every position's word embeddings.
+
+    A piece's key is the class to explain, or None for the largest logit of each row (the paper's code).
+    """
+
+    def __init__(self, module: torch.nn.Module, tokens_per_pass: int = 4096):
+        self.module = module
+        self.device = next(module.parameters()).device
+        self.tokens_per_pass = tokens_per_pass
+        self.rows = 0  # gradient rows
+        self.forward_rows = 0
+
+    def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
+        return max(1, self.tokens_per_pass * (1 if with_grads else 4) // max(1, num_tokens))
+
+    def score_rows(self, pieces: Sequence[engine.Piece], with_grads: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        length = max(rows.shape[1] for _, rows in pieces)
+        embs = torch.cat([torch.nn.functional.pad(rows, (0, 0, 0, length - rows.shape[1])) for _, rows in pieces])
+        mask = torch.cat([torch.nn.functional.pad(torch.ones(rows.shape[:2], dtype=torch.long, device=self.device),
+                                                  (0, length - rows.shape[1])) for _, rows in pieces])  # [R, L]
+        with torch.enable_grad() if with_grads else torch.no_grad():
+            embs = embs.detach().requires_grad_(with_grads)
+            logits = self.module(inputs_embeds=embs, attention_mask=mask).logits.float()  # [R, C]
+            scores = torch.cat([_target(logits[part], key) for (key, _), part in zip(pieces, _slices(pieces))])
+            grads = torch.autograd.grad(scores.sum(), embs)[0] if with_grads else None  # [R, L, D]
+        count = len(embs)
+        if with_grads:
+            self.rows += count
+        else:
+            self.forward_rows += count
+        return [(scores[part].detach(), None if grads is None else grads[part, :rows.shape[1]])
+                for (_, rows), part in zip(pieces, _slices(pieces))]
+
+
+def _target(logits: torch.Tensor, key: int | None) -> torch.Tensor:
+    return logits.max(-1).values if key is None else logits[:, key]
+
+
+def _slices(pieces: Sequence[engine.Piece]) -> list[slice]:
+    bounds = np.cumsum([0] + [len(rows) for _, rows in pieces])
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def prepare(module: torch.nn.Module, tokenizer, records: Sequence[dict], indices: Sequence[int],
+            setting: Setting) -> list[Example]:
+    """Tokenizes, embeds and predicts the examples."""
+    table = module.get_input_embeddings()
+    device = table.weight.device
+    baseline_row = _baseline_row(table, tokenizer, setting.baseline)
+    examples = []
+    encodings = tokenizer([records[i]["sentence"] for i in indices], truncation=False)["input_ids"]
+    for i, ids in zip(indices, encodings):
+        special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+        special = [bool(s) for s in special]
+        movable = torch.tensor([setting.protocol.rank_specials or not s for s in special], device=device)
+        with torch.no_grad():
+            x = table(torch.tensor(ids, device=device)).float()  # [L, D]
+        baseline = torch.where(movable[:, None], baseline_row.expand_as(x), x)
+        examples.append(Example(i, records[i]["sentence"], list(ids), special, x, baseline, movable, -1,
+                                records[i]["label"]))
+    probs = erasure.probabilities(module, [e.ids for e in examples], tokenizer.pad_token_id)
+    for e, p in zip(examples, probs):
+        e.predicted = int(np.argmax(p))
+    return examples
+
+
+def _baseline_row(table: torch.nn.Embedding, tokenizer, kind: str) -> torch.Tensor:
+    if kind == "zero":
+        return torch.zeros_like(table.weight[0]).float()
+    return table.weight[getattr(tokenizer, f"{kind}_token_id")].detach().float()
+
+
+def _problems(examples: Sequence[Example], setting: Setting, groups: Callable[[torch.Tensor], torch.Tensor]
+              ) -> list[engine.PathProblem]:
+    key = (lambda e: None) if setting.target == "max" else (lambda e: e.predicted)
+    return [engine.PathProblem(key(e), e.x, e.baseline, groups(e.movable)) for e in examples]
+
+
+Method = Callable[[HFScorer, Sequence[Example], Setting], list[tuple[np.ndarray, float | None]]]
+
+
+def _gradients(scorer: HFScorer, examples: Sequence[Example], setting: Setting) -> list[torch.Tensor]:
+    """d F / d x at the input, `[L, D]` each (one row per example)."""
+    problems = _problems(examples, setting, attribution.ig_groups)
+    grads = [torch.zeros_like(e.x) for e in examples]
+    per_pass = scorer.rows_per_pass(max(e.x.shape[0] for e in examples), True)
+    for start in range(0, len(problems), per_pass):
+        chunk = problems[start:start + per_pass]
+        for j, (_, g) in enumerate(scorer.score_rows([(p.key, p.x[None]) for p in chunk], True)):
+            grads[start + j] = g[0]
+    return grads
+
+
+def grad_norm(scorer, examples, setting):
+    return [(attribution.gradient_norm(g)[e.movable].cpu().numpy(), None)
+            for e, g in zip(examples, _gradients(scorer, examples, setting))]
+
+
+def grad_dot_input(scorer, examples, setting):
+    return [(attribution.gradient_dot_input(g, e.x)[e.movable].cpu().numpy(), None)
+            for e, g in zip(examples, _gradients(scorer, examples, setting))]
+
+
+def _path(groups: Callable[[torch.Tensor], torch.Tensor]) -> Method:
+    def run(scorer, examples, setting):
+        alphas, weights = quadrature.quadrature("gausslegendre", setting.steps)
+        results = engine.path_attributions(_problems(examples, setting, groups), scorer, alphas, weights)
+        return [(r.token_attributions[e.movable.cpu()].numpy(), abs(r.completeness_delta))
+                for e, r in zip(examples, results)]
+    return run
+
+
+def exact_sig(scorer, examples, setting):
+    results = engine.occlusion_attributions(_problems(examples, setting, attribution.sig_groups), scorer)
+    return [(r.token_attributions[e.movable.cpu()].numpy(), 0.0) for e, r in zip(examples, results)]
+
+
+def adaptive_sig(scorer, examples, setting):
+    # On the CPU: lit_sig.core.adaptive builds its panel weights there; the rows still run on the scorer's device.
+    out = []
+    for p, e in zip(_problems(examples, setting, attribution.sig_groups), examples):
+        def grad_fn(rows, key=p.key):
+            scores, grads = scorer.score_rows([(key, rows.to(scorer.device))], True)[0]
+            return scores.cpu(), grads.cpu()
+        r = adaptive.adaptive_path_attribution(p.x.cpu(), p.baseline.cpu(), p.groups.cpu(), grad_fn)
+        out.append((r.token_attributions[e.movable.cpu()].numpy(), r.completeness_delta))
+    return out
+
+
+def random_ranking(scorer, examples, setting):
     """The control: a ranking seeded by the sentence, the same in every run."""
-    del label, steps
-    num_tokens = len(model.tokenizer.tokenize(example["sentence"]))
-    return np.random.default_rng(zlib.crc32(example["sentence"].encode("utf-8"))).random(num_tokens), None
+    del scorer, setting
+    return [(np.random.default_rng(zlib.crc32(e.sentence.encode("utf-8"))).random(int(e.movable.sum())), None)
+            for e in examples]
 
 
-METHODS: dict[str, Ranker] = {
-    "grad_norm": _lit_sig_ranker(lit_sig.GradientNorm()),
-    "grad_dot_input": _lit_sig_ranker(lit_sig.GradientDotInput()),
-    "integrated_gradients": _lit_sig_ranker(lit_sig.IntegratedGradients()),
-    "sequential_integrated_gradients": _lit_sig_ranker(lit_sig.SequentialIntegratedGradients()),
-    "exact_sequential_integrated_gradients": _lit_sig_ranker(
-        lit_sig.SequentialIntegratedGradients(), **{interpreters.METHOD_KEY: interpreters.EXACT_METHOD}
-    ),
-    "adaptive_sequential_integrated_gradients": _lit_sig_ranker(
-        lit_sig.SequentialIntegratedGradients(), **{interpreters.ADAPTIVE_KEY: True}
-    ),
-    "lit_integrated_gradients": _lit_ig,
-    "random": _random,
+METHODS: dict[str, Method] = {
+    "grad_norm": grad_norm,
+    "grad_dot_input": grad_dot_input,
+    "integrated_gradients": _path(attribution.ig_groups),
+    "sequential_integrated_gradients": _path(attribution.sig_groups),
+    "exact_sequential_integrated_gradients": exact_sig,
+    "adaptive_sequential_integrated_gradients": adaptive_sig,
+    "random": random_ranking,
 }
+# LIT's own IG (zero baseline, word tokens), through LIT; ours protocol only.
+LIT_IG = "lit_integrated_gradients"
 
 
-@torch.no_grad()
-def class_probabilities(model: models.HFSequenceClassifier, word_ids: list[list[int]], label: int) -> np.ndarray:
-    """p(label) for each sequence of word-piece ids, wrapped in [CLS] ... [SEP]."""
-    tok = model.tokenizer
-    ids = [[tok.cls_token_id, *w, tok.sep_token_id] for w in word_ids]
-    T = max(map(len, ids))
-    input_ids = torch.tensor([i + [tok.pad_token_id] * (T - len(i)) for i in ids], device=model.device)  # [B, T]
-    attention_mask = torch.tensor([[1] * len(i) + [0] * (T - len(i)) for i in ids], device=model.device)
-    logits = model.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()  # [B, C]
-    return torch.softmax(logits, -1)[:, label].cpu().numpy()
+def lit_integrated_gradients(steps: int, device: str | None) -> Method:
+    """LIT 1.3's IntegratedGradients on the embedded model (word tokens only, its zero baseline)."""
+    from lit_nlp.components import gradient_maps  # pylint: disable=import-outside-toplevel
+    from lit_sig import models  # pylint: disable=import-outside-toplevel
+    model = models.minilm_sst2(device)
+    interpreter = gradient_maps.IntegratedGradients()
+
+    def run(scorer, examples, setting):
+        assert setting.protocol.name == "ours" and not setting.protocol.rank_specials
+        inputs = [{"sentence": e.sentence, "label": model.labels[e.predicted]} for e in examples]
+        config = {gradient_maps.INTERPOLATION_KEY: steps, gradient_maps.NORMALIZATION_KEY: False}
+        results = interpreter.run(inputs, model, None, config=config)
+        return [(np.asarray(r[models.gradients_field("sentence")].salience), None) for r in results]
+    return run
 
 
-def faithfulness(model: models.HFSequenceClassifier, word_ids: list[int], scores: np.ndarray, label: int,
-                 p: float) -> dict[str, float]:
-    """The three metrics for one example, from its word-piece ids and token scores."""
-    T = len(word_ids)
-    k = max(1, round(TOP_FRACTION * T))
-    top = set(np.argsort(-scores, kind="stable")[:k].tolist())
-    masked = [model.tokenizer.mask_token_id if t in top else w for t, w in enumerate(word_ids)]
-    deleted = [w for t, w in enumerate(word_ids) if t not in top]
-    kept = [w for t, w in enumerate(word_ids) if t in top]
-    p_masked, p_deleted, p_kept = class_probabilities(model, [masked, deleted, kept], label)
-    return {
-        "log_odds": math.log(max(p_masked, 1e-12)) - math.log(p),
-        "comprehensiveness": p - float(p_deleted),
-        "sufficiency": p - float(p_kept),
-    }
+def run_method(name: str, method: Method, scorer: HFScorer, examples: Sequence[Example], setting: Setting,
+               tokenizer) -> list[dict]:
+    """Records of one method on a batch of examples."""
+    rows_before, forward_before = scorer.rows, scorer.forward_rows
+    started = time.perf_counter()
+    ranked = method(scorer, examples, setting)
+    seconds = (time.perf_counter() - started) / len(examples)
+    metrics = erasure.erasure_metrics(scorer.module, tokenizer, [e.ids for e in examples],
+                                      [e.special for e in examples], [s for s, _ in ranked], setting.protocol)
+    rows = (scorer.rows - rows_before) / len(examples)
+    forward = (scorer.forward_rows - forward_before) / len(examples)
+    return [{"index": e.index, "method": name, "seconds": seconds, "rows": rows, "forward_rows": forward,
+             "completeness_delta": delta, "correct": str(m["predicted"]) == e.label, "device": scorer.device.type, **m}
+            for e, (_, delta), m in zip(examples, ranked, metrics)]
 
 
-def run(args: argparse.Namespace, model: models.HFSequenceClassifier) -> dict:
-    examples = datasets.read_glue_tsv(args.data, args.limit)
-    methods = args.methods
-    cache = pathlib.Path(
-        args.cache or f"benchmarks/.cache/faithfulness-{pathlib.Path(args.data).stem}-s{args.steps}-{args.grad_wrt}.jsonl"
-    )
+def read_tsv(path: str, limit: int | None = None) -> list[dict[str, str]]:
+    """`{"sentence", "label"}` rows of a GLUE-style TSV (as `lit_sig.datasets.read_glue_tsv`, without LIT)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
+    return [{"sentence": r["sentence"].strip(), "label": r["label"].strip()} for r in rows]
+
+
+def run(args: argparse.Namespace, module: torch.nn.Module, tokenizer, methods: dict[str, Method]) -> dict:
+    """Computes what the cache lacks, then summarizes."""
+    records = read_tsv(args.data, args.limit)
+    setting = args.setting
+    cache = pathlib.Path(args.cache or f"benchmarks/.cache/faithfulness-{pathlib.Path(args.data).stem}-{setting.key()}.jsonl")
     done = {(r["index"], r["method"]): r for r in storage.read_jsonl(cache)}
-    todo = [(i, m) for i in range(len(examples)) for m in methods if (i, m) not in done]
-    print(f"{len(examples)} examples x {len(methods)} methods; {len(done)} results cached in {cache}, {len(todo)} to go")
-    predictions: dict[int, dict] = {}
-    for i, method in tqdm.tqdm(todo, desc="faithfulness", unit="explanation", smoothing=0.05):
-        example = examples[i]
-        if i not in predictions:
-            output = model.predict([{"sentence": example["sentence"]}])[0]
-            predictions[i] = output
-        output = predictions[i]
-        if output["truncated"]:
-            raise ValueError(f"example {i} is longer than the model's maximum length")
-        label = output["label"]
-        c = model.labels.index(label)
-        word_ids = model.tokenizer.convert_tokens_to_ids(output["tokens_sentence"])
-        query = {"sentence": example["sentence"], "label": label}
-        counting = CountingModel(model)
-        started = time.perf_counter()
-        scores, delta = METHODS[method](counting, query, label, args.steps)
-        seconds = time.perf_counter() - started
-        assert scores.shape == (len(word_ids),), (method, scores.shape)
-        record = {"index": i, "method": method, "seconds": seconds, "rows": counting.rows + counting.forward_rows,
-                  "completeness_delta": delta, "correct": label == example["label"],
-                  **faithfulness(model, word_ids, scores, c, float(output["probas"][c]))}
-        storage.append_jsonl(cache, [record])
-        done[(i, method)] = record
-    return summarize(done, len(examples), methods, args.steps, args.grad_wrt)
+    todo = {m: [i for i in range(len(records)) if (i, m) not in done] for m in args.methods}
+    total = sum(map(len, todo.values()))
+    print(f"{len(records)} examples x {len(args.methods)} methods ({setting.key()}); {len(done)} cached in {cache}, "
+          f"{total} to go", flush=True)
+    scorer = HFScorer(module, args.tokens_per_pass)
+    deadline = time.monotonic() + args.max_seconds if args.max_seconds else None
+    with tqdm.tqdm(total=total, desc="faithfulness", unit="explanation", smoothing=0.05) as progress:
+        for name in args.methods:
+            for start in range(0, len(todo[name]), args.batch_size):
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                examples = prepare(module, tokenizer, records, todo[name][start:start + args.batch_size], setting)
+                new = run_method(name, methods[name], scorer, examples, setting, tokenizer)
+                storage.append_jsonl(cache, new)
+                done.update(((r["index"], r["method"]), r) for r in new)
+                progress.update(len(new))
+    return summarize(done, len(records), args.methods, setting, args.resamples, args.seed)
 
 
-def summarize(done: dict, n: int, methods: list[str], steps: int, grad_wrt: str) -> dict:
-    correct = [done[(i, methods[0])]["correct"] for i in range(n)]
-    summary = {"n_examples": n, "accuracy": float(np.mean(correct)), "steps": steps, "grad_wrt": grad_wrt,
-               "methods": {}}
+def summarize(done: dict, n: int, methods: Sequence[str], setting: Setting, resamples: int = 2000,
+              seed: int = 0) -> dict:
+    """Means with intervals over the examples each method covers; differences over shared examples."""
+    covered = {m: [i for i in range(n) if (i, m) in done] for m in methods}
+    summary = {"n_examples": n, "protocol": dataclasses.asdict(setting.protocol), "baseline": setting.baseline,
+               "target": setting.target, "steps": setting.steps, "resamples": resamples, "seed": seed,
+               "methods": {}, "differences": {}}
     for m in methods:
-        records = [done[(i, m)] for i in range(n)]
-        summary["methods"][m] = {k: float(np.mean([r[k] for r in records])) for k in METRICS}
-        summary["methods"][m]["seconds"] = float(sum(r["seconds"] for r in records))
-        summary["methods"][m]["rows"] = int(sum(r["rows"] for r in records))
-        deltas = [r["completeness_delta"] for r in records if r["completeness_delta"] is not None]
+        if not covered[m]:
+            continue
+        recs = [done[(i, m)] for i in covered[m]]
+        boot = erasure.bootstrap({k: np.array([r[k] for r in recs]) for k in erasure.METRICS}, resamples, seed)
+        entry = {"n": len(recs), "accuracy": float(np.mean([r["correct"] for r in recs])),
+                 **{k: boot["means"][k] for k in erasure.METRICS},
+                 "seconds_per_example": float(np.mean([r["seconds"] for r in recs])),
+                 "rows_per_example": float(np.mean([r["rows"] for r in recs])),
+                 "forward_rows_per_example": float(np.mean([r["forward_rows"] for r in recs])),
+                 "devices": sorted({r.get("device", "cpu") for r in recs})}
+        deltas = [r["completeness_delta"] for r in recs if r["completeness_delta"] is not None]
         if deltas:
-            summary["methods"][m]["max_completeness_delta"] = float(np.max(deltas))
-            summary["methods"][m]["median_completeness_delta"] = float(np.median(deltas))
+            entry["max_completeness_delta"] = float(np.max(deltas))
+            entry["median_completeness_delta"] = float(np.median(deltas))
+        summary["methods"][m] = entry
+    present = [m for m in methods if covered[m]]
+    for a_i, a in enumerate(present):
+        for b in present[a_i + 1:]:
+            shared = sorted(set(covered[a]) & set(covered[b]))
+            if not shared:
+                continue
+            summary["differences"][f"{a} - {b}"] = {"n": len(shared), **{
+                k: erasure.bootstrap({a: np.array([done[(i, a)][k] for i in shared]),
+                                      b: np.array([done[(i, b)][k] for i in shared])}, resamples, seed)
+                ["differences"][f"{a} - {b}"] for k in erasure.METRICS}}
     return summary
 
 
+def _interval(x: dict) -> str:
+    return f"{x['mean']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
+
+
 def markdown(summary: dict) -> str:
-    lines = [f"n = {summary['n_examples']}, steps = {summary['steps']}, accuracy = {summary['accuracy']:.3f}, "
-             f"attributions of the predicted class's {summary['grad_wrt']}", "",
-             "| method | log-odds ↓ | comprehensiveness ↑ | sufficiency ↓ | passes | max completeness error | seconds |",
+    p = summary["protocol"]
+    lines = [f"protocol {p['name']}, baseline {summary['baseline']}, explained score: {summary['target']} logit, "
+             f"steps = {summary['steps']}, replacement [{p['replacement'].upper()}]; mean [95% paired bootstrap interval]",
+             "", "| method | n | log-odds ↓ | comprehensiveness ↑ | sufficiency ↓ | passes per example | max completeness error |",
              "|---|---|---|---|---|---|---|"]
     for name, m in summary["methods"].items():
         delta = f"{m['max_completeness_delta']:.1e}" if "max_completeness_delta" in m else ""
-        lines.append(f"| {name} | {m['log_odds']:.3f} | {m['comprehensiveness']:.3f} | {m['sufficiency']:.3f} "
-                     f"| {m['rows']} | {delta} | {m['seconds']:.0f} |")
+        passes = m["rows_per_example"] + m["forward_rows_per_example"]
+        lines.append(f"| {name} | {m['n']} | {_interval(m['log_odds'])} | {_interval(m['comprehensiveness'])} | "
+                     f"{_interval(m['sufficiency'])} | {passes:.0f} | {delta} |")
     return "\n".join(lines)
+
+
+def load_model(model_dir: str | None, device: str | None) -> tuple[torch.nn.Module, transformers.PreTrainedTokenizerBase]:
+    """The embedded SST-2 model, or a saved Hugging Face classifier."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if model_dir is None:
+        from lit_sig import sst2_model  # pylint: disable=import-outside-toplevel
+        return sst2_model.load_minilm_sst2(device)
+    module = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).float().to(device).eval()
+    return module, transformers.AutoTokenizer.from_pretrained(model_dir)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(datasets.DEFAULT_SST2_DIR / "dev.tsv"), help="GLUE-style TSV")
+    choices = [*METHODS, LIT_IG]
+    parser.add_argument("--data", default="../shared/data/sst2/dev.tsv", help="GLUE-style TSV")
     parser.add_argument("--limit", type=int, default=None, help="first N examples (default: all)")
     parser.add_argument("--steps", type=int, default=50, help="interpolation steps of IG, SIG and LIT's IG")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {list(METHODS)}")
+    parser.add_argument("--protocol", default="ours", choices=list(erasure.PROTOCOLS))
+    parser.add_argument("--baseline", default=None, choices=BASELINES, help="attribution baseline (default: the protocol's)")
+    parser.add_argument("--replacement", default=None, choices=erasure.REPLACEMENTS,
+                        help="the log-odds token (default: the protocol's)")
+    parser.add_argument("--methods", default=",".join(m for m in choices if m != "adaptive_sequential_integrated_gradients"),
+                        help=f"comma-separated, from {choices}")
     parser.add_argument("--json", default=None, help="write the summary here")
     parser.add_argument("--cache", default=None, help="per-example results (default under benchmarks/.cache/)")
-    parser.add_argument("--grad_wrt", default="logit", choices=models.GRAD_WRT_OPTIONS,
-                        help="explain the predicted class's logit (as DIG and SIG do) or its probability")
+    parser.add_argument("--model_dir", default=None, help="a saved classifier (default: the embedded SST-2 model)")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    parser.add_argument("--batch_size", type=int, default=16, help="examples per batch of one method")
+    parser.add_argument("--tokens_per_pass", type=int, default=4096, help="gradient rows x length per model pass")
+    parser.add_argument("--max_seconds", type=float, default=None, help="stop starting batches after this long")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(args.methods) - set(METHODS))
+    unknown = sorted(set(args.methods) - set(choices))
     if unknown or not args.methods:
-        parser.error(f"unknown --methods {unknown}; accepted: {', '.join(METHODS)}")
-    if args.limit is not None and args.limit < 1:
-        parser.error(f"--limit must be a positive integer, got {args.limit}")
-    if not 1 <= args.steps <= 500:
-        parser.error(f"--steps must be in [1, 500], got {args.steps}")
+        parser.error(f"unknown --methods {unknown}; accepted: {', '.join(choices)}")
+    if LIT_IG in args.methods and args.protocol != "ours":
+        parser.error(f"--methods {LIT_IG} ranks word tokens only: --protocol ours")
+    for flag in ("limit", "batch_size", "tokens_per_pass", "resamples"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    if not quadrature.MIN_STEPS <= args.steps <= quadrature.MAX_STEPS:
+        parser.error(f"--steps must be in [{quadrature.MIN_STEPS}, {quadrature.MAX_STEPS}], got {args.steps}")
+    protocol = erasure.PROTOCOLS[args.protocol]
+    if args.replacement:
+        protocol = dataclasses.replace(protocol, replacement=args.replacement)
+    args.setting = Setting(protocol, args.baseline or DEFAULT_BASELINE[args.protocol], args.steps)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
-    summary = run(args, models.minilm_sst2(args.device, grad_wrt=args.grad_wrt))
+    module, tokenizer = load_model(args.model_dir, args.device)
+    methods = dict(METHODS)
+    if LIT_IG in args.methods:
+        methods[LIT_IG] = lit_integrated_gradients(args.steps, str(next(module.parameters()).device))
+    summary = run(args, module, tokenizer, methods)
     print(markdown(summary))
     if args.json:
         storage.write_atomically(pathlib.Path(args.json), json.dumps(summary, indent=2) + "\n")
