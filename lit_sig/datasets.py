@@ -91,7 +91,7 @@ def read_glue_tsv(path: str | os.PathLike, max_examples: int | None = None) -> l
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ValueError(f"--data: {path} is not a file (expected a GLUE-style TSV with sentence and label columns)")
+        raise ValueError(f"{path} is not a file (expected a GLUE-style TSV with sentence and label columns)")
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         missing = {"sentence", "label"} - set(reader.fieldnames or ())

@@ -161,7 +161,10 @@ def serve(demo_flags: _Flags, argv: Sequence[str]) -> None:
     if demo_flags.data.value is None:
         dataset = datasets.builtin(max_examples)
     else:
-        dataset = datasets.glue_tsv(demo_flags.data.value, max_examples)
+        try:
+            dataset = datasets.glue_tsv(demo_flags.data.value, max_examples)
+        except ValueError as error:
+            raise ValueError(f"--data: {error}") from error
     name = demo_flags.model.value
     precision = demo_flags.precision.value
     if name is None:

@@ -688,4 +688,4 @@ def minilm_sst2(device: str | torch.device | None = None, **kwargs) -> HFSequenc
     from lit_sig import sst2_model  # pylint: disable=import-outside-toplevel
 
     module, tokenizer = sst2_model.load_minilm_sst2(device)
-    return HFSequenceClassifier(module, tokenizer, labels=["0", "1"], device=device, **kwargs)
+    return HFSequenceClassifier(module, tokenizer, labels=list(sst2_model.LABELS), device=device, **kwargs)

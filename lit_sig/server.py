@@ -46,7 +46,7 @@ from lit_sig.server_limits import Limits, RequestError
 
 MAX_REQUEST_BYTES = 32 * 2**20
 MAX_ERROR_CHARS = 2000
-SERVER_TYPES = ("default", "basic")
+SERVER_TYPES = ("default",)  # LIT's flag; its other types are not hardened.
 DEVICES = ("cpu", "cuda")
 INTERNAL_ERROR = "Internal error; see the server log."
 _READ_CHUNK = 2**16
@@ -182,7 +182,7 @@ class HardenedLitApp(lit_app.LitApp):
         if datapoints_dir is not None:
             self._datapoints_dir = pathlib.Path(datapoints_dir).resolve()
             if not self._datapoints_dir.is_dir():
-                raise ValueError(f"--datapoints_dir: {datapoints_dir} is not an existing folder.")
+                raise ValueError(f"datapoints_dir {datapoints_dir} is not an existing folder.")
         if not allow_loading:
             # No loaders: the UI offers no "load model/data set" controls.
             kw.setdefault("model_loaders", {})
@@ -424,7 +424,7 @@ def serve(
         datasets: LIT data sets by name.
         host: address to bind; 127.0.0.1 serves this machine only.
         port: TCP port; 0 picks a free one.
-        server_type: "default" or "basic" (the same threaded server).
+        server_type: "default" (the hardened threaded server; the only one).
         client_root: LIT's web client; LIT's own (or None) is served with local
             fonts (`offline_client.localize`).
         allow_loading: see `HardenedLitApp`.
@@ -438,7 +438,7 @@ def serve(
         OSError: the address can't be bound.
     """
     if server_type not in SERVER_TYPES:
-        raise ValueError(f"--server_type={server_type!r}; accepted: {', '.join(SERVER_TYPES)}.")
+        raise ValueError(f"server_type {server_type!r}; accepted: {', '.join(SERVER_TYPES)}.")
     if client_root is None or pathlib.Path(client_root).resolve() == offline_client.LIT_CLIENT_ROOT.resolve():
         try:
             client_root = str(offline_client.localize())

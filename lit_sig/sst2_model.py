@@ -16,7 +16,7 @@ import torch
 import transformers
 
 WEIGHTS_PATH = pathlib.Path(__file__).parent / "weights" / "minilm_sst2.safetensors"
-LABELS = ("0", "1")  # GLUE order: negative, positive.
+from lit_sig.datasets import LABELS  # GLUE SST-2 order: negative, positive.
 LORA_RANK = 8
 LORA_ALPHA = 16
 LORA_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")

@@ -14,7 +14,7 @@ import torch
 import tqdm
 import transformers
 
-from lit_sig import datasets, sst2_model
+from lit_sig import datasets, models, sst2_model
 
 MAX_LENGTH = 66  # SST-2's longest sentence is 55 word pieces with [CLS]/[SEP].
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max_examples", type=int, default=None, help="use the first N training examples")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args(argv)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.device = args.device or models.default_device()
     for name in ("epochs", "batch_size", "max_examples"):
         value = getattr(args, name)
         if value is not None and value < 1:
