@@ -142,3 +142,28 @@ def assert_same_signs_and_order(shown: list[float], api: list[float]) -> None:
     for i, j in itertools.combinations(range(len(api)), 2):
         if abs(api[i] - api[j]) > 0.01 * scale:
             assert (shown[i] > shown[j]) == (api[i] > api[j]) or shown[i] == shown[j], (i, j, shown, api)
+
+
+def test_a_captum_method_from_the_salience_module(offline_page, demo):
+    """captum's FeatureAblation (bridged) renders in the salience module with the API's values."""
+    page, elsewhere, errors = offline_page
+    name = "captum FeatureAblation"
+    example = call_ok(demo, "/get_dataset", {"dataset_name": DATASET})[1]
+    page.goto(demo + "/")
+    row = page.get_by_text(example["data"]["sentence"], exact=True).first
+    row.wait_for()
+    page.keyboard.press("Escape")  # Closes the welcome tour, if it shows.
+    row.click()
+    method = page.locator(f'div.method-row[id="{name.lower()}"]')
+    method.locator(".expansion-label").click()  # Expanding a method runs it.
+    chips = method.locator(".salient-token")
+    chips.first.wait_for(timeout=SIG_TIMEOUT_MS)
+    method.locator("lit-spinner").wait_for(state="detached")
+    shown = [float(chip.locator("lit-tooltip").get_attribute("content")) for chip in chips.all()]
+    info = call_ok(demo, "/get_info")
+    config = {k: v.get("default") for k, v in info["interpreters"][name]["configSpec"].items()}
+    params = {"model": MODEL, "dataset_name": DATASET, "interpreter": name, "do_predict": "1"}
+    api = call_ok(demo, "/get_interpretations", params, {"inputs": [example["id"]], "config": config})[0]
+    assert [t.strip() for t in chips.locator("span.pre-wrap").all_inner_texts()] == api["token_grad_sentence"]["tokens"]
+    assert_same_signs_and_order(shown, api["token_grad_sentence"]["salience"])
+    assert not elsewhere and not errors, (elsewhere, errors)
