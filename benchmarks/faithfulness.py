@@ -4,7 +4,7 @@
     python -m benchmarks.faithfulness --data ../shared/data/sst2/dev.tsv --steps 50 --protocol paper --json out.json
 
 For each example: the predicted class c and its probability p; positions ranked by their
-attribution; the top k erased (lit_sig.erasure): log-odds (top k replaced), comprehensiveness
+attribution; the top k erased (lit_sig.core.erasure): log-odds (top k replaced), comprehensiveness
 (top k deleted), sufficiency (only the top k kept).
 
 - ours: word tokens attributed, ranked and erased ([CLS]/[SEP] fixed), [MASK] baseline, the
@@ -34,7 +34,8 @@ import torch
 import tqdm
 import transformers
 
-from lit_sig import erasure, storage
+from lit_sig import storage
+from lit_sig.core import erasure
 from lit_sig.core import adaptive, attribution, engine, quadrature
 
 BASELINES = ("mask", "pad", "zero")
@@ -227,6 +228,8 @@ LIT_IG = "lit_integrated_gradients"
 def lit_integrated_gradients(steps: int, device: str | None) -> Method:
     """LIT 1.3's IntegratedGradients on the embedded model (word tokens only, its zero baseline)."""
     from lit_nlp.components import gradient_maps  # pylint: disable=import-outside-toplevel
+
+    from benchmarks.common import CountingModel  # pylint: disable=import-outside-toplevel
     from lit_sig import models  # pylint: disable=import-outside-toplevel
     model = models.minilm_sst2(device)
     interpreter = gradient_maps.IntegratedGradients()
@@ -235,7 +238,9 @@ def lit_integrated_gradients(steps: int, device: str | None) -> Method:
         assert setting.protocol.name == "ours" and not setting.protocol.rank_specials
         inputs = [{"sentence": e.sentence, "label": model.labels[e.predicted]} for e in examples]
         config = {gradient_maps.INTERPOLATION_KEY: steps, gradient_maps.NORMALIZATION_KEY: False}
-        results = interpreter.run(inputs, model, None, config=config)
+        counting = CountingModel(model)
+        results = interpreter.run(inputs, counting, None, config=config)
+        scorer.rows += counting.rows
         return [(np.asarray(r[models.gradients_field("sentence")].salience), None) for r in results]
     return run
 
@@ -257,7 +262,7 @@ def run_method(name: str, method: Method, scorer: HFScorer, examples: Sequence[E
 
 
 def read_tsv(path: str, limit: int | None = None) -> list[dict[str, str]]:
-    """`{"sentence", "label"}` rows of a GLUE-style TSV (as `lit_sig.datasets.read_glue_tsv`, without LIT)."""
+    """`{"sentence", "label"}` rows of a GLUE-style TSV (as `lit_sig.models.datasets.read_glue_tsv`, without LIT)."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
     return [{"sentence": r["sentence"].strip(), "label": r["label"].strip()} for r in rows]
@@ -346,7 +351,7 @@ def load_model(model_dir: str | None, device: str | None) -> tuple[torch.nn.Modu
     """The embedded SST-2 model, or a saved Hugging Face classifier."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if model_dir is None:
-        from lit_sig import sst2_model  # pylint: disable=import-outside-toplevel
+        from lit_sig.models import sst2_model  # pylint: disable=import-outside-toplevel
         return sst2_model.load_minilm_sst2(device)
     module = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).float().to(device).eval()
     return module, transformers.AutoTokenizer.from_pretrained(model_dir)

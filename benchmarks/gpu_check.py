@@ -23,7 +23,8 @@ import torch
 import lit_sig
 from benchmarks import speed
 from benchmarks.common import WORDS, random_model
-from lit_sig import interpreters, models, storage
+from lit_sig import models, storage
+from lit_sig.lit import interpreters
 
 SENTENCES = [" ".join(WORDS[i % len(WORDS)] for i in range(start, start + n)) for start, n in ((0, 7), (3, 20), (5, 40))]
 PATH_METHODS = {

@@ -11,7 +11,8 @@ import pathlib
 from collections.abc import Sequence
 
 import lit_sig
-from lit_sig import interpreters, models
+from lit_sig import models
+from lit_sig.lit import interpreters
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SENTENCE = "This is not a bad movie at all."

@@ -29,7 +29,8 @@ import torch
 
 import lit_sig
 from benchmarks.common import SHAPES, WORDS, CountingModel, random_model
-from lit_sig import captum_bridge, interpreters, models, storage
+from lit_sig import models, storage
+from lit_sig.lit import captum_bridge, interpreters
 
 SIG, IG = "sequential_integrated_gradients", "integrated_gradients"
 EXACT_SIG, IG_BATCH = "exact_sequential_integrated_gradients", "integrated_gradients_batch"

@@ -29,10 +29,10 @@ __version__ = "0.1.0"  # The one place: pyproject.toml reads it (tool.setuptools
 
 # Public name -> the module that defines it.
 _LAZY = {
-    "GradientNorm": "lit_sig.interpreters",
-    "GradientDotInput": "lit_sig.interpreters",
-    "IntegratedGradients": "lit_sig.interpreters",
-    "SequentialIntegratedGradients": "lit_sig.interpreters",
+    "GradientNorm": "lit_sig.lit.interpreters",
+    "GradientDotInput": "lit_sig.lit.interpreters",
+    "IntegratedGradients": "lit_sig.lit.interpreters",
+    "SequentialIntegratedGradients": "lit_sig.lit.interpreters",
     "HFSequenceClassifier": "lit_sig.models",
     "minilm_sst2": "lit_sig.models",
 }
@@ -50,8 +50,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # For type checkers and IDEs; at run time these load on first use.
-    from lit_sig.interpreters import GradientDotInput, GradientNorm, IntegratedGradients
-    from lit_sig.interpreters import SequentialIntegratedGradients
+    from lit_sig.lit.interpreters import GradientDotInput, GradientNorm, IntegratedGradients
+    from lit_sig.lit.interpreters import SequentialIntegratedGradients
     from lit_sig.models import HFSequenceClassifier, minilm_sst2
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lit_sig
-from lit_sig import captum_bridge, interpreters
+from lit_sig.lit import captum_bridge, interpreters
 from tests.test_device_path import SENTENCE, salience
 
 RAW = {interpreters.NORMALIZATION_KEY: False, interpreters.CLASS_KEY: "1"}

@@ -8,7 +8,8 @@ from lit_nlp.api import model as lit_model
 from lit_nlp.lib import caching
 
 import lit_sig
-from lit_sig import interpreters, models, protocol
+from lit_sig import models
+from lit_sig.lit import interpreters, protocol
 from lit_sig.core import cancellation, engine
 
 SENTENCE = "a charming and often affecting journey"

@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from lit_sig import explain, interpreters, models
+from lit_sig import models
+from lit_sig.cli import explain
+from lit_sig.lit import interpreters
 
 SENTENCES = [
     ("a charming and often affecting journey .", "1"),

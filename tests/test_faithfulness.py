@@ -8,7 +8,10 @@ import torch
 
 import lit_sig
 from benchmarks import faithfulness
-from lit_sig import datasets, erasure, interpreters, models
+from lit_sig import models
+from lit_sig.core import erasure
+from lit_sig.lit import interpreters
+from lit_sig.models import datasets
 
 SENTENCES = [s for s, _ in datasets.BUILTIN_SENTENCES[:3]]
 RAW = {interpreters.NORMALIZATION_KEY: False}
@@ -62,9 +65,13 @@ def test_metrics_equal_direct_forwards_with_tokens_erased(tiny_model, protocol):
     assert result["sufficiency"] == pytest.approx(probs[c] - direct_probability(module, kept, c), abs=1e-6)
 
 
-def test_paper_k_is_floored_and_may_be_zero():
+def test_paper_k_is_floored_and_may_be_zero(tiny_model):
     assert [erasure.PAPER.k(n) for n in (3, 4, 5, 9, 10)] == [0, 0, 1, 1, 2]
     assert [erasure.OURS.k(n) for n in (1, 2, 3, 8)] == [1, 1, 1, 2]
+    ids = tiny_model.tokenizer("a b")["input_ids"]  # 4 positions: k = 0, nothing is erased
+    (result,) = erasure.erasure_metrics(tiny_model.model, tiny_model.tokenizer, [ids], [[True, False, False, True]],
+                                        [np.arange(4.0)], erasure.PAPER)
+    assert result["k"] == 0 and all(abs(result[m]) < 1e-12 for m in erasure.METRICS)
 
 
 def _examples(tiny_model, setting):

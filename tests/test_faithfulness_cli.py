@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from lit_sig import erasure, explain, faithfulness, interpreters, models
+from lit_sig import models
+from lit_sig.cli import explain, faithfulness
+from lit_sig.core import erasure
+from lit_sig.lit import interpreters
 
 SENTENCES = [
     ("a charming and often affecting journey .", "1"),

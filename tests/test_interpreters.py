@@ -9,7 +9,8 @@ import torch
 from lit_nlp.components import gradient_maps
 
 import lit_sig
-from lit_sig import interpreters, models, protocol
+from lit_sig import models
+from lit_sig.lit import interpreters, protocol
 from lit_sig.core import quadrature
 from tests.conftest import tiny_bert
 

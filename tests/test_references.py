@@ -6,7 +6,8 @@ import torch
 from lit_nlp.components import gradient_maps
 
 import lit_sig
-from lit_sig import interpreters, models, protocol
+from lit_sig import models
+from lit_sig.lit import interpreters, protocol
 from lit_sig.core import attribution, quadrature
 from tests.test_device_path import CASES, PAIR, SENTENCE, occlusion, salience, salience_fields
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import lit_sig
-from lit_sig import captum_bridge, interpreters, models
+from lit_sig import models
+from lit_sig.lit import captum_bridge, interpreters
 from tests.test_server import IG, LIT_SIG_INTERPRETERS, SIG, full_config, interpret, running_demo
 
 SENTENCE_INDEX = 1

@@ -28,7 +28,8 @@ from lit_nlp.api import components as lit_components
 from werkzeug import test as werkzeug_test
 
 import lit_sig
-from lit_sig import datasets, offline_client, server, server_limits
+from lit_sig.models import datasets
+from lit_sig.serving import offline_client, server, server_limits
 from lit_sig.core import cancellation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_sig import datasets, sst2_model
+from lit_sig.models import datasets, sst2_model
 from tests.conftest import SST2_DIR, tiny_bert
 
 

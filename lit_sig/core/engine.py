@@ -20,7 +20,7 @@ Two computations share the machinery:
 """
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -243,7 +243,10 @@ def _build_rows(problem: PathProblem, plan: _RowPlan, rows: slice) -> torch.Tens
 class GradFnScorer:
     """Adapts a single-example `GradFn` (rows -> scores, grads) to the `RowScorer` protocol."""
 
-    def __init__(self, grad_fn, rows_per_pass: int, device: torch.device | str = "cpu"):
+    def __init__(
+        self, grad_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], rows_per_pass: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self._grad_fn = grad_fn
         self._rows = rows_per_pass
         self.device = torch.device(device)

@@ -1,8 +1,8 @@
-"""Retrains the embedded SST-2 model: `python -m lit_sig.train_sst2 --data ../shared/data/sst2`.
+"""Retrains the embedded SST-2 model: `python -m lit_sig.models.train_sst2 --data ../shared/data/sst2`.
 
 LoRA (rank 8) on every encoder linear layer plus biases, LayerNorms, pooler and
 head; three epochs of SST-2 train, batches of similar length; then prints the dev
-accuracy of the float16 weights written to `lit_sig/weights/`.
+accuracy of the float16 weights written to `lit_sig/models/weights/`.
 """
 
 import argparse
@@ -14,13 +14,14 @@ import torch
 import tqdm
 import transformers
 
-from lit_sig import datasets, models, sst2_model
+from lit_sig import models
+from lit_sig.models import datasets, sst2_model
 
 MAX_LENGTH = 66  # SST-2's longest sentence is 55 word pieces with [CLS]/[SEP].
 
 
 def length_batches(
-    examples: list[dict[str, str]], tokenizer, batch_size: int, rng: random.Random
+    examples: list[dict[str, str]], tokenizer: transformers.PreTrainedTokenizerBase, batch_size: int, rng: random.Random
 ) -> list[list[int]]:
     """Indices in batches of similar length (sorted within shuffled pools), in shuffled order."""
     lengths = [len(tokenizer.tokenize(e["sentence"])) for e in examples]
@@ -35,7 +36,7 @@ def length_batches(
     return batches
 
 
-def encode(tokenizer, examples: list[dict[str, str]], device: str) -> dict[str, torch.Tensor]:
+def encode(tokenizer: transformers.PreTrainedTokenizerBase, examples: list[dict[str, str]], device: str) -> dict[str, torch.Tensor]:
     enc = tokenizer(
         [e["sentence"] for e in examples], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
     )
@@ -43,7 +44,7 @@ def encode(tokenizer, examples: list[dict[str, str]], device: str) -> dict[str, 
 
 
 @torch.no_grad()
-def accuracy(model, tokenizer, examples: list[dict[str, str]], device: str, batch_size: int = 64) -> float:
+def accuracy(model: torch.nn.Module, tokenizer: transformers.PreTrainedTokenizerBase, examples: list[dict[str, str]], device: str, batch_size: int = 64) -> float:
     model.eval()
     correct = 0
     for start in tqdm.trange(0, len(examples), batch_size, desc="dev", unit="batch"):

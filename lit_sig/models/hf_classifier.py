@@ -3,7 +3,8 @@
 import dataclasses
 import functools
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from absl import logging
 from lit_nlp.api import model as lit_model
 from lit_nlp.api import types as lit_types
 
-from lit_sig import protocol
+from lit_sig.lit import protocol
 
 LABEL_FIELD = "label"
 GRAD_WRT_OPTIONS = ("logit", "probability")
@@ -20,6 +21,8 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.floa
 BASELINE_TOKENS = {"mask": "mask_token_id", "pad": "pad_token_id"}
 _ENCODING_CACHE_SIZE = 4096
 POOLED_FIELD = "mean_pooled_emb"  # The last layer's hidden states, averaged over the tokens.
+_Piece = tuple[protocol.PathInput, torch.Tensor]  # An input and rows [r, T, D] of its word embeddings.
+_Result = tuple[torch.Tensor, torch.Tensor | None]  # Their scores [r] and gradients [r, T, D].
 
 
 def tokens_field(segment: str) -> str:
@@ -369,7 +372,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         has_types = any(e.token_type_ids is not None for e in encodings)
         return _Batch(embs, attention_mask.to(self.device), token_type_ids.to(self.device) if has_types else None)
 
-    def _given_embeddings(self, field: str, given, positions: np.ndarray) -> torch.Tensor:
+    def _given_embeddings(self, field: str, given: Any, positions: np.ndarray) -> torch.Tensor:
         D = self._embedding.embedding_dim
         given = torch.as_tensor(np.asarray(given, dtype=np.float32))
         if given.shape != (len(positions), D):
@@ -379,7 +382,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             )
         return given.to(self.device, self._embedding.weight.dtype)
 
-    def _run(self, batch: "_Batch", **outputs: bool):
+    def _run(self, batch: "_Batch", **outputs: bool) -> Any:
         """The model's forward pass over `batch` (under autocast when asked for)."""
         kwargs = {} if batch.token_type_ids is None else {"token_type_ids": batch.token_type_ids}
         autocast_dtype = PRECISIONS[self.precision]
@@ -412,7 +415,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
 
     def _to_json(
         self, encodings: Sequence[_Encoding], embs: torch.Tensor, grads: torch.Tensor, logits: torch.Tensor,
-        classes: list[int] | None, target: torch.Tensor, pooled: torch.Tensor, attentions,
+        classes: list[int] | None, target: torch.Tensor, pooled: torch.Tensor, attentions: Sequence[torch.Tensor] | None,
     ) -> list[lit_types.JsonDict]:
         """One LIT output dict per example, holding numpy copies."""
         embs_np = embs.detach().float().cpu().numpy()  # [B, T, D]
@@ -445,7 +448,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             results.append(result)
         return results
 
-    # The device path (lit_sig.protocol.DevicePathModel).
+    # The device path (lit_sig.lit.protocol.DevicePathModel).
 
     def path_inputs(
         self, inputs: Sequence[lit_types.JsonDict], classes: Sequence[str | None], embeddings_fields: Sequence[str]
@@ -614,7 +617,7 @@ def _place_rows(p: _HFPathInput, rows: torch.Tensor, length: int) -> torch.Tenso
     return torch.nn.functional.pad(block, (0, 0, 0, length - len(p.full)))
 
 
-def _split_pieces(pieces, first_rows: int):
+def _split_pieces(pieces: Sequence[_Piece], first_rows: int) -> tuple[list[_Piece], list[_Piece]]:
     """Splits pieces into two lists holding `first_rows` rows and the rest."""
     first, second, taken = [], [], 0
     for p, rows in pieces:
@@ -627,7 +630,10 @@ def _split_pieces(pieces, first_rows: int):
     return first, second
 
 
-def _merge_results(pieces, first, first_results, second, second_results):
+def _merge_results(
+    pieces: Sequence[_Piece], first: Sequence[_Piece], first_results: Sequence[_Result],
+    second: Sequence[_Piece], second_results: Sequence[_Result],
+) -> list[_Result]:
     """Joins the results of split pieces back, one per original piece."""
     merged = []
     queue = list(zip(first, first_results)) + list(zip(second, second_results))
@@ -652,7 +658,9 @@ class DeviceRowBudget:
     in `memory_fraction` of the memory free then, at most `max_rows`.
     """
 
-    def __init__(self, free_bytes, max_rows: int = 1024, probe_rows: int = 64, memory_fraction: float = 0.5):
+    def __init__(
+        self, free_bytes: Callable[[], int], max_rows: int = 1024, probe_rows: int = 64, memory_fraction: float = 0.5
+    ) -> None:
         self._free_bytes = free_bytes  # () -> int
         self._max_rows = max_rows
         self._probe_rows = probe_rows
@@ -685,7 +693,7 @@ class DeviceRowBudget:
 
 def minilm_sst2(device: str | torch.device | None = None, **kwargs) -> HFSequenceClassifier:
     """The embedded SST-2 sentiment model (all-MiniLM-L6-v2, fine-tuned), labels ["0", "1"]."""
-    from lit_sig import sst2_model  # pylint: disable=import-outside-toplevel
+    from lit_sig.models import sst2_model  # pylint: disable=import-outside-toplevel
 
     module, tokenizer = sst2_model.load_minilm_sst2(device)
     return HFSequenceClassifier(module, tokenizer, labels=list(sst2_model.LABELS), device=device, **kwargs)

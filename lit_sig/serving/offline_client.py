@@ -68,7 +68,7 @@ FONT_FACES: tuple[FontFace, ...] = (
 
 
 def fonts_css(faces: tuple[FontFace, ...] = FONT_FACES) -> str:
-    return "/* Local fonts for LIT's client, written by lit_sig.offline_client. */\n" + "".join(
+    return "/* Local fonts for LIT's client, written by lit_sig.serving.offline_client. */\n" + "".join(
         face.css() for face in faces
     )
 

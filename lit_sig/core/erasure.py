@@ -120,7 +120,8 @@ def erasure_metrics(module: torch.nn.Module, tokenizer, id_lists: Sequence[Seque
         if len(s) != len(ranked):
             raise ValueError(f"{len(s)} scores for {len(ranked)} ranked positions")
         k = protocol.k(len(ranked))
-        sequences += [list(ids), *erased_sequences(ids, ranked, top_positions(s, ranked, k), replacement_id)]
+        replaced, deleted, kept = erased_sequences(ids, ranked, top_positions(s, ranked, k), replacement_id)
+        sequences += [list(ids), replaced, deleted, kept or list(ids)]  # Nothing kept (k = 0): no forward of nothing.
         ks.append(k)
     probs = probabilities(module, sequences, tokenizer.pad_token_id, batch_size).reshape(len(ks), 4, -1)
     return [_metrics(p4, k) for p4, k in zip(probs, ks)]
@@ -134,7 +135,7 @@ def _metrics(p4: np.ndarray, k: int) -> dict[str, float]:
         "predicted": c, "p": p, "k": k,
         "log_odds": float(np.log(max(replaced, 1e-12)) - np.log(max(p, 1e-12))),
         "comprehensiveness": p - deleted,
-        "sufficiency": p - kept,
+        "sufficiency": p - kept if k else 0.0,  # k = 0 erases nothing: every metric is 0, as in the paper's code.
     }
 
 

@@ -16,7 +16,7 @@ import torch
 import transformers
 
 WEIGHTS_PATH = pathlib.Path(__file__).parent / "weights" / "minilm_sst2.safetensors"
-from lit_sig.datasets import LABELS  # GLUE SST-2 order: negative, positive.
+from lit_sig.models.datasets import LABELS  # GLUE SST-2 order: negative, positive.
 LORA_RANK = 8
 LORA_ALPHA = 16
 LORA_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
@@ -106,7 +106,7 @@ def load_minilm_sst2(
 ) -> tuple[transformers.BertForSequenceClassification, transformers.PreTrainedTokenizerBase]:
     """The fine-tuned model (eval mode, float32, LoRA merged) and its tokenizer."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: train it with `python -m lit_sig.train_sst2`")
+        raise FileNotFoundError(f"{path} is missing: train it with `python -m lit_sig.models.train_sst2`")
     model, tokenizer = base_model()
     apply_state(model, safetensors.torch.load_file(str(path)))
     model.config.id2label = {0: "negative", 1: "positive"}

@@ -1,7 +1,7 @@
 """captum's attribution methods as LIT interpreters, on the model's device path.
 
 Each `CaptumInterpreter` explains the word tokens of a model that offers the
-device path (`lit_sig.protocol.DevicePathModel`) and `forward_rows`: the forward
+device path (`lit_sig.lit.protocol.DevicePathModel`) and `forward_rows`: the forward
 function captum sees maps word-embedding rows `[N, T, D]`, built on the model's
 device, to the explained score `[N]` (the logit of the class to explain by
 default; [CLS]/[SEP] keep their own embeddings, as in IG and SIG). captum then
@@ -27,7 +27,7 @@ from lit_nlp.api import dataset as lit_dataset
 from lit_nlp.api import model as lit_model
 from lit_nlp.api import types as lit_types
 
-from lit_sig import interpreters, protocol
+from lit_sig.lit import interpreters, protocol
 from lit_sig.core import attribution, engine, quadrature
 
 JsonDict = lit_types.JsonDict
@@ -302,13 +302,16 @@ class CaptumInterpreter(lit_components.Interpreter):
         if device_model is None or not fields:
             raise ValueError(
                 f"captum {self.method.name} needs a model with the device path and `forward_rows`"
-                " (lit_sig.models.HFSequenceClassifier has both; see lit_sig/protocol.py)."
+                " (lit_sig.models.HFSequenceClassifier has both; see lit_sig/lit/protocol.py)."
             )
         requested = interpreters.requested_class(model, fields[0].grad_key, settings[interpreters.CLASS_KEY])
         prepared = device_model.path_inputs(inputs, [requested] * len(inputs), [f.embs for f in fields])
         return [self._explain(model, device_model, fields, p, settings) for p in prepared]
 
-    def _explain(self, model, device_model, fields, prepared: protocol.PathInput, settings: dict) -> JsonDict:
+    def _explain(
+        self, model: lit_model.Model, device_model: Any, fields: list[interpreters.GradField],
+        prepared: protocol.PathInput, settings: dict[str, Any],
+    ) -> JsonDict:
         baseline = interpreters.baseline_embeddings(
             model, fields, settings[interpreters.BASELINE_KEY], [len(t) for t in prepared.tokens], prepared.x)
         T, D = prepared.x.shape

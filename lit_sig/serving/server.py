@@ -40,9 +40,9 @@ from lit_nlp.lib import wsgi_app
 from werkzeug import serving
 from werkzeug import wrappers
 
-from lit_sig import offline_client, server_limits
+from lit_sig.serving import offline_client, server_limits
 from lit_sig.core import cancellation
-from lit_sig.server_limits import Limits, RequestError
+from lit_sig.serving.server_limits import Limits, RequestError
 
 MAX_REQUEST_BYTES = 32 * 2**20
 MAX_ERROR_CHARS = 2000
@@ -300,23 +300,25 @@ class HardenedLitApp(lit_app.LitApp):
                 raise RequestError(http.HTTPStatus.FORBIDDEN, "The path must be a file inside the datapoints directory.")
         return str(resolved)
 
-    def _create_model(self, data, model_name=None, **kw):
+    def _create_model(self, data: Any, model_name: str | None = None, **kw: Any) -> Any:
         self._check_loading()
         _check_init_args(self._model_loaders.get(model_name), model_name, data)
         return super()._create_model(data, model_name=model_name, **kw)
 
-    def _create_dataset(self, data, dataset_name=None, **kw):
+    def _create_dataset(self, data: Any, dataset_name: str | None = None, **kw: Any) -> Any:
         self._check_loading()
         _check_init_args(self._dataset_loaders.get(dataset_name), dataset_name, data)
         return super()._create_dataset(data, dataset_name=dataset_name, **kw)
 
-    def _save_datapoints(self, data, dataset_name=None, path=None, **kw):
+    def _save_datapoints(self, data: Any, dataset_name: str | None = None, path: str | None = None, **kw: Any) -> Any:
         return super()._save_datapoints(data, dataset_name=dataset_name, path=self._confine(path), **kw)
 
-    def _load_datapoints(self, unused_data, dataset_name=None, path=None, **kw):
+    def _load_datapoints(
+        self, unused_data: Any, dataset_name: str | None = None, path: str | None = None, **kw: Any
+    ) -> Any:
         return super()._load_datapoints(unused_data, dataset_name=dataset_name, path=self._confine(path), **kw)
 
-    def _push_ui_state(self, data, dataset_name=None, **kw):
+    def _push_ui_state(self, data: Any, dataset_name: str | None = None, **kw: Any) -> Any:
         if self.ui_state_tracker is None:
             raise RequestError(http.HTTPStatus.NOT_FOUND, "UI state sync is off (it is for notebooks).")
         return super()._push_ui_state(data, dataset_name=dataset_name, **kw)

@@ -1,7 +1,7 @@
 """The offline LIT demo as a console script: `lit-sig-demo [--data dev.tsv] [--port 5432]`.
 
 The SST-2 sentiment model (or `--model`), a data set and the four lit_sig
-interpreters, served by `lit_sig.server`. This is the installed twin of
+interpreters, served by `lit_sig.serving.server`. This is the installed twin of
 `python -m demos.glue_demo` (which works from a checkout only: `demos` is not
 installed); both take the same flags.
 
@@ -23,7 +23,10 @@ from lit_nlp.api import components as lit_components
 from lit_nlp.api import layout
 from lit_nlp.components import core
 
-from lit_sig import captum_bridge, datasets, interpreters, models, server
+from lit_sig import models
+from lit_sig.lit import captum_bridge, interpreters
+from lit_sig.models import datasets
+from lit_sig.serving import server
 
 
 @dataclasses.dataclass(frozen=True)

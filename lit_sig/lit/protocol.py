@@ -1,0 +1,92 @@
+"""What a LIT model may offer, beyond LIT's own specs, to lit_sig's interpreters.
+
+Everything here is optional; a model that offers none of it still works through
+LIT's `predict` (zero baseline, no completeness delta). The interpreters find
+each capability with `find_capability`, which also looks through LIT's model
+wrappers (the LIT server wraps every served model in `CachingModelWrapper`,
+which passes no extra methods through).
+
+- An output field `TARGET_SCORE_FIELD` (`types.Scalar`): the scalar whose
+  gradient the model's `TokenGradients` fields hold. With it, IG and SIG report
+  their completeness delta, and adaptive steps and exact SIG work.
+- A method `baseline_embedding(embeddings_field: str, kind: str) -> np.ndarray |
+  None` returning the `[emb_dim]` embedding that stands in for a word token of
+  that `TokenEmbeddings` field under a baseline `kind` ("mask" or "pad"), or None
+  if the model has no such token.
+- The device path, `DevicePathModel`: the model embeds the examples on its own
+  device (`path_inputs`) and scores rows of word embeddings there
+  (`rows_per_pass`, `score_rows`: `lit_sig.core.engine.RowScorer`), so that path
+  rows never leave the device and rows of several examples share passes.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from lit_nlp.api import types as lit_types
+
+TARGET_SCORE_FIELD = "grad_target_score"
+BASELINE_METHOD = "baseline_embedding"
+DEVICE_PATH_METHOD = "path_inputs"
+_WRAPPER_DEPTH = 16  # Wrappers of wrappers, at most.
+
+
+@dataclasses.dataclass(eq=False)
+class PathInput:
+    """One example embedded on the model's device, ready for path rows.
+
+    Attributes:
+        tokens: per embeddings field asked for, its word tokens.
+        x: `[T, D]` their embeddings, fields concatenated in the order asked for.
+        target: the class whose score rows are scored for; None for regression.
+        input_score: `[]` that score at x (float32, on the device).
+    """
+
+    tokens: list[list[str]]
+    x: torch.Tensor
+    target: str | None
+    input_score: torch.Tensor
+
+
+@runtime_checkable
+class DevicePathModel(Protocol):
+    """A model that runs IG/SIG rows on its own device (see `lit_sig.core.engine.RowScorer`)."""
+
+    device: torch.device
+
+    def path_inputs(
+        self, inputs: Sequence[lit_types.JsonDict], classes: Sequence[str | None], embeddings_fields: Sequence[str]
+    ) -> list[PathInput]:
+        """Embeds `inputs` and scores them at x for `classes` (None: label field, else predicted)."""
+
+    def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
+        """Rows of `num_tokens` word tokens that one pass on the device should hold."""
+
+    def score_rows(
+        self, pieces: Sequence[tuple[PathInput, torch.Tensor]], with_grads: bool
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per `(input, rows [r, T, D])`: scores `[r]` and, `with_grads`, their gradients `[r, T, D]`."""
+
+
+def find_capability(model: Any, name: str) -> Any | None:
+    """The attribute `name` of `model` or of a model it wraps (LIT's `.wrapped`), else None."""
+    for _ in range(_WRAPPER_DEPTH):
+        if model is None:
+            return None
+        found = getattr(model, name, None)
+        if found is not None:
+            return found
+        model = getattr(model, "wrapped", None)
+    return None
+
+
+def find_device_path(model: Any) -> DevicePathModel | None:
+    """The model, or a model it wraps, that offers the device path; else None."""
+    for _ in range(_WRAPPER_DEPTH):
+        if model is None:
+            return None
+        if isinstance(model, DevicePathModel):
+            return model
+        model = getattr(model, "wrapped", None)
+    return None
