@@ -35,8 +35,7 @@ import tqdm
 import transformers
 
 from lit_sig import storage
-from lit_sig.core import erasure
-from lit_sig.core import adaptive, attribution, engine, quadrature
+from lit_sig.core import adaptive, attribution, engine, erasure, quadrature
 
 BASELINES = ("mask", "pad", "zero")
 DEFAULT_BASELINE = {"ours": "mask", "paper": "zero"}
@@ -91,11 +90,19 @@ class HFScorer:
     def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
         return max(1, self.tokens_per_pass * (1 if with_grads else 4) // max(1, num_tokens))
 
-    def score_rows(self, pieces: Sequence[engine.Piece], with_grads: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    def score_rows(
+        self, pieces: Sequence[engine.Piece], with_grads: bool
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         length = max(rows.shape[1] for _, rows in pieces)
         embs = torch.cat([torch.nn.functional.pad(rows, (0, 0, 0, length - rows.shape[1])) for _, rows in pieces])
-        mask = torch.cat([torch.nn.functional.pad(torch.ones(rows.shape[:2], dtype=torch.long, device=self.device),
-                                                  (0, length - rows.shape[1])) for _, rows in pieces])  # [R, L]
+        mask = torch.cat(
+            [
+                torch.nn.functional.pad(
+                    torch.ones(rows.shape[:2], dtype=torch.long, device=self.device), (0, length - rows.shape[1])
+                )
+                for _, rows in pieces
+            ]
+        )  # [R, L]
         with torch.enable_grad() if with_grads else torch.no_grad():
             embs = embs.detach().requires_grad_(with_grads)
             logits = self.module(inputs_embeds=embs, attention_mask=mask).logits.float()  # [R, C]
@@ -106,8 +113,10 @@ class HFScorer:
             self.rows += count
         else:
             self.forward_rows += count
-        return [(scores[part].detach(), None if grads is None else grads[part, :rows.shape[1]])
-                for (_, rows), part in zip(pieces, _slices(pieces))]
+        return [
+            (scores[part].detach(), None if grads is None else grads[part, : rows.shape[1]])
+            for (_, rows), part in zip(pieces, _slices(pieces))
+        ]
 
 
 def _target(logits: torch.Tensor, key: int | None) -> torch.Tensor:
@@ -119,8 +128,9 @@ def _slices(pieces: Sequence[engine.Piece]) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def prepare(module: torch.nn.Module, tokenizer, records: Sequence[dict], indices: Sequence[int],
-            setting: Setting) -> list[Example]:
+def prepare(
+    module: torch.nn.Module, tokenizer, records: Sequence[dict], indices: Sequence[int], setting: Setting
+) -> list[Example]:
     """Tokenizes, embeds and predicts the examples."""
     table = module.get_input_embeddings()
     device = table.weight.device
@@ -134,8 +144,9 @@ def prepare(module: torch.nn.Module, tokenizer, records: Sequence[dict], indices
         with torch.no_grad():
             x = table(torch.tensor(ids, device=device)).float()  # [L, D]
         baseline = torch.where(movable[:, None], baseline_row.expand_as(x), x)
-        examples.append(Example(i, records[i]["sentence"], list(ids), special, x, baseline, movable, -1,
-                                records[i]["label"]))
+        examples.append(
+            Example(i, records[i]["sentence"], list(ids), special, x, baseline, movable, -1, records[i]["label"])
+        )
     probs = erasure.probabilities(module, [e.ids for e in examples], tokenizer.pad_token_id)
     for e, p in zip(examples, probs):
         e.predicted = int(np.argmax(p))
@@ -148,8 +159,9 @@ def _baseline_row(table: torch.nn.Embedding, tokenizer, kind: str) -> torch.Tens
     return table.weight[getattr(tokenizer, f"{kind}_token_id")].detach().float()
 
 
-def _problems(examples: Sequence[Example], setting: Setting, groups: Callable[[torch.Tensor], torch.Tensor]
-              ) -> list[engine.PathProblem]:
+def _problems(
+    examples: Sequence[Example], setting: Setting, groups: Callable[[torch.Tensor], torch.Tensor]
+) -> list[engine.PathProblem]:
     key = (lambda e: None) if setting.target == "max" else (lambda e: e.predicted)
     return [engine.PathProblem(key(e), e.x, e.baseline, groups(e.movable)) for e in examples]
 
@@ -163,28 +175,35 @@ def _gradients(scorer: HFScorer, examples: Sequence[Example], setting: Setting) 
     grads = [torch.zeros_like(e.x) for e in examples]
     per_pass = scorer.rows_per_pass(max(e.x.shape[0] for e in examples), True)
     for start in range(0, len(problems), per_pass):
-        chunk = problems[start:start + per_pass]
+        chunk = problems[start : start + per_pass]
         for j, (_, g) in enumerate(scorer.score_rows([(p.key, p.x[None]) for p in chunk], True)):
             grads[start + j] = g[0]
     return grads
 
 
 def grad_norm(scorer, examples, setting):
-    return [(attribution.gradient_norm(g)[e.movable].cpu().numpy(), None)
-            for e, g in zip(examples, _gradients(scorer, examples, setting))]
+    return [
+        (attribution.gradient_norm(g)[e.movable].cpu().numpy(), None)
+        for e, g in zip(examples, _gradients(scorer, examples, setting))
+    ]
 
 
 def grad_dot_input(scorer, examples, setting):
-    return [(attribution.gradient_dot_input(g, e.x)[e.movable].cpu().numpy(), None)
-            for e, g in zip(examples, _gradients(scorer, examples, setting))]
+    return [
+        (attribution.gradient_dot_input(g, e.x)[e.movable].cpu().numpy(), None)
+        for e, g in zip(examples, _gradients(scorer, examples, setting))
+    ]
 
 
 def _path(groups: Callable[[torch.Tensor], torch.Tensor]) -> Method:
     def run(scorer, examples, setting):
         alphas, weights = quadrature.quadrature("gausslegendre", setting.steps)
         results = engine.path_attributions(_problems(examples, setting, groups), scorer, alphas, weights)
-        return [(r.token_attributions[e.movable.cpu()].numpy(), abs(r.completeness_delta))
-                for e, r in zip(examples, results)]
+        return [
+            (r.token_attributions[e.movable.cpu()].numpy(), abs(r.completeness_delta))
+            for e, r in zip(examples, results)
+        ]
+
     return run
 
 
@@ -197,9 +216,11 @@ def adaptive_sig(scorer, examples, setting):
     # On the CPU: lit_sig.core.adaptive builds its panel weights there; the rows still run on the scorer's device.
     out = []
     for p, e in zip(_problems(examples, setting, attribution.sig_groups), examples):
+
         def grad_fn(rows, key=p.key):
             scores, grads = scorer.score_rows([(key, rows.to(scorer.device))], True)[0]
             return scores.cpu(), grads.cpu()
+
         r = adaptive.adaptive_path_attribution(p.x.cpu(), p.baseline.cpu(), p.groups.cpu(), grad_fn)
         out.append((r.token_attributions[e.movable.cpu()].numpy(), r.completeness_delta))
     return out
@@ -208,8 +229,10 @@ def adaptive_sig(scorer, examples, setting):
 def random_ranking(scorer, examples, setting):
     """The control: a ranking seeded by the sentence, the same in every run."""
     del scorer, setting
-    return [(np.random.default_rng(zlib.crc32(e.sentence.encode("utf-8"))).random(int(e.movable.sum())), None)
-            for e in examples]
+    return [
+        (np.random.default_rng(zlib.crc32(e.sentence.encode("utf-8"))).random(int(e.movable.sum())), None)
+        for e in examples
+    ]
 
 
 METHODS: dict[str, Method] = {
@@ -231,6 +254,7 @@ def lit_integrated_gradients(steps: int, device: str | None) -> Method:
 
     from benchmarks.common import CountingModel  # pylint: disable=import-outside-toplevel
     from lit_sig import models  # pylint: disable=import-outside-toplevel
+
     model = models.minilm_sst2(device)
     interpreter = gradient_maps.IntegratedGradients()
 
@@ -242,23 +266,42 @@ def lit_integrated_gradients(steps: int, device: str | None) -> Method:
         results = interpreter.run(inputs, counting, None, config=config)
         scorer.rows += counting.rows
         return [(np.asarray(r[models.gradients_field("sentence")].salience), None) for r in results]
+
     return run
 
 
-def run_method(name: str, method: Method, scorer: HFScorer, examples: Sequence[Example], setting: Setting,
-               tokenizer) -> list[dict]:
+def run_method(
+    name: str, method: Method, scorer: HFScorer, examples: Sequence[Example], setting: Setting, tokenizer
+) -> list[dict]:
     """Records of one method on a batch of examples."""
     rows_before, forward_before = scorer.rows, scorer.forward_rows
     started = time.perf_counter()
     ranked = method(scorer, examples, setting)
     seconds = (time.perf_counter() - started) / len(examples)
-    metrics = erasure.erasure_metrics(scorer.module, tokenizer, [e.ids for e in examples],
-                                      [e.special for e in examples], [s for s, _ in ranked], setting.protocol)
+    metrics = erasure.erasure_metrics(
+        scorer.module,
+        tokenizer,
+        [e.ids for e in examples],
+        [e.special for e in examples],
+        [s for s, _ in ranked],
+        setting.protocol,
+    )
     rows = (scorer.rows - rows_before) / len(examples)
     forward = (scorer.forward_rows - forward_before) / len(examples)
-    return [{"index": e.index, "method": name, "seconds": seconds, "rows": rows, "forward_rows": forward,
-             "completeness_delta": delta, "correct": str(m["predicted"]) == e.label, "device": scorer.device.type, **m}
-            for e, (_, delta), m in zip(examples, ranked, metrics)]
+    return [
+        {
+            "index": e.index,
+            "method": name,
+            "seconds": seconds,
+            "rows": rows,
+            "forward_rows": forward,
+            "completeness_delta": delta,
+            "correct": str(m["predicted"]) == e.label,
+            "device": scorer.device.type,
+            **m,
+        }
+        for e, (_, delta), m in zip(examples, ranked, metrics)
+    ]
 
 
 def read_tsv(path: str, limit: int | None = None) -> list[dict[str, str]]:
@@ -272,12 +315,17 @@ def run(args: argparse.Namespace, module: torch.nn.Module, tokenizer, methods: d
     """Computes what the cache lacks, then summarizes."""
     records = read_tsv(args.data, args.limit)
     setting = args.setting
-    cache = pathlib.Path(args.cache or f"benchmarks/.cache/faithfulness-{pathlib.Path(args.data).stem}-{setting.key()}.jsonl")
+    cache = pathlib.Path(
+        args.cache or f"benchmarks/.cache/faithfulness-{pathlib.Path(args.data).stem}-{setting.key()}.jsonl"
+    )
     done = {(r["index"], r["method"]): r for r in storage.read_jsonl(cache)}
     todo = {m: [i for i in range(len(records)) if (i, m) not in done] for m in args.methods}
     total = sum(map(len, todo.values()))
-    print(f"{len(records)} examples x {len(args.methods)} methods ({setting.key()}); {len(done)} cached in {cache}, "
-          f"{total} to go", flush=True)
+    print(
+        f"{len(records)} examples x {len(args.methods)} methods ({setting.key()}); {len(done)} cached in {cache}, "
+        f"{total} to go",
+        flush=True,
+    )
     scorer = HFScorer(module, args.tokens_per_pass)
     deadline = time.monotonic() + args.max_seconds if args.max_seconds else None
     with tqdm.tqdm(total=total, desc="faithfulness", unit="explanation", smoothing=0.05) as progress:
@@ -285,7 +333,7 @@ def run(args: argparse.Namespace, module: torch.nn.Module, tokenizer, methods: d
             for start in range(0, len(todo[name]), args.batch_size):
                 if deadline is not None and time.monotonic() > deadline:
                     break
-                examples = prepare(module, tokenizer, records, todo[name][start:start + args.batch_size], setting)
+                examples = prepare(module, tokenizer, records, todo[name][start : start + args.batch_size], setting)
                 new = run_method(name, methods[name], scorer, examples, setting, tokenizer)
                 storage.append_jsonl(cache, new)
                 done.update(((r["index"], r["method"]), r) for r in new)
@@ -293,24 +341,36 @@ def run(args: argparse.Namespace, module: torch.nn.Module, tokenizer, methods: d
     return summarize(done, len(records), args.methods, setting, args.resamples, args.seed)
 
 
-def summarize(done: dict, n: int, methods: Sequence[str], setting: Setting, resamples: int = 2000,
-              seed: int = 0) -> dict:
+def summarize(
+    done: dict, n: int, methods: Sequence[str], setting: Setting, resamples: int = 2000, seed: int = 0
+) -> dict:
     """Means with intervals over the examples each method covers; differences over shared examples."""
     covered = {m: [i for i in range(n) if (i, m) in done] for m in methods}
-    summary = {"n_examples": n, "protocol": dataclasses.asdict(setting.protocol), "baseline": setting.baseline,
-               "target": setting.target, "steps": setting.steps, "resamples": resamples, "seed": seed,
-               "methods": {}, "differences": {}}
+    summary = {
+        "n_examples": n,
+        "protocol": dataclasses.asdict(setting.protocol),
+        "baseline": setting.baseline,
+        "target": setting.target,
+        "steps": setting.steps,
+        "resamples": resamples,
+        "seed": seed,
+        "methods": {},
+        "differences": {},
+    }
     for m in methods:
         if not covered[m]:
             continue
         recs = [done[(i, m)] for i in covered[m]]
         boot = erasure.bootstrap({k: np.array([r[k] for r in recs]) for k in erasure.METRICS}, resamples, seed)
-        entry = {"n": len(recs), "accuracy": float(np.mean([r["correct"] for r in recs])),
-                 **{k: boot["means"][k] for k in erasure.METRICS},
-                 "seconds_per_example": float(np.mean([r["seconds"] for r in recs])),
-                 "rows_per_example": float(np.mean([r["rows"] for r in recs])),
-                 "forward_rows_per_example": float(np.mean([r["forward_rows"] for r in recs])),
-                 "devices": sorted({r.get("device", "cpu") for r in recs})}
+        entry = {
+            "n": len(recs),
+            "accuracy": float(np.mean([r["correct"] for r in recs])),
+            **{k: boot["means"][k] for k in erasure.METRICS},
+            "seconds_per_example": float(np.mean([r["seconds"] for r in recs])),
+            "rows_per_example": float(np.mean([r["rows"] for r in recs])),
+            "forward_rows_per_example": float(np.mean([r["forward_rows"] for r in recs])),
+            "devices": sorted({r.get("device", "cpu") for r in recs}),
+        }
         deltas = [r["completeness_delta"] for r in recs if r["completeness_delta"] is not None]
         if deltas:
             entry["max_completeness_delta"] = float(np.max(deltas))
@@ -318,14 +378,24 @@ def summarize(done: dict, n: int, methods: Sequence[str], setting: Setting, resa
         summary["methods"][m] = entry
     present = [m for m in methods if covered[m]]
     for a_i, a in enumerate(present):
-        for b in present[a_i + 1:]:
+        for b in present[a_i + 1 :]:
             shared = sorted(set(covered[a]) & set(covered[b]))
             if not shared:
                 continue
-            summary["differences"][f"{a} - {b}"] = {"n": len(shared), **{
-                k: erasure.bootstrap({a: np.array([done[(i, a)][k] for i in shared]),
-                                      b: np.array([done[(i, b)][k] for i in shared])}, resamples, seed)
-                ["differences"][f"{a} - {b}"] for k in erasure.METRICS}}
+            summary["differences"][f"{a} - {b}"] = {
+                "n": len(shared),
+                **{
+                    k: erasure.bootstrap(
+                        {
+                            a: np.array([done[(i, a)][k] for i in shared]),
+                            b: np.array([done[(i, b)][k] for i in shared]),
+                        },
+                        resamples,
+                        seed,
+                    )["differences"][f"{a} - {b}"]
+                    for k in erasure.METRICS
+                },
+            }
     return summary
 
 
@@ -335,23 +405,32 @@ def _interval(x: dict) -> str:
 
 def markdown(summary: dict) -> str:
     p = summary["protocol"]
-    lines = [f"protocol {p['name']}, baseline {summary['baseline']}, explained score: {summary['target']} logit, "
-             f"steps = {summary['steps']}, replacement [{p['replacement'].upper()}]; mean [95% paired bootstrap interval]",
-             "", "| method | n | log-odds ↓ | comprehensiveness ↑ | sufficiency ↓ | passes per example | max completeness error |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"protocol {p['name']}, baseline {summary['baseline']}, explained score: {summary['target']} logit, "
+        f"steps = {summary['steps']}, replacement [{p['replacement'].upper()}]; mean [95% paired bootstrap interval]",
+        "",
+        "| method | n | log-odds ↓ | comprehensiveness ↑ | sufficiency ↓ | passes per example"
+        " | max completeness error |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, m in summary["methods"].items():
         delta = f"{m['max_completeness_delta']:.1e}" if "max_completeness_delta" in m else ""
         passes = m["rows_per_example"] + m["forward_rows_per_example"]
-        lines.append(f"| {name} | {m['n']} | {_interval(m['log_odds'])} | {_interval(m['comprehensiveness'])} | "
-                     f"{_interval(m['sufficiency'])} | {passes:.0f} | {delta} |")
+        lines.append(
+            f"| {name} | {m['n']} | {_interval(m['log_odds'])} | {_interval(m['comprehensiveness'])} | "
+            f"{_interval(m['sufficiency'])} | {passes:.0f} | {delta} |"
+        )
     return "\n".join(lines)
 
 
-def load_model(model_dir: str | None, device: str | None) -> tuple[torch.nn.Module, transformers.PreTrainedTokenizerBase]:
+def load_model(
+    model_dir: str | None, device: str | None
+) -> tuple[torch.nn.Module, transformers.PreTrainedTokenizerBase]:
     """The embedded SST-2 model, or a saved Hugging Face classifier."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if model_dir is None:
         from lit_sig.models import sst2_model  # pylint: disable=import-outside-toplevel
+
         return sst2_model.load_minilm_sst2(device)
     module = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).float().to(device).eval()
     return module, transformers.AutoTokenizer.from_pretrained(model_dir)
@@ -364,11 +443,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="first N examples (default: all)")
     parser.add_argument("--steps", type=int, default=50, help="interpolation steps of IG, SIG and LIT's IG")
     parser.add_argument("--protocol", default="ours", choices=list(erasure.PROTOCOLS))
-    parser.add_argument("--baseline", default=None, choices=BASELINES, help="attribution baseline (default: the protocol's)")
-    parser.add_argument("--replacement", default=None, choices=erasure.REPLACEMENTS,
-                        help="the log-odds token (default: the protocol's)")
-    parser.add_argument("--methods", default=",".join(m for m in choices if m != "adaptive_sequential_integrated_gradients"),
-                        help=f"comma-separated, from {choices}")
+    parser.add_argument(
+        "--baseline", default=None, choices=BASELINES, help="attribution baseline (default: the protocol's)"
+    )
+    parser.add_argument(
+        "--replacement", default=None, choices=erasure.REPLACEMENTS, help="the log-odds token (default: the protocol's)"
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(m for m in choices if m != "adaptive_sequential_integrated_gradients"),
+        help=f"comma-separated, from {choices}",
+    )
     parser.add_argument("--json", default=None, help="write the summary here")
     parser.add_argument("--cache", default=None, help="per-example results (default under benchmarks/.cache/)")
     parser.add_argument("--model_dir", default=None, help="a saved classifier (default: the embedded SST-2 model)")

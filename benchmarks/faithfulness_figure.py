@@ -18,18 +18,28 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 RESULTS = pathlib.Path(__file__).parent / "results"
 SUMMARIES = {"ours": RESULTS / "faithfulness_sst2_dev_ours.json", "paper": RESULTS / "faithfulness_sst2_dev_paper.json"}
 OUT = pathlib.Path(__file__).parents[1] / "docs" / "faithfulness.png"
-TITLES = {"log_odds": "log-odds (lower is better)", "comprehensiveness": "comprehensiveness (higher is better)",
-          "sufficiency": "sufficiency (lower is better)"}
-SHORT = {"grad_norm": "Gradient norm", "grad_dot_input": "Gradient x input", "integrated_gradients": "IG",
-         "sequential_integrated_gradients": "SIG (50 steps)", "exact_sequential_integrated_gradients": "SIG exact",
-         "adaptive_sequential_integrated_gradients": "SIG adaptive", "lit_integrated_gradients": "LIT's IG",
-         "random": "random"}
+TITLES = {
+    "log_odds": "log-odds (lower is better)",
+    "comprehensiveness": "comprehensiveness (higher is better)",
+    "sufficiency": "sufficiency (lower is better)",
+}
+SHORT = {
+    "grad_norm": "Gradient norm",
+    "grad_dot_input": "Gradient x input",
+    "integrated_gradients": "IG",
+    "sequential_integrated_gradients": "SIG (50 steps)",
+    "exact_sequential_integrated_gradients": "SIG exact",
+    "adaptive_sequential_integrated_gradients": "SIG adaptive",
+    "lit_integrated_gradients": "LIT's IG",
+    "random": "random",
+}
 
 
 def draw(summaries: dict[str, dict]) -> plt.Figure:
     """The figure: protocols x metrics, methods on the y axis."""
-    fig, axes = plt.subplots(len(summaries), len(TITLES), figsize=(13, 2.2 + 1.6 * len(summaries) + 0.25 * 8),
-                             squeeze=False, sharey="row")
+    fig, axes = plt.subplots(
+        len(summaries), len(TITLES), figsize=(13, 2.2 + 1.6 * len(summaries) + 0.25 * 8), squeeze=False, sharey="row"
+    )
     for row, (protocol, summary) in enumerate(summaries.items()):
         methods = list(summary["methods"])
         for col, metric in enumerate(TITLES):
@@ -37,15 +47,23 @@ def draw(summaries: dict[str, dict]) -> plt.Figure:
             for y, name in enumerate(methods):
                 m = summary["methods"][name][metric]
                 color = "tab:gray" if name == "random" else ("tab:red" if "sequential" in name else "tab:blue")
-                ax.errorbar(m["mean"], y, xerr=[[m["mean"] - m["low"]], [m["high"] - m["mean"]]], fmt="o",
-                            color=color, capsize=3)
+                ax.errorbar(
+                    m["mean"],
+                    y,
+                    xerr=[[m["mean"] - m["low"]], [m["high"] - m["mean"]]],
+                    fmt="o",
+                    color=color,
+                    capsize=3,
+                )
             ax.axvline(summary["methods"]["random"][metric]["mean"], color="tab:gray", ls="--", lw=0.8)
             ax.set_yticks(range(len(methods)), [SHORT.get(m, m) for m in methods])
             ax.invert_yaxis()
             ax.grid(axis="x", alpha=0.3)
             ax.set_title(f"{protocol} protocol: {TITLES[metric]}", fontsize=9)
-    fig.suptitle(f"Faithfulness on SST-2 dev (n = {summaries['ours']['n_examples']}), mean and 95% bootstrap interval",
-                 fontsize=11)
+    fig.suptitle(
+        f"Faithfulness on SST-2 dev (n = {summaries['ours']['n_examples']}), mean and 95% bootstrap interval",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 

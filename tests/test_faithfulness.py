@@ -26,10 +26,23 @@ def data_file(tmp_path):
 
 
 def args(data_file, tmp_path, *flags, methods=faithfulness.METHODS):
-    return faithfulness._parse([  # pylint: disable=protected-access
-        "--data", str(data_file), "--steps", "3", "--methods", ",".join(methods), "--resamples", "100",
-        "--cache", str(tmp_path / "cache.jsonl"), "--json", str(tmp_path / "out.json"), *flags,
-    ])
+    return faithfulness._parse(
+        [  # pylint: disable=protected-access
+            "--data",
+            str(data_file),
+            "--steps",
+            "3",
+            "--methods",
+            ",".join(methods),
+            "--resamples",
+            "100",
+            "--cache",
+            str(tmp_path / "cache.jsonl"),
+            "--json",
+            str(tmp_path / "out.json"),
+            *flags,
+        ]
+    )
 
 
 def direct_probability(module, ids: list[int], c: int) -> float:
@@ -60,7 +73,9 @@ def test_metrics_equal_direct_forwards_with_tokens_erased(tiny_model, protocol):
     kept = [t for i, t in enumerate(ids) if i in top or (protocol == "ours" and special[i])]
     assert result["k"] == 3 and result["predicted"] == c
     assert result["p"] == pytest.approx(probs[c], abs=1e-6)
-    assert result["log_odds"] == pytest.approx(np.log(direct_probability(module, replaced, c)) - np.log(probs[c]), abs=1e-5)
+    assert result["log_odds"] == pytest.approx(
+        np.log(direct_probability(module, replaced, c)) - np.log(probs[c]), abs=1e-5
+    )
     assert result["comprehensiveness"] == pytest.approx(probs[c] - direct_probability(module, deleted, c), abs=1e-6)
     assert result["sufficiency"] == pytest.approx(probs[c] - direct_probability(module, kept, c), abs=1e-6)
 
@@ -69,8 +84,9 @@ def test_paper_k_is_floored_and_may_be_zero(tiny_model):
     assert [erasure.PAPER.k(n) for n in (3, 4, 5, 9, 10)] == [0, 0, 1, 1, 2]
     assert [erasure.OURS.k(n) for n in (1, 2, 3, 8)] == [1, 1, 1, 2]
     ids = tiny_model.tokenizer("a b")["input_ids"]  # 4 positions: k = 0, nothing is erased
-    (result,) = erasure.erasure_metrics(tiny_model.model, tiny_model.tokenizer, [ids], [[True, False, False, True]],
-                                        [np.arange(4.0)], erasure.PAPER)
+    (result,) = erasure.erasure_metrics(
+        tiny_model.model, tiny_model.tokenizer, [ids], [[True, False, False, True]], [np.arange(4.0)], erasure.PAPER
+    )
     assert result["k"] == 0 and all(abs(result[m]) < 1e-12 for m in erasure.METRICS)
 
 
@@ -79,14 +95,20 @@ def _examples(tiny_model, setting):
     return faithfulness.prepare(tiny_model.model, tiny_model.tokenizer, records, range(len(records)), setting)
 
 
-@pytest.mark.parametrize("method, interpreter, config", [
-    ("grad_norm", lit_sig.GradientNorm, {}),
-    ("grad_dot_input", lit_sig.GradientDotInput, {}),
-    ("integrated_gradients", lit_sig.IntegratedGradients, {interpreters.INTERPOLATION_KEY: 3}),
-    ("sequential_integrated_gradients", lit_sig.SequentialIntegratedGradients, {interpreters.INTERPOLATION_KEY: 3}),
-    ("exact_sequential_integrated_gradients", lit_sig.SequentialIntegratedGradients,
-     {interpreters.METHOD_KEY: interpreters.EXACT_METHOD}),
-])
+@pytest.mark.parametrize(
+    "method, interpreter, config",
+    [
+        ("grad_norm", lit_sig.GradientNorm, {}),
+        ("grad_dot_input", lit_sig.GradientDotInput, {}),
+        ("integrated_gradients", lit_sig.IntegratedGradients, {interpreters.INTERPOLATION_KEY: 3}),
+        ("sequential_integrated_gradients", lit_sig.SequentialIntegratedGradients, {interpreters.INTERPOLATION_KEY: 3}),
+        (
+            "exact_sequential_integrated_gradients",
+            lit_sig.SequentialIntegratedGradients,
+            {interpreters.METHOD_KEY: interpreters.EXACT_METHOD},
+        ),
+    ],
+)
 def test_ours_equals_the_interpreters(tiny_model, method, interpreter, config):
     setting = faithfulness.Setting(erasure.OURS, "mask", 3)
     examples = _examples(tiny_model, setting)
@@ -109,8 +131,13 @@ def test_paper_ig_equals_captum_with_its_default_zero_baseline(tiny_model):
     examples = _examples(tiny_model, setting)
     ranked = faithfulness.METHODS["integrated_gradients"](faithfulness.HFScorer(tiny_model.model), examples, setting)
     for e, (scores, _) in zip(examples, ranked):
-        theirs = captum_attr.IntegratedGradients(paper_forward(tiny_model.model)).attribute(
-            e.x[None], n_steps=7, method="gausslegendre")[0].sum(-1).detach().numpy()
+        theirs = (
+            captum_attr.IntegratedGradients(paper_forward(tiny_model.model))
+            .attribute(e.x[None], n_steps=7, method="gausslegendre")[0]
+            .sum(-1)
+            .detach()
+            .numpy()
+        )
         assert len(scores) == len(e.ids)  # [CLS] and [SEP] are attributed too
         np.testing.assert_allclose(scores, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
 
@@ -120,10 +147,16 @@ def test_paper_sig_equals_time_interpret(tiny_model):
     setting = faithfulness.Setting(erasure.PAPER, "zero", 5)
     examples = _examples(tiny_model, setting)[:2]
     ranked = faithfulness.METHODS["sequential_integrated_gradients"](
-        faithfulness.HFScorer(tiny_model.model), examples, setting)
+        faithfulness.HFScorer(tiny_model.model), examples, setting
+    )
     for e, (scores, _) in zip(examples, ranked):
-        theirs = tint_attr.SequentialIntegratedGradients(paper_forward(tiny_model.model)).attribute(
-            e.x[None], n_steps=5)[0].sum(-1).detach().numpy()
+        theirs = (
+            tint_attr.SequentialIntegratedGradients(paper_forward(tiny_model.model))
+            .attribute(e.x[None], n_steps=5)[0]
+            .sum(-1)
+            .detach()
+            .numpy()
+        )
         np.testing.assert_allclose(scores, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
 
 
@@ -142,7 +175,9 @@ def test_bootstrap_intervals():
     same = result["differences"]["a - a_again"]
     assert (same["low"], same["high"], same["significant"]) == (0.0, 0.0, False)
     shift = result["differences"]["a - shifted"]
-    assert shift["significant"] and shift["high"] < 0 and shift["mean"] == pytest.approx(-(values["shifted"] - a).mean())
+    assert (
+        shift["significant"] and shift["high"] < 0 and shift["mean"] == pytest.approx(-(values["shifted"] - a).mean())
+    )
     # Paired: the interval of the difference is much narrower than the means' intervals.
     assert shift["high"] - shift["low"] < 0.3 * (mean_a["high"] - mean_a["low"])
 
@@ -168,8 +203,12 @@ def test_runs_all_methods_and_resumes_without_redoing_work(tiny_model, data_file
     # Interrupted mid-write: the last record is torn; only it is redone.
     cache.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
     calls = []
-    methods = dict(faithfulness.METHODS, random=lambda s, examples, st: calls.append(examples) or
-                   [(np.zeros(int(e.movable.sum())), None) for e in examples])
+    methods = dict(
+        faithfulness.METHODS,
+        random=lambda s, examples, st: (
+            calls.append(examples) or [(np.zeros(int(e.movable.sum())), None) for e in examples]
+        ),
+    )
     again = faithfulness.run(args(data_file, tmp_path, "--protocol", protocol), module, tok, methods)
     redone = json.loads(cache.read_text().splitlines()[-1])
     assert (redone["index"], redone["method"]) == (2, "random") and [len(c) for c in calls] == [1]
@@ -178,15 +217,39 @@ def test_runs_all_methods_and_resumes_without_redoing_work(tiny_model, data_file
 
 def test_main_writes_json_and_rejects_bad_flags(tiny_model, data_file, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(faithfulness, "load_model", lambda model_dir, device: (tiny_model.model, tiny_model.tokenizer))
-    faithfulness.main(["--data", str(data_file), "--steps", "2", "--methods", "random,grad_norm", "--protocol", "paper",
-                       "--baseline", "pad", "--replacement", "mask", "--resamples", "50",
-                       "--cache", str(tmp_path / "c.jsonl"), "--json", str(tmp_path / "out.json")])
+    faithfulness.main(
+        [
+            "--data",
+            str(data_file),
+            "--steps",
+            "2",
+            "--methods",
+            "random,grad_norm",
+            "--protocol",
+            "paper",
+            "--baseline",
+            "pad",
+            "--replacement",
+            "mask",
+            "--resamples",
+            "50",
+            "--cache",
+            str(tmp_path / "c.jsonl"),
+            "--json",
+            str(tmp_path / "out.json"),
+        ]
+    )
     summary = json.loads((tmp_path / "out.json").read_text())
     assert summary["steps"] == 2 and list(summary["methods"]) == ["random", "grad_norm"]
     assert (summary["baseline"], summary["protocol"]["replacement"], summary["target"]) == ("pad", "mask", "max")
     assert "| random |" in capsys.readouterr().out
-    bad_flags = (["--methods", "lime"], ["--steps", "0"], ["--limit", "-1"], ["--baseline", "unk"],
-                 ["--protocol", "paper", "--methods", "lit_integrated_gradients"])
+    bad_flags = (
+        ["--methods", "lime"],
+        ["--steps", "0"],
+        ["--limit", "-1"],
+        ["--baseline", "unk"],
+        ["--protocol", "paper", "--methods", "lit_integrated_gradients"],
+    )
     for bad in bad_flags:
         with pytest.raises(SystemExit):
             faithfulness.main(["--data", str(data_file), *bad])

@@ -30,15 +30,32 @@ def data(tmp_path_factory):
 
 
 def run(data, model_dir, out, *flags):
-    faithfulness.main(["--data", str(data), "--model", str(model_dir), "--out", str(out), "--batch_size", "2",
-                       "--steps", "4", "--resamples", "200", *flags])
+    faithfulness.main(
+        [
+            "--data",
+            str(data),
+            "--model",
+            str(model_dir),
+            "--out",
+            str(out),
+            "--batch_size",
+            "2",
+            "--steps",
+            "4",
+            "--resamples",
+            "200",
+            *flags,
+        ]
+    )
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
 def reference_salience(model, method: str, sentence: str, label: str) -> np.ndarray:
     """The interpreter on this one example alone (the random ranking: seeded by the sentence)."""
     if method == "random":
-        return np.random.default_rng(zlib.crc32(sentence.encode("utf-8"))).random(len(model.tokenizer.tokenize(sentence)))
+        return np.random.default_rng(zlib.crc32(sentence.encode("utf-8"))).random(
+            len(model.tokenizer.tokenize(sentence))
+        )
     config = faithfulness.Settings(4, "mask").config(method)
     result = faithfulness._interpreter(method).run([{"sentence": sentence, "label": label}], model, None, config=config)
     return np.asarray(result[0][models.gradients_field("sentence")].salience)
@@ -60,8 +77,13 @@ def direct_metrics(module, tokenizer, sentence: str, scores: np.ndarray) -> dict
     masked = p([tokenizer.mask_token_id if t in top else w for t, w in enumerate(words)])[c]
     deleted = p([w for t, w in enumerate(words) if t not in top])[c]
     kept = p([w for t, w in enumerate(words) if t in top])[c]
-    return {"log_odds": np.log(masked) - np.log(full[c]), "comprehensiveness": full[c] - deleted,
-            "sufficiency": full[c] - kept, "k": k, "p": full[c]}
+    return {
+        "log_odds": np.log(masked) - np.log(full[c]),
+        "comprehensiveness": full[c] - deleted,
+        "sufficiency": full[c] - kept,
+        "k": k,
+        "p": full[c],
+    }
 
 
 def test_rows_equal_direct_forwards_of_the_erased_tokens(data, tiny_model_dir, tmp_path):
@@ -139,16 +161,19 @@ def test_resume_with_other_settings_is_refused(data, tiny_model_dir, tmp_path, c
     assert "another baseline='mask'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--methods", "lime"], "give distinct methods from sig, exact_sig"),
-    (["--out", "f.parquet"], "write .jsonl rows"),
-    (["--steps", "0"], "--steps must be in [1, 500]"),
-    (["--top_fraction", "0"], "--top_fraction must be in (0, 1]"),
-    (["--batch_size", "0"], "--batch_size must be a positive integer"),
-    (["--baseline", "unk"], "choose from 'mask', 'pad', 'zero'"),
-    (["--model", "/nonexistent/model"], "can't load it"),
-    (["--labels", "a"], "two or more distinct"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--methods", "lime"], "give distinct methods from sig, exact_sig"),
+        (["--out", "f.parquet"], "write .jsonl rows"),
+        (["--steps", "0"], "--steps must be in [1, 500]"),
+        (["--top_fraction", "0"], "--top_fraction must be in (0, 1]"),
+        (["--batch_size", "0"], "--batch_size must be a positive integer"),
+        (["--baseline", "unk"], "choose from 'mask', 'pad', 'zero'"),
+        (["--model", "/nonexistent/model"], "can't load it"),
+        (["--labels", "a"], "two or more distinct"),
+    ],
+)
 def test_bad_flags_exit_2_naming_what_is_accepted(data, tiny_model_dir, tmp_path, capsys, flags, message):
     argv = ["--data", str(data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "f.jsonl")]
     for flag, value in zip(flags[::2], flags[1::2]):

@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 import tqdm
+from lit_nlp.api import components as lit_components
 
 from lit_sig import models, storage
 from lit_sig.cli import explain
-from lit_sig.core import erasure
+from lit_sig.core import erasure, quadrature
 from lit_sig.lit import interpreters
 from lit_sig.models import datasets
-from lit_sig.core import quadrature
 
 PATH_METHODS = ("sig", "ig")
 METHODS = ("sig", "exact_sig", "ig", "grad_norm", "grad_dot_input", "random")
@@ -65,21 +65,30 @@ class Settings:
         return config
 
 
-def _interpreter(method: str):
+def _interpreter(method: str) -> type[lit_components.Interpreter]:
     return {
-        "sig": interpreters.SequentialIntegratedGradients, "exact_sig": interpreters.SequentialIntegratedGradients,
-        "ig": interpreters.IntegratedGradients, "grad_norm": interpreters.GradientNorm,
+        "sig": interpreters.SequentialIntegratedGradients,
+        "exact_sig": interpreters.SequentialIntegratedGradients,
+        "ig": interpreters.IntegratedGradients,
+        "grad_norm": interpreters.GradientNorm,
         "grad_dot_input": interpreters.GradientDotInput,
     }[method]()
 
 
-def salience(model: models.HFSequenceClassifier, method: str, settings: Settings,
-             examples: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> list[tuple[np.ndarray, float | None]]:
+def salience(
+    model: models.HFSequenceClassifier,
+    method: str,
+    settings: Settings,
+    examples: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+) -> list[tuple[np.ndarray, float | None]]:
     """Per example: raw word-token salience for its predicted class, and the completeness delta (or None)."""
     field = model.text_fields[0]
     if method == "random":
-        return [(np.random.default_rng(zlib.crc32(e["sentence"].encode("utf-8"))).random(
-            len(o[f"tokens_{field}"])), None) for e, o in zip(examples, outputs)]
+        return [
+            (np.random.default_rng(zlib.crc32(e["sentence"].encode("utf-8"))).random(len(o[f"tokens_{field}"])), None)
+            for e, o in zip(examples, outputs)
+        ]
     inputs = [{field: e["sentence"], "label": o["label"]} for e, o in zip(examples, outputs)]
     results = _interpreter(method).run(inputs, model, model_outputs=outputs, config=settings.config(method))
     out = []
@@ -89,8 +98,13 @@ def salience(model: models.HFSequenceClassifier, method: str, settings: Settings
     return out
 
 
-def score_batch(model: models.HFSequenceClassifier, method: str, settings: Settings,
-                examples: list[dict[str, Any]], source: dict[str, Any]) -> list[dict[str, Any]]:
+def score_batch(
+    model: models.HFSequenceClassifier,
+    method: str,
+    settings: Settings,
+    examples: list[dict[str, Any]],
+    source: dict[str, Any],
+) -> list[dict[str, Any]]:
     """Rows of one method on a batch of examples `{"id", "sentence", "label"}`."""
     field = model.text_fields[0]
     outputs = model.predict([{field: e["sentence"]} for e in examples])
@@ -101,26 +115,40 @@ def score_batch(model: models.HFSequenceClassifier, method: str, settings: Setti
     metrics = erasure.erasure_metrics(model.model, tok, id_lists, special, [s for s, _ in ranked], settings.protocol)
     rows = []
     for e, o, (_, delta), m in zip(examples, outputs, ranked, metrics):
-        rows.append({"id": e["id"], "sentence": e["sentence"], "label": e["label"], "predicted": o["label"],
-                     "p": m["p"], "method": method, "k": m["k"], "truncated": bool(o["truncated"]),
-                     **{k: m[k] for k in erasure.METRICS}, "completeness_delta": delta,
-                     **dataclasses.asdict(settings), **source})
+        rows.append(
+            {
+                "id": e["id"],
+                "sentence": e["sentence"],
+                "label": e["label"],
+                "predicted": o["label"],
+                "p": m["p"],
+                "method": method,
+                "k": m["k"],
+                "truncated": bool(o["truncated"]),
+                **{k: m[k] for k in erasure.METRICS},
+                "completeness_delta": delta,
+                **dataclasses.asdict(settings),
+                **source,
+            }
+        )
     return rows
 
 
-def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str], resamples: int = 2000,
-              seed: int = 0) -> dict[str, Any]:
+def summarize(
+    rows: Sequence[dict[str, Any]], methods: Sequence[str], resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
     """Each method's means with intervals, and every pair's differences on the examples both cover."""
     by_method = {m: {r["id"]: r for r in rows if r["method"] == m} for m in methods}
     summary: dict[str, Any] = {"resamples": resamples, "seed": seed, "methods": {}, "differences": {}}
     for m, got in by_method.items():
         if got:
-            boot = erasure.bootstrap({k: np.array([r[k] for r in got.values()]) for k in erasure.METRICS},
-                                     resamples, seed)["means"]
+            boot = erasure.bootstrap(
+                {k: np.array([r[k] for r in got.values()]) for k in erasure.METRICS}, resamples, seed
+            )["means"]
             summary["methods"][m] = {"n": len(got), **boot}
     present = [m for m in methods if by_method[m]]
     for i, a in enumerate(present):
-        for b in present[i + 1:]:
+        for b in present[i + 1 :]:
             shared = sorted(by_method[a].keys() & by_method[b].keys())
             entry = {"n": len(shared)}
             for k in erasure.METRICS:
@@ -139,19 +167,24 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _check_resumable(rows: Sequence[dict[str, Any]], examples: list[dict[str, Any]], wanted: dict[str, Any],
-                     source: pathlib.Path) -> None:
+def _check_resumable(
+    rows: Sequence[dict[str, Any]], examples: list[dict[str, Any]], wanted: dict[str, Any], source: pathlib.Path
+) -> None:
     for row in rows:
         differ = [f"{k}={row.get(k)!r} (this run: {v!r})" for k, v in wanted.items() if row.get(k) != v]
         if differ:
-            raise ValueError(f"{source} holds rows made with another {', '.join(differ)}; resume with"
-                             " the same flags, or write to another --out.")
+            raise ValueError(
+                f"{source} holds rows made with another {', '.join(differ)}; resume with"
+                " the same flags, or write to another --out."
+            )
         i = row["id"]
         if i < len(examples) and row["sentence"] != examples[i]["sentence"]:
             raise ValueError(f"{source}: row {i} has another sentence than the data; was it made from other data?")
 
 
-def _read_done(out: pathlib.Path, examples: list[dict[str, Any]], wanted: dict[str, Any]) -> dict[tuple[int, str], dict]:
+def _read_done(
+    out: pathlib.Path, examples: list[dict[str, Any]], wanted: dict[str, Any]
+) -> dict[tuple[int, str], dict]:
     done: dict[tuple[int, str], dict] = {}
     for path in (out, explain.partial_path(out)):
         rows = list(storage.read_jsonl(path))
@@ -160,9 +193,15 @@ def _read_done(out: pathlib.Path, examples: list[dict[str, Any]], wanted: dict[s
     return done
 
 
-def evaluate(examples: list[dict[str, Any]], out: pathlib.Path, model: models.HFSequenceClassifier,
-             methods: Sequence[str], settings: Settings, source: dict[str, Any], batch_size: int = 32
-             ) -> list[dict[str, Any]]:
+def evaluate(
+    examples: list[dict[str, Any]],
+    out: pathlib.Path,
+    model: models.HFSequenceClassifier,
+    methods: Sequence[str],
+    settings: Settings,
+    source: dict[str, Any],
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
     """Scores the (example, method) pairs not yet in `out` or its sidecar; writes `out` whole.
 
     Returns:
@@ -177,7 +216,9 @@ def evaluate(examples: list[dict[str, Any]], out: pathlib.Path, model: models.HF
     total = sum(map(len, pending.values()))
     with tqdm.tqdm(total=total, unit="explanation", desc="faithfulness", dynamic_ncols=True) as progress:
         for method in methods:
-            for batch in explain.length_batches(pending[method], model.tokenizer, batch_size) if pending[method] else []:
+            for batch in (
+                explain.length_batches(pending[method], model.tokenizer, batch_size) if pending[method] else []
+            ):
                 progress.set_postfix_str(method)
                 rows = score_batch(model, method, settings, batch, source)
                 storage.append_jsonl(partial, rows)
@@ -191,21 +232,41 @@ def evaluate(examples: list[dict[str, Any]], out: pathlib.Path, model: models.HF
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lit_sig.cli.faithfulness", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m lit_sig.cli.faithfulness",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data", required=True, help="GLUE-style TSV (sentence, label) or JSONL file.")
     parser.add_argument("--out", required=True, help="Per-example rows: a .jsonl file.")
     parser.add_argument("--summary", default=None, help=f"Summary JSON (default: OUT with {SUMMARY_SUFFIX}).")
-    parser.add_argument("--model", default=explain.EMBEDDED_MODEL,
-                        help=f"{explain.EMBEDDED_MODEL!r} (the embedded SST-2 model), or a Hugging Face classifier path or name.")
+    parser.add_argument(
+        "--model",
+        default=explain.EMBEDDED_MODEL,
+        help=f"{explain.EMBEDDED_MODEL!r} (the embedded SST-2 model), or a Hugging Face classifier path or name.",
+    )
     parser.add_argument("--labels", default=None, help="Comma-separated class names in logit order (default 0,1).")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"Comma-separated, from {', '.join(METHODS)}.")
-    parser.add_argument("--steps", type=int, default=interpreters.DEFAULT_STEPS,
-                        help=f"Interpolation steps of sig and ig, in [{quadrature.MIN_STEPS}, {quadrature.MAX_STEPS}].")
-    parser.add_argument("--baseline", default=interpreters.DEFAULT_BASELINE, choices=list(interpreters.BASELINES),
-                        help="Baseline embedding of sig, exact_sig and ig.")
-    parser.add_argument("--top_fraction", type=float, default=erasure.OURS.top_fraction,
-                        help="Fraction of the word tokens erased (at least one).")
+    parser.add_argument(
+        "--methods", default=",".join(DEFAULT_METHODS), help=f"Comma-separated, from {', '.join(METHODS)}."
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=interpreters.DEFAULT_STEPS,
+        help=f"Interpolation steps of sig and ig, in [{quadrature.MIN_STEPS}, {quadrature.MAX_STEPS}].",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=interpreters.DEFAULT_BASELINE,
+        choices=list(interpreters.BASELINES),
+        help="Baseline embedding of sig, exact_sig and ig.",
+    )
+    parser.add_argument(
+        "--top_fraction",
+        type=float,
+        default=erasure.OURS.top_fraction,
+        help="Fraction of the word tokens erased (at least one).",
+    )
     parser.add_argument("--text_field", default="sentence", help="Text field of JSONL data.")
     parser.add_argument("--limit", type=int, default=None, help="Only the first N examples.")
     parser.add_argument("--batch_size", type=int, default=32, help="Examples per batch (and per model pass).")
@@ -243,9 +304,18 @@ def _load(args: argparse.Namespace) -> tuple[models.HFSequenceClassifier, dict[s
     labels = explain._parse_labels(args.labels)  # pylint: disable=protected-access
     if args.model == explain.EMBEDDED_MODEL and labels != datasets.LABELS:
         raise ValueError(f"--labels: the embedded model's classes are {','.join(datasets.LABELS)}.")
-    job = explain.Job(model=args.model, labels=labels, method="sig", steps=None, baseline=None, normalize=False,
-                      target="predicted", device=explain._parse_device(args.device, local=True),  # pylint: disable=protected-access
-                      batch_size=args.batch_size, data=str(pathlib.Path(args.data).resolve()))
+    job = explain.Job(
+        model=args.model,
+        labels=labels,
+        method="sig",
+        steps=None,
+        baseline=None,
+        normalize=False,
+        target="predicted",
+        device=explain._parse_device(args.device, local=True),  # pylint: disable=protected-access
+        batch_size=args.batch_size,
+        data=str(pathlib.Path(args.data).resolve()),
+    )
     try:
         model = job.build_model()
     except OSError as error:
@@ -267,8 +337,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows = evaluate(examples, out, model, methods, settings, source, args.batch_size)
     except ValueError as error:
         parser.error(str(error))
-    summary = {**dataclasses.asdict(settings), **source, "n_examples": len(examples),
-               **summarize(rows, methods, args.resamples, args.seed)}
+    summary = {
+        **dataclasses.asdict(settings),
+        **source,
+        "n_examples": len(examples),
+        **summarize(rows, methods, args.resamples, args.seed),
+    }
     storage.write_atomically(summary_path, json.dumps(summary, indent=2) + "\n")
     print(markdown(summary))
     print(f"Wrote {len(rows)} rows to {out} and the summary to {summary_path}.", file=sys.stderr)

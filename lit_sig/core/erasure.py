@@ -14,6 +14,7 @@ Pure torch and numpy over a Hugging Face classifier: nothing here needs LIT.
 import dataclasses
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,8 +64,9 @@ def top_positions(scores: np.ndarray, ranked: Sequence[int], k: int) -> list[int
     return sorted(ranked[i] for i in order)
 
 
-def erased_sequences(ids: Sequence[int], ranked: Sequence[int], top: Sequence[int],
-                     replacement_id: int) -> tuple[list[int], list[int], list[int]]:
+def erased_sequences(
+    ids: Sequence[int], ranked: Sequence[int], top: Sequence[int], replacement_id: int
+) -> tuple[list[int], list[int], list[int]]:
     """`(replaced, deleted, kept)` token ids: top replaced; top deleted; unranked and top kept."""
     top_set, ranked_set = set(top), set(ranked)
     replaced = [replacement_id if i in top_set else t for i, t in enumerate(ids)]
@@ -74,27 +76,34 @@ def erased_sequences(ids: Sequence[int], ranked: Sequence[int], top: Sequence[in
 
 
 @torch.no_grad()
-def probabilities(module: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: int,
-                  batch_size: int = 256) -> np.ndarray:
+def probabilities(
+    module: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: int, batch_size: int = 256
+) -> np.ndarray:
     """Softmax of a Hugging Face classifier for each id sequence (no padding inside): `[N, C]` float64."""
     device = next(module.parameters()).device
     out = []
     for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start:start + batch_size]
+        chunk = sequences[start : start + batch_size]
         length = max(1, max(map(len, chunk)))
         ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), length), dtype=torch.long)
         for row, seq in enumerate(chunk):
-            ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, :len(seq)] = 1
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
         logits = module(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         out.append(torch.softmax(logits.double(), -1).cpu().numpy())
     return np.concatenate(out)
 
 
-def erasure_metrics(module: torch.nn.Module, tokenizer, id_lists: Sequence[Sequence[int]],
-                    special_masks: Sequence[Sequence[bool]], scores: Sequence[np.ndarray],
-                    protocol: Protocol, batch_size: int = 256) -> list[dict[str, float]]:
+def erasure_metrics(
+    module: torch.nn.Module,
+    tokenizer: Any,  # A Hugging Face tokenizer (core stays free of transformers' types).
+    id_lists: Sequence[Sequence[int]],
+    special_masks: Sequence[Sequence[bool]],
+    scores: Sequence[np.ndarray],
+    protocol: Protocol,
+    batch_size: int = 256,
+) -> list[dict[str, float]]:
     """The three metrics of each example, for the class the model predicts on it.
 
     Args:
@@ -132,15 +141,18 @@ def _metrics(p4: np.ndarray, k: int) -> dict[str, float]:
     c = int(np.argmax(p4[0]))
     p, replaced, deleted, kept = (float(x) for x in p4[:, c])
     return {
-        "predicted": c, "p": p, "k": k,
+        "predicted": c,
+        "p": p,
+        "k": k,
         "log_odds": float(np.log(max(replaced, 1e-12)) - np.log(max(p, 1e-12))),
         "comprehensiveness": p - deleted,
         "sufficiency": p - kept if k else 0.0,  # k = 0 erases nothing: every metric is 0, as in the paper's code.
     }
 
 
-def bootstrap(values: dict[str, np.ndarray], resamples: int = 2000, seed: int = 0,
-              level: float = 0.95) -> dict[str, dict]:
+def bootstrap(
+    values: dict[str, np.ndarray], resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, dict]:
     """Paired bootstrap intervals of each method's mean and of every pair's mean difference.
 
     Args:
@@ -168,7 +180,9 @@ def bootstrap(values: dict[str, np.ndarray], resamples: int = 2000, seed: int = 
     for (a, row_a, res_a), (b, row_b, res_b) in itertools.combinations(zip(names, x, means), 2):
         low, high = np.percentile(res_a - res_b, [tails, 100 - tails])
         summary["differences"][f"{a} - {b}"] = {
-            "mean": float((row_a - row_b).mean()), "low": float(low), "high": float(high),
+            "mean": float((row_a - row_b).mean()),
+            "low": float(low),
+            "high": float(high),
             "significant": bool(low > 0 or high < 0),
         }
     return summary
