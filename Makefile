@@ -24,4 +24,6 @@ demo: install
 	$(PY) -m demos.glue_demo $(ARGS)
 
 test: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q tests

@@ -72,18 +72,26 @@ def synthetic_tokenizer() -> transformers.PreTrainedTokenizerFast:
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
 
 
-def random_model(shape: str, device: str | None = None, precision: str = "float32", seed: int = 0,
-                 **kwargs) -> models.HFSequenceClassifier:
+def random_model(
+    shape: str, device: str | None = None, precision: str = "float32", seed: int = 0, **kwargs
+) -> models.HFSequenceClassifier:
     """A random-weight BERT classifier of a known shape, with `synthetic_tokenizer()`."""
     tokenizer = synthetic_tokenizer()
     torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=len(tokenizer), max_position_embeddings=512, num_labels=2,
-                                     **SHAPES[shape])
+    config = transformers.BertConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=512, num_labels=2, **SHAPES[shape]
+    )
     module = transformers.BertForSequenceClassification(config).eval()
-    return models.HFSequenceClassifier(module, tokenizer, labels=["0", "1"], device=device, precision=precision,
-                                       **kwargs)
+    return models.HFSequenceClassifier(
+        module, tokenizer, labels=["0", "1"], device=device, precision=precision, **kwargs
+    )

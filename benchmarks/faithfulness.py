@@ -213,7 +213,7 @@ def exact_sig(scorer, examples, setting):
 
 
 def adaptive_sig(scorer, examples, setting):
-    # On the CPU: lit_sig.core.adaptive builds its panel weights there; the rows still run on the scorer's device.
+    # Panel sums on the CPU (as for the committed results); only the rows go to the scorer's device.
     out = []
     for p, e in zip(_problems(examples, setting, attribution.sig_groups), examples):
 

@@ -26,7 +26,9 @@ from benchmarks.common import WORDS, random_model
 from lit_sig import models, storage
 from lit_sig.lit import interpreters
 
-SENTENCES = [" ".join(WORDS[i % len(WORDS)] for i in range(start, start + n)) for start, n in ((0, 7), (3, 20), (5, 40))]
+SENTENCES = [
+    " ".join(WORDS[i % len(WORDS)] for i in range(start, start + n)) for start, n in ((0, 7), (3, 20), (5, 40))
+]
 PATH_METHODS = {
     "ig": (lit_sig.IntegratedGradients, {}),
     "sig": (lit_sig.SequentialIntegratedGradients, {}),
@@ -38,8 +40,10 @@ def attributions(model: models.HFSequenceClassifier, method: str, steps: int = 2
     interpreter, extra = PATH_METHODS[method]
     config = {interpreters.NORMALIZATION_KEY: False, interpreters.INTERPOLATION_KEY: steps, **extra}
     results = interpreter().run([{"sentence": s} for s in SENTENCES], model, None, config=config)
-    return [(np.asarray(r[models.gradients_field("sentence")].salience), abs(r[interpreters.COMPLETENESS_KEY]))
-            for r in results]
+    return [
+        (np.asarray(r[models.gradients_field("sentence")].salience), abs(r[interpreters.COMPLETENESS_KEY]))
+        for r in results
+    ]
 
 
 def max_relative(a: list[tuple[np.ndarray, float]], b: list[tuple[np.ndarray, float]]) -> float:
@@ -82,7 +86,9 @@ def time_interpret_sig(model: models.HFSequenceClassifier, text: str, steps: int
         N = word_embs.shape[0]
         embs = torch.cat([full[:1].expand(N, 1, -1), word_embs, full[-1:].expand(N, 1, -1)], dim=1)
         with torch.autocast(model.device.type, dtype=autocast, enabled=autocast is not None):
-            return model.model(inputs_embeds=embs, attention_mask=torch.ones(embs.shape[:2], device=embs.device)).logits.float()
+            return model.model(
+                inputs_embeds=embs, attention_mask=torch.ones(embs.shape[:2], device=embs.device)
+            ).logits.float()
 
     explainer = SequentialIntegratedGradients(forward)
     speed.synchronize(model)
@@ -98,8 +104,15 @@ def speed_table(device: str, shapes: list[str], tokens: list[int], steps: int, i
         for precision in ("float32", "bfloat16"):
             print(f"\n{shape}, {precision}:", flush=True)
             model = random_model(shape, device, precision)
-            run = speed.run_cases(model, tokens, [speed.SIG, speed.EXACT_SIG, speed.IG], steps, 3, None,
-                                  ig_batch if precision == "float32" else 0)
+            run = speed.run_cases(
+                model,
+                tokens,
+                [speed.SIG, speed.EXACT_SIG, speed.IG],
+                steps,
+                3,
+                None,
+                ig_batch if precision == "float32" else 0,
+            )
             for case in run:
                 case |= {"shape": shape, "precision": precision}
                 if case["method"] == speed.SIG:
@@ -107,8 +120,11 @@ def speed_table(device: str, shapes: list[str], tokens: list[int], steps: int, i
                     if tint is not None:
                         case["time_interpret_seconds"] = tint["seconds"]
                         case["speedup_over_time_interpret"] = tint["seconds"] / case["seconds"]
-                        print(f"  time-interpret SIG T={case['tokens']}: {tint['seconds']:.3f} s, ours "
-                              f"{case['seconds']:.3f} s ({case['speedup_over_time_interpret']:.2f}x)", flush=True)
+                        print(
+                            f"  time-interpret SIG T={case['tokens']}: {tint['seconds']:.3f} s, ours "
+                            f"{case['seconds']:.3f} s ({case['speedup_over_time_interpret']:.2f}x)",
+                            flush=True,
+                        )
             cases += run
     return cases
 
@@ -121,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu for a smoke test")
-    shapes, tokens, steps, ig_batch = (["tiny"], [8], 5, 4) if args.quick else (["minilm", "bert-base"], [32, 128], 50, 64)
+    shapes, tokens, steps, ig_batch = (
+        (["tiny"], [8], 5, 4) if args.quick else (["minilm", "bert-base"], [32, 128], 50, 64)
+    )
     report = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "torch": torch.__version__,

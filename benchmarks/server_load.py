@@ -49,7 +49,12 @@ def call(base: str, route: str, params: dict[str, str] | None, body: Any, timeou
 
 def sig_requests(model: str, ids: list[str], steps: int) -> list[tuple[str, dict, dict]]:
     """One SIG request per example id: (route, params, body)."""
-    params = {"model": model, "dataset_name": DATASET, "interpreter": "Sequential Integrated Gradients", "do_predict": "1"}
+    params = {
+        "model": model,
+        "dataset_name": DATASET,
+        "interpreter": "Sequential Integrated Gradients",
+        "do_predict": "1",
+    }
     config = {"Interpolation steps": steps, "Normalize": False}
     return [("/get_interpretations", params, {"inputs": [i], "config": config}) for i in ids]
 
@@ -69,8 +74,17 @@ def timed(base: str, request: tuple, timeout: float) -> tuple[int, bytes, float]
 
 
 def run_load(
-    base: str, model: str, *, clients: int, duration_s: float, max_requests: int, steps: int,
-    sig_share: float = 0.5, request_timeout_s: float = 300, rss: Any = None, backoff_s: float = 1.0,
+    base: str,
+    model: str,
+    *,
+    clients: int,
+    duration_s: float,
+    max_requests: int,
+    steps: int,
+    sig_share: float = 0.5,
+    request_timeout_s: float = 300,
+    rss: Any = None,
+    backoff_s: float = 1.0,
 ) -> dict[str, Any]:
     """Runs the load against a served demo; returns the report (see the module doc).
 
@@ -121,17 +135,24 @@ def run_load(
     rss_after = rss() if rss else None
     status, body, after_s = timed(base, sigs[0], request_timeout_s)
     return {
-        "clients": clients, "duration_s": duration_s, "steps": steps,
+        "clients": clients,
+        "duration_s": duration_s,
+        "steps": steps,
         "statuses": dict(sorted(statuses.items())),
-        "server_errors_other_than_503": sum(v for k, v in statuses.items() if k.split()[1][0] == "5" and not k.endswith("503")),
+        "server_errors_other_than_503": sum(
+            v for k, v in statuses.items() if k.split()[1][0] == "5" and not k.endswith("503")
+        ),
         "no_answer": sum(v for k, v in statuses.items() if k.endswith(" 0")),
-        "sig_completed": sig_done, "sig_mismatches": len(mismatches),
+        "sig_completed": sig_done,
+        "sig_mismatches": len(mismatches),
         "quick_p50_s": statistics.median(quick_s) if quick_s else None,
         "quick_p95_s": sorted(quick_s)[int(0.95 * (len(quick_s) - 1))] if quick_s else None,
         "quick_max_s": max(quick_s) if quick_s else None,
-        "alone_before_s": alone_before_s[0], "alone_after_s": after_s,
+        "alone_before_s": alone_before_s[0],
+        "alone_after_s": after_s,
         "alone_after_equal": status == 200 and json.loads(body) == alone[0],
-        "rss_before_mb": rss_before, "rss_after_mb": rss_after,
+        "rss_before_mb": rss_before,
+        "rss_after_mb": rss_after,
     }
 
 
@@ -162,8 +183,18 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    command = [sys.executable, "-m", "demos.glue_demo", "--host", "127.0.0.1", "--port", str(port),
-               "--max_examples", str(args.max_examples), *args.demo_args]
+    command = [
+        sys.executable,
+        "-m",
+        "demos.glue_demo",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max_examples",
+        str(args.max_examples),
+        *args.demo_args,
+    ]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -173,8 +204,13 @@ def main() -> None:
                 sys.exit("The demo did not start.")
             time.sleep(0.5)
         report = run_load(
-            base, "sst2_minilm", clients=args.clients, duration_s=args.duration_s,
-            max_requests=args.max_requests, steps=args.steps, rss=lambda: rss_of(process.pid),
+            base,
+            "sst2_minilm",
+            clients=args.clients,
+            duration_s=args.duration_s,
+            max_requests=args.max_requests,
+            steps=args.steps,
+            rss=lambda: rss_of(process.pid),
             backoff_s=args.backoff_s,
         )
     finally:

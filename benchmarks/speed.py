@@ -77,8 +77,12 @@ def explain(model: models.HFSequenceClassifier, method: str, texts: list[str], c
     synchronize(model)
     seconds = time.perf_counter() - started
     deltas = [abs(r.get(interpreters.COMPLETENESS_KEY) or 0.0) for r in results]
-    return {"seconds": seconds, "rows": counting.rows, "forward_rows": counting.forward_only,
-            "completeness_delta": max(deltas)}
+    return {
+        "seconds": seconds,
+        "rows": counting.rows,
+        "forward_rows": counting.forward_only,
+        "completeness_delta": max(deltas),
+    }
 
 
 class Floor:
@@ -96,8 +100,9 @@ class Floor:
     def _pass(self, rows: int, with_grads: bool) -> None:
         autocast = models.PRECISIONS[self.model.precision]
         x = self.embs.expand(rows, -1, -1).clone().requires_grad_(with_grads)  # [b, T + 2, D]
-        with torch.inference_mode(not with_grads), torch.autocast(
-            self.model.device.type, dtype=autocast, enabled=autocast is not None
+        with (
+            torch.inference_mode(not with_grads),
+            torch.autocast(self.model.device.type, dtype=autocast, enabled=autocast is not None),
         ):
             logits = self.model.model(inputs_embeds=x, attention_mask=self.mask.expand(rows, -1)).logits
         if with_grads:
@@ -159,8 +164,13 @@ def peak_memory(shape: str, num_tokens: int, steps: int, seconds: float, device:
         time.sleep(0.2)
     child.kill()
     child.join()
-    return {"tokens": num_tokens, "steps": steps, "seconds_observed": round(time.monotonic() - started, 1),
-            "finished": finished, "peak_extra_mb": round((peak_kb - baseline_kb) / 1024, 1)}
+    return {
+        "tokens": num_tokens,
+        "steps": steps,
+        "seconds_observed": round(time.monotonic() - started, 1),
+        "finished": finished,
+        "peak_extra_mb": round((peak_kb - baseline_kb) / 1024, 1),
+    }
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -186,16 +196,22 @@ def _memory_child(shape: str, num_tokens: int, steps: int, device: str | None, r
 def print_row(case: dict) -> None:
     extra = ""
     if "adaptive_rows" in case:
-        extra = f"{case['adaptive_rows']} ({case['adaptive_pass_fraction']:.0%}), delta {case['adaptive_completeness_delta']:.1e}"
+        extra = (
+            f"{case['adaptive_rows']} ({case['adaptive_pass_fraction']:.0%}),"
+            f" delta {case['adaptive_completeness_delta']:.1e}"
+        )
     if "ratio_to_sig_floor" in case:
         extra = f"1/{1 / case['ratio_to_sig_floor']:.0f} of fixed SIG's floor"
-    print(f"| {case['method']} | {case['tokens']} | {case['rows']} + {case['forward_rows']} | {case['seconds']:.3f} "
-          f"| {case['floor_seconds']:.3f} | {case['ratio']:.3f} | {case['completeness_delta']:.1e} | {extra} |",
-          flush=True)
+    print(
+        f"| {case['method']} | {case['tokens']} | {case['rows']} + {case['forward_rows']} | {case['seconds']:.3f} "
+        f"| {case['floor_seconds']:.3f} | {case['ratio']:.3f} | {case['completeness_delta']:.1e} | {extra} |",
+        flush=True,
+    )
 
 
-def run_cases(model, tokens: list[int], methods: list[str], steps: int, repeats: int, tolerance: float | None,
-              ig_batch: int) -> list[dict]:
+def run_cases(
+    model, tokens: list[int], methods: list[str], steps: int, repeats: int, tolerance: float | None, ig_batch: int
+) -> list[dict]:
     config = {interpreters.INTERPOLATION_KEY: steps, interpreters.NORMALIZATION_KEY: False}
     explain(model, IG, [sentence(model, 8)], config)  # Warm up.
     print("| method | T | rows (fwd+bwd + fwd) | seconds | floor | ratio | completeness delta | notes |")
@@ -212,9 +228,12 @@ def run_cases(model, tokens: list[int], methods: list[str], steps: int, repeats:
                 if tolerance is not None:
                     adaptive[interpreters.TOLERANCE_KEY] = tolerance
                 run = explain(model, SIG, [text], adaptive)
-                case |= {"adaptive_rows": run["rows"] + run["forward_rows"],
-                         "adaptive_pass_fraction": (run["rows"] + run["forward_rows"]) / (case["rows"] + case["forward_rows"]),
-                         "adaptive_completeness_delta": run["completeness_delta"]}
+                case |= {
+                    "adaptive_rows": run["rows"] + run["forward_rows"],
+                    "adaptive_pass_fraction": (run["rows"] + run["forward_rows"])
+                    / (case["rows"] + case["forward_rows"]),
+                    "adaptive_completeness_delta": run["completeness_delta"],
+                }
             by_method[method] = case
             cases.append(case)
         if EXACT_SIG in by_method:
@@ -226,8 +245,12 @@ def run_cases(model, tokens: list[int], methods: list[str], steps: int, repeats:
     if ig_batch:
         rng = np.random.default_rng(0)
         texts = [sentence(model, int(t)) for t in rng.integers(8, 41, ig_batch)]
-        case = explain(model, IG, texts, config) | {"method": IG_BATCH, "tokens": "8-40", "steps": steps,
-                                                     "sentences": ig_batch}
+        case = explain(model, IG, texts, config) | {
+            "method": IG_BATCH,
+            "tokens": "8-40",
+            "steps": steps,
+            "sentences": ig_batch,
+        }
         case["floor_seconds"] = batch_floor(model, texts, case)
         case["ratio"] = case["seconds"] / case["floor_seconds"]
         cases.append(case)
@@ -260,9 +283,13 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(args.shape, args.device, args.precision)
     if bad := [t for t in tokens if not 1 <= t <= model.max_length - 2]:
         parser.error(f"--tokens {bad} out of range; accepted: 1..{model.max_length - 2}")
-    report = {"device": str(model.device) if model.device.type == "cpu" else torch.cuda.get_device_name(),
-              "threads": torch.get_num_threads(), "shape": args.shape, "precision": args.precision,
-              "cases": run_cases(model, tokens, methods, args.steps, args.repeats, args.tolerance, args.ig_batch)}
+    report = {
+        "device": str(model.device) if model.device.type == "cpu" else torch.cuda.get_device_name(),
+        "threads": torch.get_num_threads(),
+        "shape": args.shape,
+        "precision": args.precision,
+        "cases": run_cases(model, tokens, methods, args.steps, args.repeats, args.tolerance, args.ig_batch),
+    }
     if args.memory_tokens:
         report["memory"] = peak_memory(args.shape, args.memory_tokens, args.steps, args.memory_seconds, args.device)
         print(f"SIG memory at T={args.memory_tokens}, n={args.steps}: {report['memory']}")

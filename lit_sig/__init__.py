@@ -50,8 +50,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # For type checkers and IDEs; at run time these load on first use.
-    from lit_sig.lit.interpreters import GradientDotInput, GradientNorm, IntegratedGradients
-    from lit_sig.lit.interpreters import SequentialIntegratedGradients
+    from lit_sig.lit.interpreters import (
+        GradientDotInput,
+        GradientNorm,
+        IntegratedGradients,
+        SequentialIntegratedGradients,
+    )
     from lit_sig.models import HFSequenceClassifier, minilm_sst2
 
 

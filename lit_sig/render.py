@@ -92,6 +92,7 @@ def plot(
         raise ValueError("saliences is empty; give {method name: salience} for one or more methods.")
     from matplotlib import figure as mpl_figure  # pylint: disable=import-outside-toplevel,redefined-outer-name
     from matplotlib.backends import backend_agg  # pylint: disable=import-outside-toplevel
+
     rows = np.stack([_scaled(tokens, s, name=f"salience of {name!r}") for name, s in saliences.items()])  # [M, T]
     fig = mpl_figure.Figure(figsize=(max(4.0, 0.5 * len(tokens) + 2.0), 0.55 * len(rows) + 1.4), layout="constrained")
     backend_agg.FigureCanvasAgg(fig)

@@ -23,8 +23,13 @@ def tiny_bert(num_labels: int = 2, seed: int = 0) -> transformers.BertForSequenc
     """A 2-layer random BERT with the MiniLM vocabulary, in float32."""
     torch.manual_seed(seed)
     config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
         initializer_range=0.2,
     )
     return transformers.BertForSequenceClassification(config).eval()
@@ -38,8 +43,11 @@ def tiny_model(tokenizer) -> models.HFSequenceClassifier:
 @pytest.fixture(scope="session")
 def tiny_pair_model(tokenizer) -> models.HFSequenceClassifier:
     return models.HFSequenceClassifier(
-        tiny_bert(num_labels=3, seed=1), tokenizer, labels=["entailment", "neutral", "contradiction"],
-        text_fields=("sentence1", "sentence2"), device="cpu",
+        tiny_bert(num_labels=3, seed=1),
+        tokenizer,
+        labels=["entailment", "neutral", "contradiction"],
+        text_fields=("sentence1", "sentence2"),
+        device="cpu",
     )
 
 

@@ -53,7 +53,9 @@ def test_steep_tokens_get_more_rows_than_smooth_ones():
 
 def test_ig_group_matches_fixed_ig():
     movable = torch.tensor([True, True, False, True, True])
-    fixed = attribution.integrated_gradients(X, BASELINE, grad_fn, *quadrature.quadrature("gausslegendre", 400), movable)
+    fixed = attribution.integrated_gradients(
+        X, BASELINE, grad_fn, *quadrature.quadrature("gausslegendre", 400), movable
+    )
     result = adaptive.adaptive_path_attribution(
         X, BASELINE, attribution.ig_groups(movable), grad_fn, 1e-8, points=5, max_rounds=400
     )

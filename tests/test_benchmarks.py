@@ -8,8 +8,26 @@ from benchmarks import speed
 def test_speed_counts_the_rows_of_each_method(tmp_path):
     out = tmp_path / "speed.json"
     T, n = 4, 3
-    speed.main(["--shape", "tiny", "--tokens", str(T), "--steps", str(n), "--memory_tokens", "0",
-                "--repeats", "1", "--ig_batch", "2", "--device", "cpu", "--json", str(out)])
+    speed.main(
+        [
+            "--shape",
+            "tiny",
+            "--tokens",
+            str(T),
+            "--steps",
+            str(n),
+            "--memory_tokens",
+            "0",
+            "--repeats",
+            "1",
+            "--ig_batch",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ]
+    )
     cases = {c["method"]: c for c in json.loads(out.read_text())["cases"]}
     # IG: n gradient rows; forward only: the input (to pick the class) and the all-baseline row.
     assert (cases[speed.IG]["rows"], cases[speed.IG]["forward_rows"]) == (n, 2)

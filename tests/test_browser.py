@@ -18,8 +18,12 @@ from tests.test_server import DATASET, MODEL, call_ok, running_demo
 
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 VIEWPORT = {"width": 1440, "height": 900}
 SCREENSHOT_COPY = pathlib.Path("/tmp/lit_sig_screenshot.png")

@@ -38,8 +38,9 @@ def seeded(seed: int, call):
 
 
 def bridged(model, name: str, **config) -> np.ndarray:
-    return salience(captum_bridge.CaptumInterpreter(name).run([{"sentence": SENTENCE}], model, None,
-                                                              config={**RAW, **config})[0])
+    return salience(
+        captum_bridge.CaptumInterpreter(name).run([{"sentence": SENTENCE}], model, None, config={**RAW, **config})[0]
+    )
 
 
 def references(model) -> dict[str, tuple[dict, np.ndarray]]:
@@ -53,20 +54,68 @@ def references(model) -> dict[str, tuple[dict, np.ndarray]]:
     return {
         "Saliency": ({"abs": False}, per_dim(captum.attr.Saliency(forward).attribute(x, abs=False))),
         "InputXGradient": ({}, per_dim(captum.attr.InputXGradient(forward).attribute(x))),
-        "GradientShap": ({"n_samples": 7, "stdevs": 0.05, "seed": 3}, per_dim(seeded(3, lambda: captum.attr.GradientShap(
-            forward).attribute(x, baselines=b, n_samples=7, stdevs=0.05)))),
-        "NoiseTunnel IG": ({"nt_samples": 3, "stdevs": 0.02, "n_steps": 10, "seed": 4}, per_dim(seeded(4, lambda: (
-            captum.attr.NoiseTunnel(captum.attr.IntegratedGradients(forward)).attribute(
-                x, nt_type="smoothgrad", nt_samples=3, nt_samples_batch_size=1, stdevs=0.02, baselines=b, n_steps=10,
-                internal_batch_size=rows))))),
-        "FeatureAblation": ({}, per_token(captum.attr.FeatureAblation(forward).attribute(
-            x, baselines=b, feature_mask=mask, perturbations_per_eval=rows))),
-        "Occlusion": ({"sliding_window_shapes": 2}, per_token(captum.attr.Occlusion(forward).attribute(
-            x, sliding_window_shapes=(2, D), strides=(1, D), baselines=b, perturbations_per_eval=rows))),
-        "KernelShap": ({"n_samples": 40, "seed": 5}, per_token(seeded(5, lambda: captum.attr.KernelShap(forward).attribute(
-            x, baselines=b, feature_mask=mask, n_samples=40, perturbations_per_eval=rows)))),
-        "Lime": ({"n_samples": 40, "seed": 6}, per_token(seeded(6, lambda: captum.attr.Lime(forward).attribute(
-            x, baselines=b, feature_mask=mask, n_samples=40, perturbations_per_eval=rows)))),
+        "GradientShap": (
+            {"n_samples": 7, "stdevs": 0.05, "seed": 3},
+            per_dim(
+                seeded(3, lambda: captum.attr.GradientShap(forward).attribute(x, baselines=b, n_samples=7, stdevs=0.05))
+            ),
+        ),
+        "NoiseTunnel IG": (
+            {"nt_samples": 3, "stdevs": 0.02, "n_steps": 10, "seed": 4},
+            per_dim(
+                seeded(
+                    4,
+                    lambda: captum.attr.NoiseTunnel(captum.attr.IntegratedGradients(forward)).attribute(
+                        x,
+                        nt_type="smoothgrad",
+                        nt_samples=3,
+                        nt_samples_batch_size=1,
+                        stdevs=0.02,
+                        baselines=b,
+                        n_steps=10,
+                        internal_batch_size=rows,
+                    ),
+                )
+            ),
+        ),
+        "FeatureAblation": (
+            {},
+            per_token(
+                captum.attr.FeatureAblation(forward).attribute(
+                    x, baselines=b, feature_mask=mask, perturbations_per_eval=rows
+                )
+            ),
+        ),
+        "Occlusion": (
+            {"sliding_window_shapes": 2},
+            per_token(
+                captum.attr.Occlusion(forward).attribute(
+                    x, sliding_window_shapes=(2, D), strides=(1, D), baselines=b, perturbations_per_eval=rows
+                )
+            ),
+        ),
+        "KernelShap": (
+            {"n_samples": 40, "seed": 5},
+            per_token(
+                seeded(
+                    5,
+                    lambda: captum.attr.KernelShap(forward).attribute(
+                        x, baselines=b, feature_mask=mask, n_samples=40, perturbations_per_eval=rows
+                    ),
+                )
+            ),
+        ),
+        "Lime": (
+            {"n_samples": 40, "seed": 6},
+            per_token(
+                seeded(
+                    6,
+                    lambda: captum.attr.Lime(forward).attribute(
+                        x, baselines=b, feature_mask=mask, n_samples=40, perturbations_per_eval=rows
+                    ),
+                )
+            ),
+        ),
     }
 
 
@@ -87,8 +136,13 @@ def test_noise_tunnel_sig_without_noise_is_time_interpret_sig(sst2):
     """The SIG inside the tunnel equals time-interpret's; with noise it averages over noisy inputs."""
     tint_attr = pytest.importorskip("tint.attr")
     forward, x, b = direct(sst2)
-    theirs = tint_attr.SequentialIntegratedGradients(forward).attribute(
-        x, baselines=b, n_steps=8)[0].sum(-1).detach().numpy()
+    theirs = (
+        tint_attr.SequentialIntegratedGradients(forward)
+        .attribute(x, baselines=b, n_steps=8)[0]
+        .sum(-1)
+        .detach()
+        .numpy()
+    )
     quiet = bridged(sst2, "NoiseTunnel SIG", nt_samples=2, stdevs=0.0, n_steps=8)
     np.testing.assert_allclose(quiet, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
     noisy = bridged(sst2, "NoiseTunnel SIG", nt_samples=2, stdevs=0.05, n_steps=8, seed=1)
@@ -97,15 +151,21 @@ def test_noise_tunnel_sig_without_noise_is_time_interpret_sig(sst2):
 
 
 def test_input_x_gradient_equals_our_gradient_x_input(tiny_model):
-    ours = salience(lit_sig.GradientDotInput().run([{"sentence": SENTENCE, "label": "1"}], tiny_model, None,
-                                                   config={interpreters.NORMALIZATION_KEY: False})[0])
+    ours = salience(
+        lit_sig.GradientDotInput().run(
+            [{"sentence": SENTENCE, "label": "1"}], tiny_model, None, config={interpreters.NORMALIZATION_KEY: False}
+        )[0]
+    )
     np.testing.assert_allclose(bridged(tiny_model, "InputXGradient"), ours, rtol=1e-5, atol=1e-9)
 
 
 def test_feature_ablation_is_exact_sig(minilm_model):
     """Single-token occlusion is SIG's token salience in closed form."""
-    exact = salience(lit_sig.SequentialIntegratedGradients().run(
-        [{"sentence": SENTENCE}], minilm_model, None, config={**RAW, interpreters.METHOD_KEY: "exact"})[0])
+    exact = salience(
+        lit_sig.SequentialIntegratedGradients().run(
+            [{"sentence": SENTENCE}], minilm_model, None, config={**RAW, interpreters.METHOD_KEY: "exact"}
+        )[0]
+    )
     np.testing.assert_allclose(bridged(minilm_model, "FeatureAblation"), exact, rtol=1e-5, atol=1e-6)
 
 
@@ -115,14 +175,17 @@ def test_sampled_methods_are_reproducible_and_depend_on_the_seed(tiny_model):
     assert not np.array_equal(bridged(tiny_model, "KernelShap", n_samples=30, seed=2), first)
 
 
-@pytest.mark.parametrize("name, config, message", [
-    ("KernelShap", {"n_samples": 0}, "n_samples"),
-    ("KernelShap", {"n_samples": "many"}, "n_samples"),
-    ("NoiseTunnel IG", {"nt_type": "loud"}, "nt_type"),
-    ("GradientShap", {"stdevs": -1}, "stdevs"),
-    ("Saliency", {"n_steps": 5}, "Unknown config key"),
-    ("Lime", {interpreters.BASELINE_KEY: "random"}, "Baseline"),
-])
+@pytest.mark.parametrize(
+    "name, config, message",
+    [
+        ("KernelShap", {"n_samples": 0}, "n_samples"),
+        ("KernelShap", {"n_samples": "many"}, "n_samples"),
+        ("NoiseTunnel IG", {"nt_type": "loud"}, "nt_type"),
+        ("GradientShap", {"stdevs": -1}, "stdevs"),
+        ("Saliency", {"n_steps": 5}, "Unknown config key"),
+        ("Lime", {interpreters.BASELINE_KEY: "random"}, "Baseline"),
+    ],
+)
 def test_bad_config_raises(tiny_model, name, config, message):
     with pytest.raises(ValueError, match=message):
         captum_bridge.CaptumInterpreter(name).run([{"sentence": SENTENCE}], tiny_model, None, config=config)

@@ -9,8 +9,8 @@ from lit_nlp.lib import caching
 
 import lit_sig
 from lit_sig import models
-from lit_sig.lit import interpreters, protocol
 from lit_sig.core import cancellation, engine
+from lit_sig.lit import interpreters, protocol
 
 SENTENCE = "a charming and often affecting journey"
 PAIR = {"sentence1": "a man plays a guitar", "sentence2": "nobody is playing music"}
@@ -102,8 +102,9 @@ class PassRecorder:
 
 
 def test_rows_of_several_examples_share_passes(tiny_model):
-    prepared = tiny_model.path_inputs([{"sentence": "good"}, {"sentence": "bad"}], [None, None],
-                                      ["input_embs_sentence"])
+    prepared = tiny_model.path_inputs(
+        [{"sentence": "good"}, {"sentence": "bad"}], [None, None], ["input_embs_sentence"]
+    )
     problems = [
         engine.PathProblem(p, p.x, torch.zeros_like(p.x), torch.ones(1, len(p.x), dtype=torch.bool), p.input_score)
         for p in prepared
@@ -131,8 +132,12 @@ def test_protocol_found_through_caching_model_wrapper(tiny_model, monkeypatch):
         direct = salience(run(lit_sig.SequentialIntegratedGradients(), tiny_model, [example], **config)[0])
         np.testing.assert_array_equal(served, direct)
     assert passes  # The rows went through the device path, not through `predict`.
-    zero = salience(run(lit_sig.SequentialIntegratedGradients(), wrapped, [example], **{interpreters.BASELINE_KEY: "zero"})[0])
-    mask = salience(run(lit_sig.SequentialIntegratedGradients(), wrapped, [example], **{interpreters.BASELINE_KEY: "mask"})[0])
+    zero = salience(
+        run(lit_sig.SequentialIntegratedGradients(), wrapped, [example], **{interpreters.BASELINE_KEY: "zero"})[0]
+    )
+    mask = salience(
+        run(lit_sig.SequentialIntegratedGradients(), wrapped, [example], **{interpreters.BASELINE_KEY: "mask"})[0]
+    )
     assert np.abs(zero - mask).max() > 1e-3
 
 
@@ -172,8 +177,9 @@ def occlusion(model: models.HFSequenceClassifier, texts: tuple[str, ...], target
 def test_exact_sig_equals_occlusion(request, case, baseline):
     fixture, example = CASES[case]
     model = request.getfixturevalue(fixture)
-    result = run(lit_sig.SequentialIntegratedGradients(), model, [example],
-                 **EXACT, **{interpreters.BASELINE_KEY: baseline})[0]
+    result = run(
+        lit_sig.SequentialIntegratedGradients(), model, [example], **EXACT, **{interpreters.BASELINE_KEY: baseline}
+    )[0]
     ours = np.concatenate([salience(result, f) for f in salience_fields(model)])
     target = 0 if model.labels is None else model.labels.index(example["label"])
     theirs = occlusion(model, tuple(example[f] for f in model.text_fields), target, baseline)
@@ -219,8 +225,13 @@ def test_exact_config_errors(tiny_model):
     with pytest.raises(ValueError, match="closed form; IG has none"):
         run(lit_sig.IntegratedGradients(), tiny_model, [{"sentence": SENTENCE}], **EXACT)
     with pytest.raises(ValueError, match="Adaptive steps.*doesn't apply"):
-        run(lit_sig.SequentialIntegratedGradients(), tiny_model, [{"sentence": SENTENCE}],
-            **EXACT, **{interpreters.ADAPTIVE_KEY: True})
+        run(
+            lit_sig.SequentialIntegratedGradients(),
+            tiny_model,
+            [{"sentence": SENTENCE}],
+            **EXACT,
+            **{interpreters.ADAPTIVE_KEY: True},
+        )
     spec = lit_sig.SequentialIntegratedGradients().config_spec()[interpreters.METHOD_KEY]
     assert interpreters.EXACT_METHOD in spec.vocab
     assert interpreters.EXACT_METHOD not in lit_sig.IntegratedGradients().config_spec()[interpreters.METHOD_KEY].vocab
@@ -285,6 +296,10 @@ def test_cancelled_scope_stops_an_explanation(tiny_model):
         return "deadline passed" if len(passes) > 2 else None
 
     with cancellation.scope(stop_after_two), pytest.raises(cancellation.Cancelled, match="deadline"):
-        run(lit_sig.SequentialIntegratedGradients(), tiny_model, [{"sentence": SENTENCE}],
-            **{interpreters.INTERPOLATION_KEY: 100})
+        run(
+            lit_sig.SequentialIntegratedGradients(),
+            tiny_model,
+            [{"sentence": SENTENCE}],
+            **{interpreters.INTERPOLATION_KEY: 100},
+        )
     assert len(passes) == 3

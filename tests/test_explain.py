@@ -163,8 +163,23 @@ def test_resume_with_another_model_labels_or_data_is_refused(data, tiny_model_di
     shutil.copytree(tiny_model_dir, other_model)
     other_data = tmp_path / "copy.tsv"
     other_data.write_bytes(data.read_bytes())
-    flags = {"model": ("--model", str(other_model)), "labels": ("--labels", "neg,pos"), "data": ("--data", str(other_data))}
-    argv = ["--data", str(data), "--model", str(tiny_model_dir), "--out", str(out), "--method", "grad_norm", "--labels", "0,1"]
+    flags = {
+        "model": ("--model", str(other_model)),
+        "labels": ("--labels", "neg,pos"),
+        "data": ("--data", str(other_data)),
+    }
+    argv = [
+        "--data",
+        str(data),
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--method",
+        "grad_norm",
+        "--labels",
+        "0,1",
+    ]
     flag, value = flags[change]
     argv[argv.index(flag) + 1] = value
     with pytest.raises(SystemExit) as exit_info:
@@ -174,7 +189,11 @@ def test_resume_with_another_model_labels_or_data_is_refused(data, tiny_model_di
     assert f"another {change}=" in err and "resume with the same flags" in err
     assert out.read_bytes() == before
     row = explain.read_rows(out)[0]
-    assert (row["model"], row["labels"], row["data"]) == (str(tiny_model_dir.resolve()), ["0", "1"], str(data.resolve()))
+    assert (row["model"], row["labels"], row["data"]) == (
+        str(tiny_model_dir.resolve()),
+        ["0", "1"],
+        str(data.resolve()),
+    )
 
 
 def test_jsonl_data_with_a_text_field(tiny_model_dir, tmp_path):

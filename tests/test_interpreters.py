@@ -10,8 +10,8 @@ from lit_nlp.components import gradient_maps
 
 import lit_sig
 from lit_sig import models
-from lit_sig.lit import interpreters, protocol
 from lit_sig.core import quadrature
+from lit_sig.lit import interpreters, protocol
 from tests.conftest import tiny_bert
 
 SENTENCE = "a charming and often affecting journey"
@@ -48,7 +48,9 @@ def test_ig_equals_captum(tiny_model, method):
     steps = 20
     ours = salience(
         lit_sig.IntegratedGradients().run(
-            [{"sentence": SENTENCE}], tiny_model, None,
+            [{"sentence": SENTENCE}],
+            tiny_model,
+            None,
             config={**RAW, "Class to explain": "1", "Integration method": method, "Interpolation steps": steps},
         )[0]
     )
@@ -70,7 +72,9 @@ def test_ig_completeness_on_minilm(minilm_model):
     example = {"sentence": SENTENCE, "label": "1"}
     out = minilm_model.predict([example])[0]
     mask = minilm_model.baseline_embedding("input_embs_sentence", "mask")
-    at_baseline = score(minilm_model, dict(example, input_embs_sentence=np.tile(mask, (len(out["tokens_sentence"]), 1))))
+    at_baseline = score(
+        minilm_model, dict(example, input_embs_sentence=np.tile(mask, (len(out["tokens_sentence"]), 1)))
+    )
     gap = out[protocol.TARGET_SCORE_FIELD] - at_baseline
     errors = []
     for steps in (2, 8, 50):
@@ -95,7 +99,9 @@ def test_sig_per_token_completeness_on_minilm(minilm_model):
     gaps = np.array(gaps)
     worst = []
     for steps in (2, 50):
-        result = explain(lit_sig.SequentialIntegratedGradients(), minilm_model, example, **{"Interpolation steps": steps})
+        result = explain(
+            lit_sig.SequentialIntegratedGradients(), minilm_model, example, **{"Interpolation steps": steps}
+        )
         errors = np.abs(gaps - salience(result))
         assert result["completeness_delta"] == pytest.approx(errors.max(), abs=1e-4)
         worst.append(errors.max())
@@ -139,8 +145,12 @@ class IgnoresSecondWord(torch.nn.Module):
 
 @pytest.mark.parametrize(
     "interpreter",
-    [lit_sig.GradientNorm(), lit_sig.GradientDotInput(), lit_sig.IntegratedGradients(),
-     lit_sig.SequentialIntegratedGradients()],
+    [
+        lit_sig.GradientNorm(),
+        lit_sig.GradientDotInput(),
+        lit_sig.IntegratedGradients(),
+        lit_sig.SequentialIntegratedGradients(),
+    ],
     ids=lambda i: type(i).__name__,
 )
 def test_ignored_token_gets_zero(tokenizer, interpreter):
@@ -173,7 +183,12 @@ def test_two_segments_are_explained_together(tiny_pair_model):
         assert list(result["token_grad_sentence2"].tokens) == ["nobody", "sleeps"]
     out = tiny_pair_model.predict([example])[0]
     mask = tiny_pair_model.baseline_embedding("input_embs_sentence1", "mask")
-    both_masked = dict(example, label=out["label"], input_embs_sentence1=np.tile(mask, (3, 1)), input_embs_sentence2=np.tile(mask, (2, 1)))
+    both_masked = dict(
+        example,
+        label=out["label"],
+        input_embs_sentence1=np.tile(mask, (3, 1)),
+        input_embs_sentence2=np.tile(mask, (2, 1)),
+    )
     gap = out[protocol.TARGET_SCORE_FIELD] - score(tiny_pair_model, both_masked)
     total = salience(ig, "token_grad_sentence1").sum() + salience(ig, "token_grad_sentence2").sum()
     assert ig["completeness_delta"] == pytest.approx(gap - total, abs=1e-4)
@@ -181,8 +196,10 @@ def test_two_segments_are_explained_together(tiny_pair_model):
 
 @pytest.mark.parametrize(
     "ours,theirs",
-    [(lit_sig.GradientNorm(), gradient_maps.GradientNorm()),
-     (lit_sig.GradientDotInput(), gradient_maps.GradientDotInput())],
+    [
+        (lit_sig.GradientNorm(), gradient_maps.GradientNorm()),
+        (lit_sig.GradientDotInput(), gradient_maps.GradientDotInput()),
+    ],
     ids=["grad_norm", "grad_dot_input"],
 )
 def test_simple_gradients_agree_with_lit(tiny_model, ours, theirs):

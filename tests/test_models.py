@@ -1,6 +1,7 @@
 """The model wrapper's spec contract and numerics."""
 
 import concurrent.futures
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,8 @@ from tests.conftest import tiny_bert
 SENTENCES = [
     "it 's a charming and often affecting journey .",
     "unflinchingly bleak and desperate",
-    "the acting , costumes , music , cinematography and sound are all astounding given the production 's austere locales .",
+    "the acting , costumes , music , cinematography and sound are all astounding given the production 's"
+    " austere locales .",
     "bad",
 ]
 
@@ -108,8 +110,13 @@ def test_two_segments(tiny_pair_model, tokenizer):
     assert out["tokens_sentence2"] == tokenizer.tokenize("nobody sleeps")
     assert out["probas"].shape == (3,)
     replaced = tiny_pair_model.predict(
-        [{"sentence1": "a man sleeps", "sentence2": "nobody sleeps",
-          "input_embs_sentence2": np.zeros_like(out["input_embs_sentence2"])}]
+        [
+            {
+                "sentence1": "a man sleeps",
+                "sentence2": "nobody sleeps",
+                "input_embs_sentence2": np.zeros_like(out["input_embs_sentence2"]),
+            }
+        ]
     )[0]
     np.testing.assert_array_equal(replaced["input_embs_sentence1"], out["input_embs_sentence1"])
     assert not np.allclose(replaced["probas"], out["probas"], atol=1e-6)
@@ -172,9 +179,7 @@ def test_out_of_memory_retries_with_smaller_minibatches(tokenizer, monkeypatch):
     examples = [{"sentence": s} for s in SENTENCES * 2]
     outs = model.predict(examples)
     assert sizes[0] == 8 and max(sizes[1:]) <= 4 and len(outs) == 8
-    np.testing.assert_allclose(
-        outs[1]["probas"], tiny_model_probas(tokenizer, model.model, SENTENCES[1]), atol=1e-5
-    )
+    np.testing.assert_allclose(outs[1]["probas"], tiny_model_probas(tokenizer, model.model, SENTENCES[1]), atol=1e-5)
 
     monkeypatch.setattr(model, "_forward_backward", lambda i, e: (_ for _ in ()).throw(MemoryError()))
     with pytest.raises(RuntimeError, match="Out of memory on a single input"):

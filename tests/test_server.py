@@ -28,9 +28,9 @@ from lit_nlp.api import components as lit_components
 from werkzeug import test as werkzeug_test
 
 import lit_sig
+from lit_sig.core import cancellation
 from lit_sig.models import datasets
 from lit_sig.serving import offline_client, server, server_limits
-from lit_sig.core import cancellation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = "sst2_minilm"
@@ -80,7 +80,10 @@ def running_demo(log_path: pathlib.Path, *args: str) -> Iterator[str]:
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "demos.glue_demo", "--port", str(port), *args],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -177,25 +180,85 @@ def test_interpreter_gives_finite_token_salience(demo, info, examples, interpret
 
 ERROR_CASES = {
     # name: (route, params, body, status, a word of the message)
-    "empty text": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"inputs": [new_input("  ")]}, 400, "empty"),
-    "text not a string": ("/get_preds", {"model": MODEL}, {"inputs": [{"id": "", "data": {"sentence": 3, "_id": ""}}]}, 400, "string"),
+    "empty text": (
+        "/get_preds",
+        {"model": MODEL, "dataset_name": DATASET},
+        {"inputs": [new_input("  ")]},
+        400,
+        "empty",
+    ),
+    "text not a string": (
+        "/get_preds",
+        {"model": MODEL},
+        {"inputs": [{"id": "", "data": {"sentence": 3, "_id": ""}}]},
+        400,
+        "string",
+    ),
     "no inputs": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"config": {}}, 400, "inputs"),
-    "unknown example id": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"inputs": [MARKUP]}, 400, "example id"),
-    "malformed JSON": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, b'{"inputs": [' + MARKUP.encode(), 400, "Expecting"),
+    "unknown example id": (
+        "/get_preds",
+        {"model": MODEL, "dataset_name": DATASET},
+        {"inputs": [MARKUP]},
+        400,
+        "example id",
+    ),
+    "malformed JSON": (
+        "/get_preds",
+        {"model": MODEL, "dataset_name": DATASET},
+        b'{"inputs": [' + MARKUP.encode(),
+        400,
+        "Expecting",
+    ),
     "JSON list": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, [MARKUP], 400, "Malformed"),
     "unknown model": ("/get_preds", {"model": MARKUP, "dataset_name": DATASET}, {"inputs": []}, 404, "Unknown model"),
     "unknown dataset": ("/get_dataset", {"dataset_name": MARKUP}, None, 404, "Unknown dataset_name"),
-    "unknown interpreter": ("/get_interpretations", {"model": MODEL, "dataset_name": DATASET, "interpreter": MARKUP}, {"inputs": []}, 404, "Unknown interpreter"),
-    "unknown metrics": ("/get_metrics", {"model": MODEL, "dataset_name": DATASET, "metrics": MARKUP}, {"inputs": []}, 404, "Unknown metrics"),
+    "unknown interpreter": (
+        "/get_interpretations",
+        {"model": MODEL, "dataset_name": DATASET, "interpreter": MARKUP},
+        {"inputs": []},
+        404,
+        "Unknown interpreter",
+    ),
+    "unknown metrics": (
+        "/get_metrics",
+        {"model": MODEL, "dataset_name": DATASET, "metrics": MARKUP},
+        {"inputs": []},
+        404,
+        "Unknown metrics",
+    ),
     "unknown route": ("/get_" + urllib.parse.quote(MARKUP), None, {"inputs": []}, 404, "Not Found"),
     "traversal in a static path": ("/static/../../../../etc/passwd", None, None, 400, "Bad Request"),
     "notebook-only route": ("/push_ui_state", {"dataset_name": DATASET}, {"inputs": []}, 404, "notebooks"),
-    "JSON nested 10,000 deep": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, b"[" * 10_000 + b"]" * 10_000, 400, "nested"),
+    "JSON nested 10,000 deep": (
+        "/get_preds",
+        {"model": MODEL, "dataset_name": DATASET},
+        b"[" * 10_000 + b"]" * 10_000,
+        400,
+        "nested",
+    ),
     "NUL in a static path": ("/static/%00../etc/passwd", None, None, 400, "NUL"),
-    "5,000 example ids": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"inputs": ["x"] * 5000}, 413, "at most 1000"),
+    "5,000 example ids": (
+        "/get_preds",
+        {"model": MODEL, "dataset_name": DATASET},
+        {"inputs": ["x"] * 5000},
+        413,
+        "at most 1000",
+    ),
     "inputs not a list": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"inputs": {"a": 1}}, 400, "list"),
-    "input not an example": ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"inputs": [3]}, 400, "example id"),
-    "config not an object": ("/get_interpretations", {"model": MODEL, "dataset_name": DATASET, "interpreter": IG}, {"inputs": [], "config": [1]}, 400, "config"),
+    "input not an example": (
+        "/get_preds",
+        {"model": MODEL, "dataset_name": DATASET},
+        {"inputs": [3]},
+        400,
+        "example id",
+    ),
+    "config not an object": (
+        "/get_interpretations",
+        {"model": MODEL, "dataset_name": DATASET, "interpreter": IG},
+        {"inputs": [], "config": [1]},
+        400,
+        "config",
+    ),
 }
 # (interpreter, config overrides, a word of the message); the example is the data set's first.
 CONFIG_ERROR_CASES = {
@@ -240,10 +303,13 @@ def test_bad_interpreter_config_gets_json_error(demo, info, examples, case):
     assert call(demo, "/get_info")[0] == 200
 
 
-@pytest.mark.parametrize("route, params", [
-    ("/create_model", {"model_name": MODEL}),
-    ("/create_dataset", {"dataset_name": DATASET}),
-])
+@pytest.mark.parametrize(
+    "route, params",
+    [
+        ("/create_model", {"model_name": MODEL}),
+        ("/create_dataset", {"dataset_name": DATASET}),
+    ],
+)
 def test_loading_from_the_ui_is_refused(demo, route, params):
     body = {"inputs": [], "config": {"new_name": "other"}}
     assert_json_error(*call(demo, route, params, body), 403, "--allow_loading")
@@ -261,8 +327,11 @@ def local_app(tiny_model, tmp_path) -> werkzeug_test.Client:
     """The hardened app in this process, with a datapoints folder and loading on."""
     (tmp_path / "points").mkdir()
     app = server.HardenedLitApp(
-        {"tiny": tiny_model}, {DATASET: datasets.builtin(4)},
-        datapoints_dir=tmp_path / "points", allow_loading=True, client_root=str(offline_client.LIT_CLIENT_ROOT),
+        {"tiny": tiny_model},
+        {DATASET: datasets.builtin(4)},
+        datapoints_dir=tmp_path / "points",
+        allow_loading=True,
+        client_root=str(offline_client.LIT_CLIENT_ROOT),
     )
     return werkzeug_test.Client(app)
 
@@ -275,20 +344,29 @@ def local_call(client: werkzeug_test.Client, route: str, params: dict[str, str],
 def test_datapoints_are_saved_and_loaded_inside_the_folder(local_app, tmp_path):
     examples = json.loads(local_call(local_app, "/get_dataset", {"dataset_name": DATASET}, {})[2])
     for path in ("mine", str(tmp_path / "points" / "abs")):
-        status, _, body = local_call(local_app, "/save_datapoints", {"dataset_name": DATASET, "path": path}, {"inputs": examples[:2]})
+        status, _, body = local_call(
+            local_app, "/save_datapoints", {"dataset_name": DATASET, "path": path}, {"inputs": examples[:2]}
+        )
         assert status == 200, body
-        status, _, body = local_call(local_app, "/load_datapoints", {"dataset_name": DATASET, "path": path}, {"inputs": []})
+        status, _, body = local_call(
+            local_app, "/load_datapoints", {"dataset_name": DATASET, "path": path}, {"inputs": []}
+        )
         assert status == 200, body
         assert [ex["data"]["sentence"] for ex in json.loads(body)] == [ex["data"]["sentence"] for ex in examples[:2]]
     assert sorted(p.name for p in (tmp_path / "points").iterdir()) == [
-        "abs.lit.jsonl", "abs.lit.jsonl.spec", "mine.lit.jsonl", "mine.lit.jsonl.spec",
+        "abs.lit.jsonl",
+        "abs.lit.jsonl.spec",
+        "mine.lit.jsonl",
+        "mine.lit.jsonl.spec",
     ]
 
 
 @pytest.mark.parametrize("path", ["../escape", "/tmp/lit_sig_escape", "sub/../../escape", ".", "", "x/..", "a\x00b"])
 def test_datapoint_paths_outside_the_folder_are_refused(local_app, tmp_path, path):
     for route in ("/save_datapoints", "/load_datapoints"):
-        status, content_type, body = local_call(local_app, route, {"dataset_name": DATASET, "path": path}, {"inputs": []})
+        status, content_type, body = local_call(
+            local_app, route, {"dataset_name": DATASET, "path": path}, {"inputs": []}
+        )
         assert status in (400, 403), body
         assert content_type.startswith("application/json") and "error" in json.loads(body)
     assert not list(tmp_path.glob("escape*")) and not list(pathlib.Path("/tmp").glob("lit_sig_escape*"))
@@ -296,33 +374,45 @@ def test_datapoint_paths_outside_the_folder_are_refused(local_app, tmp_path, pat
 
 
 def test_missing_datapoints_file_is_404(local_app):
-    status, _, body = local_call(local_app, "/load_datapoints", {"dataset_name": DATASET, "path": "absent"}, {"inputs": []})
+    status, _, body = local_call(
+        local_app, "/load_datapoints", {"dataset_name": DATASET, "path": "absent"}, {"inputs": []}
+    )
     assert status == 404 and "error" in json.loads(body)
 
 
 def test_loading_route_works_when_allowed(local_app):
     config = {"new_name": "copy", "examples": [{"sentence": "A copied sentence.", "label": "1"}]}
-    status, _, body = local_call(local_app, "/create_dataset", {"dataset_name": DATASET}, {"inputs": [], "config": config})
+    status, _, body = local_call(
+        local_app, "/create_dataset", {"dataset_name": DATASET}, {"inputs": [], "config": config}
+    )
     assert status == 200, body
     info, name = json.loads(body)
     assert name == "copy" and "copy" in info["datasets"]
     (example,) = json.loads(local_call(local_app, "/get_dataset", {"dataset_name": "copy"}, {})[2])
     assert example["data"]["sentence"] == "A copied sentence." and example["data"]["label"] == "1"
     # Arguments the data set's class doesn't take are the client's mistake, not a server fault.
-    status, _, body = local_call(local_app, "/create_dataset", {"dataset_name": DATASET}, {"inputs": [], "config": {"new_name": "x"}})
+    status, _, body = local_call(
+        local_app, "/create_dataset", {"dataset_name": DATASET}, {"inputs": [], "config": {"new_name": "x"}}
+    )
     assert status == 400 and "examples" in json.loads(body)["error"]
 
 
 def test_concurrent_mixed_requests_match_sequential(demo, info, examples):
     """8 clients at once (predict, IG, SIG) get exactly what each gets alone."""
     requests = [
-        ("/get_preds", {"model": MODEL, "dataset_name": DATASET}, {"inputs": [new_input(f"Concurrent sentence {i}, rather good.")]})
+        (
+            "/get_preds",
+            {"model": MODEL, "dataset_name": DATASET},
+            {"inputs": [new_input(f"Concurrent sentence {i}, rather good.")]},
+        )
         for i in range(3)
     ]
     for interpreter, steps, indices in ((IG, 16, (1, 2, 3)), (SIG, 6, (4, 5))):
         params = {"model": MODEL, "dataset_name": DATASET, "interpreter": interpreter, "do_predict": "1"}
         config = full_config(info, interpreter, **{"Interpolation steps": steps})
-        requests += [("/get_interpretations", params, {"inputs": [examples[i]["id"]], "config": config}) for i in indices]
+        requests += [
+            ("/get_interpretations", params, {"inputs": [examples[i]["id"]], "config": config}) for i in indices
+        ]
     assert len(requests) == 8
 
     sequential = [call_ok(demo, *request) for request in requests]
@@ -353,7 +443,11 @@ def test_bad_command_lines_exit_with_a_clear_error(tmp_path, tiny_model_dir):
     processes = {
         args: subprocess.Popen(
             [sys.executable, "-m", "demos.glue_demo", "--port", str(free_port()), *args],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for args in cases
     }
@@ -369,6 +463,7 @@ def test_bad_command_lines_exit_with_a_clear_error(tmp_path, tiny_model_dir):
 
 
 # --- Limits, time-outs and cancellation, on an in-process server with the tiny model. ---
+
 
 class BlockingInterpreter(lit_components.Interpreter):
     """Heavy work made deterministic: runs until `release` is set, checking for cancellation."""
@@ -393,7 +488,9 @@ class BlockingInterpreter(lit_components.Interpreter):
 def local_server(model, limits: server.Limits, **interpreters) -> Iterator[tuple[str, server.HardenedLitApp]]:
     """Serves the tiny model and `interpreters` (plus lit_sig's SIG and IG) on a free loopback port."""
     app = server.HardenedLitApp(
-        {"tiny": model}, {DATASET: datasets.builtin(4)}, limits=limits,
+        {"tiny": model},
+        {DATASET: datasets.builtin(4)},
+        limits=limits,
         client_root=str(offline_client.LIT_CLIENT_ROOT),
         interpreters={SIG: lit_sig.SequentialIntegratedGradients(), IG: lit_sig.IntegratedGradients(), **interpreters},
     )
@@ -435,14 +532,17 @@ def quick_server(tiny_model) -> Iterator[tuple[str, server.HardenedLitApp]]:
         yield served
 
 
-@pytest.mark.parametrize("request_bytes, status, word", [
-    (b"GARBAGE\r\n\r\n", 400, "Bad request"),
-    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, "URI Too Long"),
-    (b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n", 431, "Header"),
-    (b"POST /get_info HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "chunk"),
-    (b"POST /get_info HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}", 400, "shorter"),
-    (b"GET /static/%00../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 400, "NUL"),
-])
+@pytest.mark.parametrize(
+    "request_bytes, status, word",
+    [
+        (b"GARBAGE\r\n\r\n", 400, "Bad request"),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, "URI Too Long"),
+        (b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n", 431, "Header"),
+        (b"POST /get_info HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "chunk"),
+        (b"POST /get_info HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}", 400, "shorter"),
+        (b"GET /static/%00../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 400, "NUL"),
+    ],
+)
 def test_protocol_errors_get_json(quick_server, request_bytes, status, word):
     got_status, headers, body = raw_exchange(quick_server[0], request_bytes)
     assert got_status == status, body
@@ -519,13 +619,19 @@ def test_busy_server_answers_503_and_quick_routes_still_answer(tiny_model):
             queued = pool.submit(call, base, "/get_interpretations", params, {"inputs": [new_input("second")]})
             while app.heavy_gate.admitted < 2:
                 time.sleep(0.01)
-            status, headers, body = raw_exchange(base, b"POST /get_interpretations?" + urllib.parse.urlencode(
-                params).encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\n\r\n{\"inputs\":[]}")
+            status, headers, body = raw_exchange(
+                base,
+                b"POST /get_interpretations?"
+                + urllib.parse.urlencode(params).encode()
+                + b' HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\n\r\n{"inputs":[]}',
+            )
             assert status == 503 and headers["retry-after"] == "5" and "busy" in json.loads(body)["error"]
             # The heavy ones are still held; quick routes answer meanwhile.
             assert call(base, "/get_info")[0] == 200
             assert len(call_ok(base, "/get_dataset", {"dataset_name": DATASET})) == 4
-            preds = call_ok(base, "/get_preds", {"model": "tiny", "dataset_name": DATASET}, {"inputs": [new_input("quick")]})
+            preds = call_ok(
+                base, "/get_preds", {"model": "tiny", "dataset_name": DATASET}, {"inputs": [new_input("quick")]}
+            )
             assert len(preds) == 1 and not running.done() and not queued.done()
             slow.release.set()
             assert running.result()[0] == 200 and queued.result()[0] == 200
@@ -538,8 +644,14 @@ def test_work_stops_when_its_client_leaves(tiny_model):
         body = json.dumps({"inputs": [new_input("left")]}).encode()
         host, port = urllib.parse.urlsplit(base).netloc.split(":")
         with socket.create_connection((host, int(port)), timeout=60) as sock:
-            sock.sendall(b"POST /get_interpretations?" + query + b" HTTP/1.1\r\nHost: x\r\nContent-Length: "
-                         + str(len(body)).encode() + b"\r\n\r\n" + body)
+            sock.sendall(
+                b"POST /get_interpretations?"
+                + query
+                + b" HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
             assert slow.started.wait(60)
         while not slow.stopped:  # Never set (and the test times out) if the work went on.
             time.sleep(0.01)
@@ -553,7 +665,9 @@ def test_small_load_keeps_results_exact_and_errors_bounded(tiny_model):
     from benchmarks import server_load
 
     limits = server.Limits(max_heavy_requests=1, max_queued_requests=1)
-    with local_server(tiny_model, limits, **{"Sequential Integrated Gradients": lit_sig.SequentialIntegratedGradients()}) as (base, app):
+    with local_server(
+        tiny_model, limits, **{"Sequential Integrated Gradients": lit_sig.SequentialIntegratedGradients()}
+    ) as (base, app):
         report = server_load.run_load(base, "tiny", clients=4, duration_s=2, max_requests=200, steps=3, backoff_s=0.05)
         assert app.heavy_gate.admitted == 0
     assert report["server_errors_other_than_503"] == 0 and report["no_answer"] == 0, report

@@ -36,9 +36,9 @@ import tqdm
 import transformers
 
 from lit_sig import models, storage
+from lit_sig.core import quadrature
 from lit_sig.lit import interpreters
 from lit_sig.models import datasets, sst2_model
-from lit_sig.core import quadrature
 
 EMBEDDED_MODEL = "minilm_sst2"
 METHODS: dict[str, type] = {
@@ -56,25 +56,27 @@ PARTIAL_SUFFIX = ".partial.jsonl"
 SETTINGS_FIELDS = ("method", "steps", "baseline", "normalize", "target")
 # Row fields that record what made it: the model (path or name), its labels and the data file.
 SOURCE_FIELDS = ("model", "labels", "data")
-SCHEMA = pa.schema([
-    ("id", pa.int64()),
-    ("sentence", pa.string()),
-    ("label", pa.string()),  # gold label; null when the data has none
-    ("predicted", pa.string()),
-    ("probas", pa.list_(pa.float64())),
-    ("tokens", pa.list_(pa.string())),
-    ("salience", pa.list_(pa.float64())),
-    ("completeness_delta", pa.float64()),  # null for grad_norm and grad_dot_input
-    ("truncated", pa.bool_()),
-    ("method", pa.string()),
-    ("steps", pa.int64()),  # null for the gradient methods
-    ("baseline", pa.string()),  # null for the gradient methods
-    ("normalize", pa.bool_()),
-    ("target", pa.string()),  # whose class score is explained: "predicted" or "label"
-    ("model", pa.string()),  # EMBEDDED_MODEL, a Hugging Face name, or a checkpoint's absolute path
-    ("labels", pa.list_(pa.string())),
-    ("data", pa.string()),  # the data file's absolute path
-])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("sentence", pa.string()),
+        ("label", pa.string()),  # gold label; null when the data has none
+        ("predicted", pa.string()),
+        ("probas", pa.list_(pa.float64())),
+        ("tokens", pa.list_(pa.string())),
+        ("salience", pa.list_(pa.float64())),
+        ("completeness_delta", pa.float64()),  # null for grad_norm and grad_dot_input
+        ("truncated", pa.bool_()),
+        ("method", pa.string()),
+        ("steps", pa.int64()),  # null for the gradient methods
+        ("baseline", pa.string()),  # null for the gradient methods
+        ("normalize", pa.bool_()),
+        ("target", pa.string()),  # whose class score is explained: "predicted" or "label"
+        ("model", pa.string()),  # EMBEDDED_MODEL, a Hugging Face name, or a checkpoint's absolute path
+        ("labels", pa.list_(pa.string())),
+        ("data", pa.string()),  # the data file's absolute path
+    ]
+)
 _BATCH_COLUMN = "examples"  # Ray Data rows: one JSON-encoded batch of examples each.
 
 
@@ -92,7 +94,6 @@ class Job:
     device: str | None
     batch_size: int
     data: str = ""  # the data file, as recorded in rows
-
 
     def build_model(self) -> models.HFSequenceClassifier:
         if self.model == EMBEDDED_MODEL:
@@ -150,19 +151,21 @@ class Explainer:
         for example, output, result in zip(examples, outputs, results):
             salience = result[f"token_grad_{self._field}"]
             delta = result.get(interpreters.COMPLETENESS_KEY)
-            rows.append({
-                "id": example["id"],
-                "sentence": example["sentence"],
-                "label": example["label"],
-                "predicted": output["label"],
-                "probas": [float(p) for p in output["probas"]],
-                "tokens": list(salience.tokens),
-                "salience": [float(s) for s in salience.salience],
-                "completeness_delta": None if delta is None else float(delta),
-                "truncated": bool(output["truncated"]),
-                **self._job.settings(),
-                **self._job.source(),
-            })
+            rows.append(
+                {
+                    "id": example["id"],
+                    "sentence": example["sentence"],
+                    "label": example["label"],
+                    "predicted": output["label"],
+                    "probas": [float(p) for p in output["probas"]],
+                    "tokens": list(salience.tokens),
+                    "salience": [float(s) for s in salience.salience],
+                    "completeness_delta": None if delta is None else float(delta),
+                    "truncated": bool(output["truncated"]),
+                    **self._job.settings(),
+                    **self._job.source(),
+                }
+            )
         return rows
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -359,24 +362,31 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="GLUE-style TSV (sentence, label) or JSONL file.")
     parser.add_argument("--out", required=True, help="Output file: .parquet or .jsonl.")
     parser.add_argument(
-        "--model", default=EMBEDDED_MODEL,
+        "--model",
+        default=EMBEDDED_MODEL,
         help=f"{EMBEDDED_MODEL!r} (the embedded SST-2 model), or a Hugging Face classifier path or name.",
     )
     parser.add_argument("--labels", default=None, help="Comma-separated class names in logit order (default 0,1).")
     parser.add_argument("--method", default="sig", choices=list(METHODS), help="Salience method.")
     parser.add_argument(
-        "--steps", type=int, default=interpreters.DEFAULT_STEPS,
+        "--steps",
+        type=int,
+        default=interpreters.DEFAULT_STEPS,
         help=f"Interpolation steps of IG and SIG, in [{quadrature.MIN_STEPS}, {quadrature.MAX_STEPS}].",
     )
     parser.add_argument(
-        "--baseline", default=interpreters.DEFAULT_BASELINE, choices=list(interpreters.BASELINES),
+        "--baseline",
+        default=interpreters.DEFAULT_BASELINE,
+        choices=list(interpreters.BASELINES),
         help="Baseline embedding of IG and SIG.",
     )
     parser.add_argument(
         "--normalize", action="store_true", help="Scale each row's salience so that |salience| sums to 1."
     )
     parser.add_argument(
-        "--target", default="predicted", choices=list(TARGETS),
+        "--target",
+        default="predicted",
+        choices=list(TARGETS),
         help="Explain the predicted class, or the data's gold label.",
     )
     parser.add_argument("--text_field", default="sentence", help="Text field of JSONL data.")
@@ -448,8 +458,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             except ImportError:
                 raise ValueError("--ray needs Ray: pip install 'lit_sig[ray]'.") from None
         if args.model == EMBEDDED_MODEL and not sst2_model.WEIGHTS_PATH.exists():
-            raise ValueError(f"--model {EMBEDDED_MODEL}: {sst2_model.WEIGHTS_PATH} is missing; train it with"
-                             " `python -m lit_sig.models.train_sst2`, or give another --model.")
+            raise ValueError(
+                f"--model {EMBEDDED_MODEL}: {sst2_model.WEIGHTS_PATH} is missing; train it with"
+                " `python -m lit_sig.models.train_sst2`, or give another --model."
+            )
         try:
             tokenizer = job.load_tokenizer()
         except OSError as error:

@@ -26,8 +26,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from lit_sig.core import attribution
-from lit_sig.core import quadrature
+from lit_sig.core import attribution, quadrature
 
 DEFAULT_TOLERANCE = 3e-4  # In units of the explained score (a logit by default).
 DEFAULT_POINTS = 3  # Lobatto nodes per panel: Simpson's rule, exact to degree 3.
@@ -60,8 +59,14 @@ class _Panel:
 class _Rows:
     """The rows evaluated so far: their scores, and the gradients of their moving tokens."""
 
-    def __init__(self, x: torch.Tensor, baseline: torch.Tensor, groups: torch.Tensor,
-                 grad_fn: attribution.GradFn, max_elements: int):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        baseline: torch.Tensor,
+        groups: torch.Tensor,
+        grad_fn: attribution.GradFn,
+        max_elements: int,
+    ):
         self._x, self._baseline, self._groups = x, baseline, groups
         self._grad_fn, self._max_elements = grad_fn, max_elements
         self.members = [torch.nonzero(groups[g]).flatten() for g in range(len(groups))]  # each [T_g]
@@ -116,8 +121,9 @@ class _Refiner:
 
     def _panel(self, group: int, lo: float, hi: float) -> _Panel:
         nodes = self._nodes(group, lo, hi)
-        weights = torch.as_tensor((hi - lo) * self._unit_weights, dtype=self._delta.dtype,
-                                  device=self._delta.device)  # [points]
+        weights = torch.as_tensor(
+            (hi - lo) * self._unit_weights, dtype=self._delta.dtype, device=self._delta.device
+        )  # [points]
         grads = torch.stack([self._rows.grads(n, group) for n in nodes])  # [points, T_g, D]
         grad_sum = torch.einsum("p,ptd->td", weights, grads)
         exact = self._rows.scores[nodes[-1]] - self._rows.scores[nodes[0]]
@@ -187,8 +193,12 @@ def _worst_panels(panels: list[list[_Panel]], tolerance: float) -> dict[int, int
 
 
 def _result(
-    x: torch.Tensor, baseline: torch.Tensor, groups: torch.Tensor, rows: _Rows,
-    panels: list[list[_Panel]], tolerance: float,
+    x: torch.Tensor,
+    baseline: torch.Tensor,
+    groups: torch.Tensor,
+    rows: _Rows,
+    panels: list[list[_Panel]],
+    tolerance: float,
 ) -> attribution.PathAttribution:
     weighted = torch.zeros_like(x)  # [T, D]
     for g, ps in enumerate(panels):

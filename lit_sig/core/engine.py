@@ -122,9 +122,9 @@ def path_attributions(
     plans = []
     for p in problems:
         G = len(p.groups)
-        plans.append(_RowPlan(
-            torch.arange(G, device=device).repeat_interleave(n), alphas_t.repeat(G), weights_t.repeat(G)
-        ))
+        plans.append(
+            _RowPlan(torch.arange(G, device=device).repeat_interleave(n), alphas_t.repeat(G), weights_t.repeat(G))
+        )
     weighted = [torch.zeros_like(p.x, dtype=_dtype(p)) for p in problems]  # each [T, D]
     for index, plan, rows, (_, grads) in _evaluate(problems, plans, scorer, with_grads=True):
         p = problems[index]
@@ -140,9 +140,9 @@ def path_attributions(
         if input_score is not None:
             deltas = (input_score - baseline_scores - p.groups.to(w.dtype) @ token_attr).cpu()  # [G]
         num_rows = len(plan.group) + (len(p.groups) + (p.input_score is None) if measure_completeness else 0)
-        results.append(PathAttribution(
-            token_attr.cpu(), deltas, num_rows, attributions.cpu() if keep_dimensions else None
-        ))
+        results.append(
+            PathAttribution(token_attr.cpu(), deltas, num_rows, attributions.cpu() if keep_dimensions else None)
+        )
     return results
 
 
@@ -158,15 +158,13 @@ def occlusion_attributions(problems: Sequence[PathProblem], scorer: RowScorer) -
         token_attr = torch.zeros(p.x.shape[0], dtype=_dtype(p), device=p.x.device)  # [T]
         token_attr[p.groups.nonzero()[:, 1]] = input_score - baseline_scores  # Group g moves token t.
         G = len(p.groups)
-        results.append(PathAttribution(
-            token_attr.cpu(), torch.zeros(G, dtype=token_attr.dtype), G + (p.input_score is None)
-        ))
+        results.append(
+            PathAttribution(token_attr.cpu(), torch.zeros(G, dtype=token_attr.dtype), G + (p.input_score is None))
+        )
     return results
 
 
-def _endpoint_scores(
-    problems: Sequence[PathProblem], scorer: RowScorer
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _endpoint_scores(problems: Sequence[PathProblem], scorer: RowScorer) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per problem: `(F(x), F(x with group g at its baseline) [G])`, float32 on the device."""
     device = scorer.device
     plans = []
@@ -203,16 +201,17 @@ def _evaluate(
     order = sorted(range(len(problems)), key=lambda i: -problems[i].x.shape[0])
     for pass_pieces in _passes(order, problems, plans, scorer, with_grads):
         cancellation.check()
-        pieces = [
-            (problems[i].key, _build_rows(problems[i], plans[i], rows)) for i, rows in pass_pieces
-        ]
+        pieces = [(problems[i].key, _build_rows(problems[i], plans[i], rows)) for i, rows in pass_pieces]
         for (i, rows), result in zip(pass_pieces, scorer.score_rows(pieces, with_grads)):
             yield i, plans[i], rows, result
 
 
 def _passes(
-    order: list[int], problems: Sequence[PathProblem], plans: Sequence[_RowPlan],
-    scorer: RowScorer, with_grads: bool,
+    order: list[int],
+    problems: Sequence[PathProblem],
+    plans: Sequence[_RowPlan],
+    scorer: RowScorer,
+    with_grads: bool,
 ) -> Iterator[list[tuple[int, slice]]]:
     """Splits the planned rows into passes of at most `rows_per_pass` of the pass's longest example."""
     pending: list[tuple[int, slice]] = []
@@ -244,7 +243,9 @@ class GradFnScorer:
     """Adapts a single-example `GradFn` (rows -> scores, grads) to the `RowScorer` protocol."""
 
     def __init__(
-        self, grad_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], rows_per_pass: int,
+        self,
+        grad_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        rows_per_pass: int,
         device: torch.device | str = "cpu",
     ) -> None:
         self._grad_fn = grad_fn

@@ -8,11 +8,11 @@ of f over [0, 1]. Unlike captum 0.9, `riemann_trapezoid` weights sum to 1 too.
 import numpy as np
 
 METHODS = (
-        "gausslegendre",
-        "riemann_left",
-        "riemann_right",
-        "riemann_middle",
-        "riemann_trapezoid",
+    "gausslegendre",
+    "riemann_left",
+    "riemann_right",
+    "riemann_middle",
+    "riemann_trapezoid",
 )
 MIN_STEPS = 1
 MAX_STEPS = 500
@@ -26,20 +26,12 @@ def quadrature(method: str, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
             (`riemann_trapezoid` needs at least 2 points).
     """
     if method not in METHODS:
-        raise ValueError(
-                f"Unknown integration method {method!r}; accepted: {', '.join(METHODS)}."
-        )
+        raise ValueError(f"Unknown integration method {method!r}; accepted: {', '.join(METHODS)}.")
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise ValueError(
-                f"Interpolation steps must be an integer in [{MIN_STEPS}, {MAX_STEPS}],"
-                f" got {num_steps!r}."
-        )
+        raise ValueError(f"Interpolation steps must be an integer in [{MIN_STEPS}, {MAX_STEPS}], got {num_steps!r}.")
     min_steps = 2 if method == "riemann_trapezoid" else MIN_STEPS
     if not min_steps <= num_steps <= MAX_STEPS:
-        raise ValueError(
-                f"Interpolation steps for {method} must be in [{min_steps}, {MAX_STEPS}],"
-                f" got {num_steps}."
-        )
+        raise ValueError(f"Interpolation steps for {method} must be in [{min_steps}, {MAX_STEPS}], got {num_steps}.")
     n = int(num_steps)
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)

@@ -27,8 +27,8 @@ from lit_nlp.api import dataset as lit_dataset
 from lit_nlp.api import model as lit_model
 from lit_nlp.api import types as lit_types
 
-from lit_sig.lit import interpreters, protocol
 from lit_sig.core import attribution, engine, quadrature
+from lit_sig.lit import interpreters, protocol
 
 JsonDict = lit_types.JsonDict
 ForwardFn = Callable[[torch.Tensor], torch.Tensor]  # [N, T, D] -> [N]
@@ -137,8 +137,9 @@ class _TokenSIG(captum.attr.GradientAttribution):
         scorer = engine.GradFnScorer(self._grads, self._rows, inputs.device)
         groups = attribution.sig_groups(torch.ones(inputs.shape[1], dtype=torch.bool, device=inputs.device))
         problems = [engine.PathProblem(None, x, b, groups) for x, b in zip(inputs, baselines)]
-        results = engine.path_attributions(problems, scorer, alphas, weights, measure_completeness=False,
-                                           keep_dimensions=True)
+        results = engine.path_attributions(
+            problems, scorer, alphas, weights, measure_completeness=False, keep_dimensions=True
+        )
         return torch.stack([r.attributions for r in results]).to(inputs.device)
 
 
@@ -146,101 +147,146 @@ _TokenSIG.attribute.__wrapped__ = _TokenSIG.attribute  # NoiseTunnel calls `attr
 
 
 def _noise_tunnel_params() -> tuple[Param, ...]:
-    return (Param("nt_type", "smoothgrad", choices=("smoothgrad", "smoothgrad_sq", "vargrad")),
-            Param("nt_samples", 5, 1, 100), Param("stdevs", 0.01, 0.0, 10.0), Param("n_steps", 50, 1, 500),
-            _seed_param())
+    return (
+        Param("nt_type", "smoothgrad", choices=("smoothgrad", "smoothgrad_sq", "vargrad")),
+        Param("nt_samples", 5, 1, 100),
+        Param("stdevs", 0.01, 0.0, 10.0),
+        Param("n_steps", 50, 1, 500),
+        _seed_param(),
+    )
 
 
 def _noise_tunnel(method: captum.attr.Attribution, t: Target, s: dict[str, Any], **kwargs) -> torch.Tensor:
     return captum.attr.NoiseTunnel(method).attribute(
-        t.x, nt_type=s["nt_type"], nt_samples=s["nt_samples"], nt_samples_batch_size=1, stdevs=s["stdevs"],
-        baselines=t.baseline, n_steps=s["n_steps"], **kwargs,
+        t.x,
+        nt_type=s["nt_type"],
+        nt_samples=s["nt_samples"],
+        nt_samples_batch_size=1,
+        stdevs=s["stdevs"],
+        baselines=t.baseline,
+        n_steps=s["n_steps"],
+        **kwargs,
     )
 
 
-METHODS: dict[str, CaptumMethod] = {m.name: m for m in (
-    CaptumMethod(
-        "Saliency", "|gradient| (abs) or the gradient, summed over the embedding: 1 backward pass.",
-        (Param("abs", True),),
-        lambda s: (0, 1),
-        lambda t, s: captum.attr.Saliency(t.forward).attribute(t.x, abs=s["abs"]),
-    ),
-    CaptumMethod(
-        "InputXGradient", "gradient x input, summed over the embedding (= lit_sig Gradient x Input).", (),
-        lambda s: (0, 1),
-        lambda t, s: captum.attr.InputXGradient(t.forward).attribute(t.x),
-    ),
-    CaptumMethod(
-        "GradientShap", "expected gradients from the baseline with Gaussian noise: n_samples passes.",
-        (Param("n_samples", 5, 1, 500), Param("stdevs", 0.0, 0.0, 10.0), _seed_param()),
-        lambda s: (0, s["n_samples"]),
-        lambda t, s: captum.attr.GradientShap(t.forward).attribute(
-            t.x, baselines=t.baseline, n_samples=s["n_samples"], stdevs=s["stdevs"]),
-        sampled=True,
-    ),
-    CaptumMethod(
-        "NoiseTunnel IG", "SmoothGrad-style average of IG over noisy inputs: nt_samples x n_steps passes.",
-        _noise_tunnel_params(),
-        lambda s: (0, s["nt_samples"] * s["n_steps"]),
-        lambda t, s: _noise_tunnel(captum.attr.IntegratedGradients(t.forward), t, s,
-                                   internal_batch_size=t.rows_per_pass),
-        sampled=True,
-    ),
-    CaptumMethod(
-        "NoiseTunnel SIG", "SmoothGrad-style average of SIG over noisy inputs: nt_samples x T x n_steps passes.",
-        _noise_tunnel_params(),
-        lambda s: (s["nt_samples"] * s["n_steps"], 0),
-        lambda t, s: _noise_tunnel(_TokenSIG(t.forward, t.rows_per_pass), t, s),
-        sampled=True,
-    ),
-    CaptumMethod(
-        "FeatureAblation", "F(x) - F(x with the token at the baseline): T + 1 forward passes (= exact SIG).", (),
-        lambda s: (1, 1),
-        lambda t, s: captum.attr.FeatureAblation(t.forward).attribute(
-            t.x, baselines=t.baseline, feature_mask=t.feature_mask, perturbations_per_eval=t.rows_per_pass),
-        per_token=True,
-    ),
-    CaptumMethod(
-        "Occlusion", "mean occlusion of the windows of sliding_window_shapes tokens covering each token.",
-        (Param("sliding_window_shapes", 1, 1, 16),),
-        lambda s: (1, 1),
-        lambda t, s: captum.attr.Occlusion(t.forward).attribute(
-            t.x, sliding_window_shapes=(s["sliding_window_shapes"], t.x.shape[-1]), strides=(1, t.x.shape[-1]),
-            baselines=t.baseline, perturbations_per_eval=t.rows_per_pass),
-        per_token=True,
-    ),
-    CaptumMethod(
-        "KernelShap", "Shapley values by weighted regression over n_samples token coalitions.",
-        (Param("n_samples", 100, 1, 5000), _seed_param()),
-        lambda s: (0, s["n_samples"]),
-        lambda t, s: captum.attr.KernelShap(t.forward).attribute(
-            t.x, baselines=t.baseline, feature_mask=t.feature_mask, n_samples=s["n_samples"],
-            perturbations_per_eval=t.rows_per_pass),
-        per_token=True, sampled=True,
-    ),
-    CaptumMethod(
-        "Lime", "a sparse linear surrogate fit on n_samples random token subsets.",
-        (Param("n_samples", 100, 1, 5000), _seed_param()),
-        lambda s: (0, s["n_samples"]),
-        lambda t, s: captum.attr.Lime(t.forward).attribute(
-            t.x, baselines=t.baseline, feature_mask=t.feature_mask, n_samples=s["n_samples"],
-            perturbations_per_eval=t.rows_per_pass),
-        per_token=True, sampled=True,
-    ),
-)}
+METHODS: dict[str, CaptumMethod] = {
+    m.name: m
+    for m in (
+        CaptumMethod(
+            "Saliency",
+            "|gradient| (abs) or the gradient, summed over the embedding: 1 backward pass.",
+            (Param("abs", True),),
+            lambda s: (0, 1),
+            lambda t, s: captum.attr.Saliency(t.forward).attribute(t.x, abs=s["abs"]),
+        ),
+        CaptumMethod(
+            "InputXGradient",
+            "gradient x input, summed over the embedding (= lit_sig Gradient x Input).",
+            (),
+            lambda s: (0, 1),
+            lambda t, s: captum.attr.InputXGradient(t.forward).attribute(t.x),
+        ),
+        CaptumMethod(
+            "GradientShap",
+            "expected gradients from the baseline with Gaussian noise: n_samples passes.",
+            (Param("n_samples", 5, 1, 500), Param("stdevs", 0.0, 0.0, 10.0), _seed_param()),
+            lambda s: (0, s["n_samples"]),
+            lambda t, s: captum.attr.GradientShap(t.forward).attribute(
+                t.x, baselines=t.baseline, n_samples=s["n_samples"], stdevs=s["stdevs"]
+            ),
+            sampled=True,
+        ),
+        CaptumMethod(
+            "NoiseTunnel IG",
+            "SmoothGrad-style average of IG over noisy inputs: nt_samples x n_steps passes.",
+            _noise_tunnel_params(),
+            lambda s: (0, s["nt_samples"] * s["n_steps"]),
+            lambda t, s: _noise_tunnel(
+                captum.attr.IntegratedGradients(t.forward), t, s, internal_batch_size=t.rows_per_pass
+            ),
+            sampled=True,
+        ),
+        CaptumMethod(
+            "NoiseTunnel SIG",
+            "SmoothGrad-style average of SIG over noisy inputs: nt_samples x T x n_steps passes.",
+            _noise_tunnel_params(),
+            lambda s: (s["nt_samples"] * s["n_steps"], 0),
+            lambda t, s: _noise_tunnel(_TokenSIG(t.forward, t.rows_per_pass), t, s),
+            sampled=True,
+        ),
+        CaptumMethod(
+            "FeatureAblation",
+            "F(x) - F(x with the token at the baseline): T + 1 forward passes (= exact SIG).",
+            (),
+            lambda s: (1, 1),
+            lambda t, s: captum.attr.FeatureAblation(t.forward).attribute(
+                t.x, baselines=t.baseline, feature_mask=t.feature_mask, perturbations_per_eval=t.rows_per_pass
+            ),
+            per_token=True,
+        ),
+        CaptumMethod(
+            "Occlusion",
+            "mean occlusion of the windows of sliding_window_shapes tokens covering each token.",
+            (Param("sliding_window_shapes", 1, 1, 16),),
+            lambda s: (1, 1),
+            lambda t, s: captum.attr.Occlusion(t.forward).attribute(
+                t.x,
+                sliding_window_shapes=(s["sliding_window_shapes"], t.x.shape[-1]),
+                strides=(1, t.x.shape[-1]),
+                baselines=t.baseline,
+                perturbations_per_eval=t.rows_per_pass,
+            ),
+            per_token=True,
+        ),
+        CaptumMethod(
+            "KernelShap",
+            "Shapley values by weighted regression over n_samples token coalitions.",
+            (Param("n_samples", 100, 1, 5000), _seed_param()),
+            lambda s: (0, s["n_samples"]),
+            lambda t, s: captum.attr.KernelShap(t.forward).attribute(
+                t.x,
+                baselines=t.baseline,
+                feature_mask=t.feature_mask,
+                n_samples=s["n_samples"],
+                perturbations_per_eval=t.rows_per_pass,
+            ),
+            per_token=True,
+            sampled=True,
+        ),
+        CaptumMethod(
+            "Lime",
+            "a sparse linear surrogate fit on n_samples random token subsets.",
+            (Param("n_samples", 100, 1, 5000), _seed_param()),
+            lambda s: (0, s["n_samples"]),
+            lambda t, s: captum.attr.Lime(t.forward).attribute(
+                t.x,
+                baselines=t.baseline,
+                feature_mask=t.feature_mask,
+                n_samples=s["n_samples"],
+                perturbations_per_eval=t.rows_per_pass,
+            ),
+            per_token=True,
+            sampled=True,
+        ),
+    )
+}
 
 
 class CaptumInterpreter(lit_components.Interpreter):
     """One captum method as a LIT interpreter (see the module docstring)."""
 
-    def __init__(self, method: str, autorun: bool = False, normalize: bool = True,
-                 baseline: str = interpreters.DEFAULT_BASELINE):
+    def __init__(
+        self, method: str, autorun: bool = False, normalize: bool = True, baseline: str = interpreters.DEFAULT_BASELINE
+    ):
         if method not in METHODS:
             raise ValueError(f"Unknown captum method {method!r}; accepted: {list(METHODS)}.")
         self.method = METHODS[method]
         self._autorun = autorun
-        self._defaults = {interpreters.CLASS_KEY: "", interpreters.BASELINE_KEY: baseline,
-                          interpreters.NORMALIZATION_KEY: normalize}
+        self._defaults = {
+            interpreters.CLASS_KEY: "",
+            interpreters.BASELINE_KEY: baseline,
+            interpreters.NORMALIZATION_KEY: normalize,
+        }
         self._defaults |= {p.key: p.default for p in self.method.params}
         self.parse_config({})  # Fail early on bad defaults.
 
@@ -256,10 +302,13 @@ class CaptumInterpreter(lit_components.Interpreter):
         merged = self._defaults | config
         baseline = merged[interpreters.BASELINE_KEY]
         if baseline not in interpreters.BASELINES:
-            raise ValueError(f"Unknown {interpreters.BASELINE_KEY} {baseline!r}; accepted: {', '.join(interpreters.BASELINES)}.")
+            raise ValueError(
+                f"Unknown {interpreters.BASELINE_KEY} {baseline!r}; accepted: {', '.join(interpreters.BASELINES)}."
+            )
         settings = {p.key: p.parse(merged[p.key]) for p in self.method.params}
         settings[interpreters.NORMALIZATION_KEY] = Param(interpreters.NORMALIZATION_KEY, True).parse(
-            merged[interpreters.NORMALIZATION_KEY])
+            merged[interpreters.NORMALIZATION_KEY]
+        )
         class_to_explain = merged[interpreters.CLASS_KEY] or ""
         if not isinstance(class_to_explain, str):
             raise ValueError(f"{interpreters.CLASS_KEY!r} must be a class name string, got {class_to_explain!r}.")
@@ -270,8 +319,11 @@ class CaptumInterpreter(lit_components.Interpreter):
         spec: lit_types.Spec = {
             interpreters.CLASS_KEY: lit_types.TextSegment(required=False, default=d[interpreters.CLASS_KEY]),
             interpreters.BASELINE_KEY: lit_types.CategoryLabel(
-                required=False, vocab=list(interpreters.BASELINES), default=d[interpreters.BASELINE_KEY]),
-            interpreters.NORMALIZATION_KEY: lit_types.Boolean(required=False, default=d[interpreters.NORMALIZATION_KEY]),
+                required=False, vocab=list(interpreters.BASELINES), default=d[interpreters.BASELINE_KEY]
+            ),
+            interpreters.NORMALIZATION_KEY: lit_types.Boolean(
+                required=False, default=d[interpreters.NORMALIZATION_KEY]
+            ),
         }
         return spec | {p.key: dataclasses.replace(p, default=d[p.key]).lit_type() for p in self.method.params}
 
@@ -309,11 +361,16 @@ class CaptumInterpreter(lit_components.Interpreter):
         return [self._explain(model, device_model, fields, p, settings) for p in prepared]
 
     def _explain(
-        self, model: lit_model.Model, device_model: Any, fields: list[interpreters.GradField],
-        prepared: protocol.PathInput, settings: dict[str, Any],
+        self,
+        model: lit_model.Model,
+        device_model: Any,
+        fields: list[interpreters.GradField],
+        prepared: protocol.PathInput,
+        settings: dict[str, Any],
     ) -> JsonDict:
         baseline = interpreters.baseline_embeddings(
-            model, fields, settings[interpreters.BASELINE_KEY], [len(t) for t in prepared.tokens], prepared.x)
+            model, fields, settings[interpreters.BASELINE_KEY], [len(t) for t in prepared.tokens], prepared.x
+        )
         T, D = prepared.x.shape
         target = Target(
             forward=lambda rows: device_model.forward_rows([(prepared, rows)])[0],
@@ -325,7 +382,8 @@ class CaptumInterpreter(lit_components.Interpreter):
         attributions = self._attribute(target, settings)[0].detach()  # [T, D]
         scores = attributions[:, 0] if self.method.per_token else attributions.sum(-1)  # [T]
         return interpreters.scores_to_salience(
-            fields, prepared.tokens, scores.double().cpu().numpy(), settings[interpreters.NORMALIZATION_KEY])
+            fields, prepared.tokens, scores.double().cpu().numpy(), settings[interpreters.NORMALIZATION_KEY]
+        )
 
     def _attribute(self, target: Target, settings: dict[str, Any]) -> torch.Tensor:
         if not self.method.sampled:

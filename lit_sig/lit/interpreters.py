@@ -19,11 +19,8 @@ from lit_nlp.api import dtypes
 from lit_nlp.api import model as lit_model
 from lit_nlp.api import types as lit_types
 
+from lit_sig.core import adaptive, attribution, engine, quadrature
 from lit_sig.lit import protocol
-from lit_sig.core import adaptive
-from lit_sig.core import attribution
-from lit_sig.core import engine
-from lit_sig.core import quadrature
 
 JsonDict = lit_types.JsonDict
 
@@ -44,9 +41,7 @@ COMPLETENESS_KEY = "completeness_delta"
 TOLERANCE_MET_KEY = "tolerance_met"  # Adaptive steps only: whether every delta ended within the tolerance.
 EXACT_METHOD = "exact"  # SIG's closed form: single-token occlusion, forward passes only.
 # Tokens that never move along a path: their baseline is themselves.
-SPECIAL_TOKENS = frozenset(
-    {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>", "<cls>", "<sep>", "<|endoftext|>"}
-)
+SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>", "<cls>", "<sep>", "<|endoftext|>"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +67,7 @@ def find_grad_fields(model: lit_model.Model, need_input_embs: bool) -> list[Grad
         embs = spec.grad_for
         if not isinstance(output_spec.get(embs), lit_types.TokenEmbeddings):
             embs = None
-        if need_input_embs and (
-            embs is None or not isinstance(input_spec.get(embs), lit_types.TokenEmbeddings)
-        ):
+        if need_input_embs and (embs is None or not isinstance(input_spec.get(embs), lit_types.TokenEmbeddings)):
             logging.info("Skipping %s: its embeddings can't be fed back.", name)
             continue
         grad_key = spec.grad_target_field_key
@@ -199,7 +192,6 @@ class GradientNorm(_GradientInterpreter):
         return attribution.gradient_norm(torch.as_tensor(np.asarray(output[field.grad])))
 
 
-
 class GradientDotInput(_GradientInterpreter):
     """Salience = gradient . input embedding, per token."""
 
@@ -269,7 +261,10 @@ class _PathInterpreter(lit_components.Interpreter):
         raise NotImplementedError
 
     def _attribute(
-        self, problems: list[engine.PathProblem], scorer: engine.RowScorer, settings: PathSettings,
+        self,
+        problems: list[engine.PathProblem],
+        scorer: engine.RowScorer,
+        settings: PathSettings,
         has_score: bool,
     ) -> list[engine.PathAttribution]:
         """Runs the configured rule over every example's paths."""
@@ -313,20 +308,20 @@ class _PathInterpreter(lit_components.Interpreter):
                 f" quadrature error to refine; turn one of them off."
             )
         tolerance = _parse_tolerance(merged[TOLERANCE_KEY])
-        return PathSettings(
-            class_to_explain.strip(), steps, method, baseline, normalize, adaptive_steps, tolerance
-        )
+        return PathSettings(class_to_explain.strip(), steps, method, baseline, normalize, adaptive_steps, tolerance)
 
     def config_spec(self) -> lit_types.Spec:
         d = self._defaults
         return {
             CLASS_KEY: lit_types.TextSegment(required=False, default=d[CLASS_KEY]),
             INTERPOLATION_KEY: lit_types.Scalar(
-                required=False, min_val=quadrature.MIN_STEPS, max_val=quadrature.MAX_STEPS,
-                default=d[INTERPOLATION_KEY], step=1,
+                required=False,
+                min_val=quadrature.MIN_STEPS,
+                max_val=quadrature.MAX_STEPS,
+                default=d[INTERPOLATION_KEY],
+                step=1,
             ),
-            METHOD_KEY: lit_types.CategoryLabel(
-                required=False, vocab=list(self.methods), default=d[METHOD_KEY]),
+            METHOD_KEY: lit_types.CategoryLabel(required=False, vocab=list(self.methods), default=d[METHOD_KEY]),
             BASELINE_KEY: lit_types.CategoryLabel(required=False, vocab=list(BASELINES), default=d[BASELINE_KEY]),
             NORMALIZATION_KEY: lit_types.Boolean(required=False, default=d[NORMALIZATION_KEY]),
             ADAPTIVE_KEY: lit_types.Boolean(required=False, default=d[ADAPTIVE_KEY]),
@@ -405,8 +400,14 @@ class _PathInterpreter(lit_components.Interpreter):
             )
 
     def _problem(
-        self, model: lit_model.Model, fields: list[GradField], kind: str, key: Any, x: torch.Tensor,
-        tokens: list[list[str]], input_score: torch.Tensor | float | None,
+        self,
+        model: lit_model.Model,
+        fields: list[GradField],
+        kind: str,
+        key: Any,
+        x: torch.Tensor,
+        tokens: list[list[str]],
+        input_score: torch.Tensor | float | None,
     ) -> engine.PathProblem:
         """One example's paths: x `[T, D]`, its baseline, and the groups of its movable tokens."""
         flat = [t for field_tokens in tokens for t in field_tokens]
@@ -417,8 +418,14 @@ class _PathInterpreter(lit_components.Interpreter):
         return engine.PathProblem(key, x, baseline, self._groups(movable), input_score)
 
     def _predict_problem(
-        self, model: lit_model.Model, fields: list[GradField], kind: str, example: JsonDict,
-        output: JsonDict, requested: str | None, has_score: bool,
+        self,
+        model: lit_model.Model,
+        fields: list[GradField],
+        kind: str,
+        example: JsonDict,
+        output: JsonDict,
+        requested: str | None,
+        has_score: bool,
     ) -> engine.PathProblem:
         """The generic path: x from the model's output; rows go through `predict`."""
         grad_key = fields[0].grad_key
@@ -441,7 +448,10 @@ class _PathInterpreter(lit_components.Interpreter):
         return self._problem(model, fields, kind, key, torch.from_numpy(np.concatenate(xs)), tokens, input_score)
 
     def _result(
-        self, fields: list[GradField], tokens: list[list[str]], result: engine.PathAttribution,
+        self,
+        fields: list[GradField],
+        tokens: list[list[str]],
+        result: engine.PathAttribution,
         settings: PathSettings,
     ) -> JsonDict:
         scores = result.token_attributions.double().numpy()  # [T]
@@ -451,15 +461,22 @@ class _PathInterpreter(lit_components.Interpreter):
             logging.warning(
                 "%s: the tolerance %g was not met (completeness delta %.3g after %d rows); the float"
                 " precision of the scores or the round limit stopped the refinement.",
-                type(self).__name__, settings.tolerance, delta, result.num_rows,
+                type(self).__name__,
+                settings.tolerance,
+                delta,
+                result.num_rows,
             )
         if self._report_completeness:
             salience[COMPLETENESS_KEY] = delta
             if settings.adaptive:
                 salience[TOLERANCE_MET_KEY] = result.converged
         else:
-            logging.info("%s completeness delta %s over %d rows.", type(self).__name__,
-                         "unmeasured" if delta is None else f"{delta:.3g}", result.num_rows)
+            logging.info(
+                "%s completeness delta %s over %d rows.",
+                type(self).__name__,
+                "unmeasured" if delta is None else f"{delta:.3g}",
+                result.num_rows,
+            )
         return salience
 
 

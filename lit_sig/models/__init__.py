@@ -22,6 +22,16 @@ from lit_sig.models.hf_classifier import (
 )
 
 __all__ = [
-    "BASELINE_TOKENS", "GRAD_WRT_OPTIONS", "LABEL_FIELD", "POOLED_FIELD", "PRECISIONS", "DeviceRowBudget",
-    "HFSequenceClassifier", "default_device", "embeddings_field", "gradients_field", "minilm_sst2", "tokens_field",
+    "BASELINE_TOKENS",
+    "GRAD_WRT_OPTIONS",
+    "LABEL_FIELD",
+    "POOLED_FIELD",
+    "PRECISIONS",
+    "DeviceRowBudget",
+    "HFSequenceClassifier",
+    "default_device",
+    "embeddings_field",
+    "gradients_field",
+    "minilm_sst2",
+    "tokens_field",
 ]

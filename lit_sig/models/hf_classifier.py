@@ -48,9 +48,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
     message = str(error).lower()
-    return isinstance(error, RuntimeError) and (
-        "out of memory" in message or "can't allocate memory" in message
-    )
+    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
 class _Encoding:
@@ -162,9 +160,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         num_outputs = len(self.labels) if self.labels is not None else 1
         num_logits = getattr(model.config, "num_labels", num_outputs)
         if num_logits != num_outputs:
-            raise ValueError(
-                f"The model has {num_logits} outputs but labels={self.labels!r}."
-            )
+            raise ValueError(f"The model has {num_logits} outputs but labels={self.labels!r}.")
 
     @classmethod
     def from_pretrained(
@@ -180,9 +176,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
                 f" {num_labels}; give {config.num_labels} class names in logit order."
             )
         tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=num_labels
-        )
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels)
         return cls(model, tokenizer, labels, **kwargs)
 
     # LIT API.
@@ -226,9 +220,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         if self.output_attention:
             spec["tokens"] = lit_types.Tokens()
             for layer in range(self.model.config.num_hidden_layers):
-                spec[f"layer_{layer + 1}/attention"] = lit_types.AttentionHeads(
-                    align_in="tokens", align_out="tokens"
-                )
+                spec[f"layer_{layer + 1}/attention"] = lit_types.AttentionHeads(align_in="tokens", align_out="tokens")
         return spec
 
     def get_embedding_table(self) -> tuple[list[str], np.ndarray]:
@@ -255,9 +247,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         order = sorted(range(len(inputs)), key=lambda i: len(encodings[i].input_ids))
         outputs: list[lit_types.JsonDict | None] = [None] * len(inputs)
         for chunk in self._minibatches(order, [len(encodings[i].input_ids) for i in order]):
-            results = self._predict_with_backoff(
-                [inputs[i] for i in chunk], [encodings[i] for i in chunk]
-            )
+            results = self._predict_with_backoff([inputs[i] for i in chunk], [encodings[i] for i in chunk])
             for i, result in zip(chunk, results):
                 outputs[i] = result
         return outputs
@@ -306,7 +296,8 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         if truncated:
             logging.warning(
                 "Input of %d tokens truncated to the model's maximum of %d.",
-                full_length, self.max_length,
+                full_length,
+                self.max_length,
             )
         return _Encoding(
             input_ids=input_ids,
@@ -368,7 +359,9 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             for f, positions in zip(self.text_fields, e.segment_positions):
                 given = example.get(embeddings_field(f))
                 if given is not None:
-                    embs[b, torch.as_tensor(positions, device=self.device)] = self._given_embeddings(f, given, positions)
+                    embs[b, torch.as_tensor(positions, device=self.device)] = self._given_embeddings(
+                        f, given, positions
+                    )
         has_types = any(e.token_type_ids is not None for e in encodings)
         return _Batch(embs, attention_mask.to(self.device), token_type_ids.to(self.device) if has_types else None)
 
@@ -414,8 +407,15 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         return self._to_json(encodings, batch.embs, grads, logits, classes, target, pooled, out.attentions)
 
     def _to_json(
-        self, encodings: Sequence[_Encoding], embs: torch.Tensor, grads: torch.Tensor, logits: torch.Tensor,
-        classes: list[int] | None, target: torch.Tensor, pooled: torch.Tensor, attentions: Sequence[torch.Tensor] | None,
+        self,
+        encodings: Sequence[_Encoding],
+        embs: torch.Tensor,
+        grads: torch.Tensor,
+        logits: torch.Tensor,
+        classes: list[int] | None,
+        target: torch.Tensor,
+        pooled: torch.Tensor,
+        attentions: Sequence[torch.Tensor] | None,
     ) -> list[lit_types.JsonDict]:
         """One LIT output dict per example, holding numpy copies."""
         embs_np = embs.detach().float().cpu().numpy()  # [B, T, D]
@@ -466,8 +466,9 @@ class HFSequenceClassifier(lit_model.BatchedModel):
                 logits = self._run(batch).logits.float()  # [B, C]
                 class_index = None
                 if self.labels is not None:
-                    class_index = torch.tensor(self._class_indices([requested[i] for i in chunk], logits),
-                                               device=self.device)  # [B]
+                    class_index = torch.tensor(
+                        self._class_indices([requested[i] for i in chunk], logits), device=self.device
+                    )  # [B]
                 scores = self._target_scores(logits, class_index).clone()  # [B]
             for b, i in enumerate(chunk):
                 prepared[i] = self._path_input(encodings[i], fields, batch, b, class_index, scores[b])
@@ -480,12 +481,18 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         return names.index(name)
 
     def _path_input(
-        self, encoding: _Encoding, fields: list[int], batch: "_Batch", b: int,
-        class_index: torch.Tensor | None, score: torch.Tensor,
+        self,
+        encoding: _Encoding,
+        fields: list[int],
+        batch: "_Batch",
+        b: int,
+        class_index: torch.Tensor | None,
+        score: torch.Tensor,
     ) -> "_HFPathInput":
         length = len(encoding.input_ids)
-        positions = torch.as_tensor(np.concatenate([encoding.segment_positions[s] for s in fields]),
-                                    dtype=torch.long, device=self.device)  # [T]
+        positions = torch.as_tensor(
+            np.concatenate([encoding.segment_positions[s] for s in fields]), dtype=torch.long, device=self.device
+        )  # [T]
         full = batch.embs[b, :length].clone()  # [L, D]
         target = None if class_index is None else int(class_index[b])
         return _HFPathInput(
@@ -527,8 +534,9 @@ class HFSequenceClassifier(lit_model.BatchedModel):
                 self._row_budget.shrink(length, with_grads, total)
             logging.warning("Out of memory on a pass of %d rows; retrying halves.", total)
             first, second = _split_pieces(pieces, total // 2)
-            return _merge_results(pieces, first, self.score_rows(first, with_grads),
-                                  second, self.score_rows(second, with_grads))
+            return _merge_results(
+                pieces, first, self.score_rows(first, with_grads), second, self.score_rows(second, with_grads)
+            )
 
     def _score_pass(
         self, pieces: Sequence[tuple[protocol.PathInput, torch.Tensor]], with_grads: bool
@@ -546,7 +554,9 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             grads = torch.autograd.grad(scores.sum(), batch.embs)[0] if with_grads else None  # [R, L, D]
         if measure:
             rows = len(batch.embs)
-            self._row_budget.observe(length, with_grads, rows, torch.cuda.max_memory_allocated(self.device) - start_bytes)
+            self._row_budget.observe(
+                length, with_grads, rows, torch.cuda.max_memory_allocated(self.device) - start_bytes
+            )
         results = []
         for (p, _), part in zip(pieces, _piece_slices(pieces)):
             results.append((scores[part].detach(), None if grads is None else grads[part][:, p.positions]))
@@ -568,15 +578,18 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         """Model inputs for rows of word embeddings padded to `length`, and each row's class `[R]`."""
         batch = _Batch(
             torch.cat([_place_rows(p, rows, length) for p, rows in pieces]),  # [R, L, D]
-            torch.cat([_padded(torch.ones_like(p.full[:, 0], dtype=torch.long), length, len(rows))
-                       for p, rows in pieces]),  # [R, L]
-            None if pieces[0][0].token_type_ids is None else torch.cat(
-                [_padded(p.token_type_ids, length, len(rows)) for p, rows in pieces]),  # [R, L]
+            torch.cat(
+                [_padded(torch.ones_like(p.full[:, 0], dtype=torch.long), length, len(rows)) for p, rows in pieces]
+            ),  # [R, L]
+            None
+            if pieces[0][0].token_type_ids is None
+            else torch.cat([_padded(p.token_type_ids, length, len(rows)) for p, rows in pieces]),  # [R, L]
         )
         classes = None
         if self.labels is not None:
-            classes = torch.cat([torch.full((len(rows),), p.target_index, device=self.device)
-                                 for p, rows in pieces])  # [R]
+            classes = torch.cat(
+                [torch.full((len(rows),), p.target_index, device=self.device) for p, rows in pieces]
+            )  # [R]
         return batch, classes
 
 
@@ -631,8 +644,11 @@ def _split_pieces(pieces: Sequence[_Piece], first_rows: int) -> tuple[list[_Piec
 
 
 def _merge_results(
-    pieces: Sequence[_Piece], first: Sequence[_Piece], first_results: Sequence[_Result],
-    second: Sequence[_Piece], second_results: Sequence[_Result],
+    pieces: Sequence[_Piece],
+    first: Sequence[_Piece],
+    first_results: Sequence[_Result],
+    second: Sequence[_Piece],
+    second_results: Sequence[_Result],
 ) -> list[_Result]:
     """Joins the results of split pieces back, one per original piece."""
     merged = []

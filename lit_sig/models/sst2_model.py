@@ -15,8 +15,10 @@ import safetensors.torch
 import torch
 import transformers
 
-WEIGHTS_PATH = pathlib.Path(__file__).parent / "weights" / "minilm_sst2.safetensors"
 from lit_sig.models.datasets import LABELS  # GLUE SST-2 order: negative, positive.
+
+WEIGHTS_PATH = pathlib.Path(__file__).parent / "weights" / "minilm_sst2.safetensors"
+
 LORA_RANK = 8
 LORA_ALPHA = 16
 LORA_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
@@ -57,14 +59,19 @@ def _is_lora_target(name: str) -> bool:
 
 def add_lora(model: torch.nn.Module, rank: int = LORA_RANK, alpha: float = LORA_ALPHA) -> list[torch.nn.Parameter]:
     """Freezes `model`, wraps its encoder's linear layers with LoRA; returns the trainable parameters."""
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and _is_lora_target(name)]
+    targets = [
+        (name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and _is_lora_target(name)
+    ]
     assert len(targets) == len(LORA_TARGETS) * model.config.num_hidden_layers, [n for n, _ in targets]
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, LoRALinear(linear, rank, alpha))
     for name, param in model.named_parameters():
         param.requires_grad = (
-            _LORA_A in name or _LORA_B in name or name.endswith(".bias") or "LayerNorm" in name
+            _LORA_A in name
+            or _LORA_B in name
+            or name.endswith(".bias")
+            or "LayerNorm" in name
             or name.startswith(("bert.pooler.", "classifier."))
         )
     return [p for p in model.parameters() if p.requires_grad]

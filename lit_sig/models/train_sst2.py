@@ -36,7 +36,9 @@ def length_batches(
     return batches
 
 
-def encode(tokenizer: transformers.PreTrainedTokenizerBase, examples: list[dict[str, str]], device: str) -> dict[str, torch.Tensor]:
+def encode(
+    tokenizer: transformers.PreTrainedTokenizerBase, examples: list[dict[str, str]], device: str
+) -> dict[str, torch.Tensor]:
     enc = tokenizer(
         [e["sentence"] for e in examples], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
     )
@@ -44,7 +46,13 @@ def encode(tokenizer: transformers.PreTrainedTokenizerBase, examples: list[dict[
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, tokenizer: transformers.PreTrainedTokenizerBase, examples: list[dict[str, str]], device: str, batch_size: int = 64) -> float:
+def accuracy(
+    model: torch.nn.Module,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    examples: list[dict[str, str]],
+    device: str,
+    batch_size: int = 64,
+) -> float:
     model.eval()
     correct = 0
     for start in tqdm.trange(0, len(examples), batch_size, desc="dev", unit="batch"):
@@ -94,8 +102,10 @@ def train(args: argparse.Namespace) -> float:
     # Evaluate what users get: the float16 weights merged into a plain model.
     packaged, _ = sst2_model.load_minilm_sst2(args.device, out)
     dev_accuracy = accuracy(packaged, tokenizer, dev_set, args.device)
-    print(f"SST-2 dev accuracy: {dev_accuracy:.4f} ({len(dev_set)} sentences); weights: {out} "
-          f"({out.stat().st_size / 1e6:.2f} MB)")
+    print(
+        f"SST-2 dev accuracy: {dev_accuracy:.4f} ({len(dev_set)} sentences); weights: {out} "
+        f"({out.stat().st_size / 1e6:.2f} MB)"
+    )
     return dev_accuracy
 
 

@@ -51,9 +51,12 @@ class _Flags:
     def limits(self) -> server.Limits:
         """The server's work bounds that the flags give."""
         return server.Limits(
-            max_inputs=self.max_inputs.value, max_request_cost=self.max_request_cost.value,
-            max_heavy_requests=self.max_heavy_requests.value, max_queued_requests=self.max_queued_requests.value,
-            request_deadline_s=self.request_deadline_s.value, read_timeout_s=self.read_timeout_s.value,
+            max_inputs=self.max_inputs.value,
+            max_request_cost=self.max_request_cost.value,
+            max_heavy_requests=self.max_heavy_requests.value,
+            max_queued_requests=self.max_queued_requests.value,
+            request_deadline_s=self.request_deadline_s.value,
+            read_timeout_s=self.read_timeout_s.value,
         )
 
 
@@ -80,29 +83,41 @@ def define_flags() -> _Flags:
             "datapoints_dir", None, "Folder where the UI may save and load datapoints (default: off)."
         ),
         max_inputs=flags.DEFINE_integer(
-            "max_inputs", defaults.max_inputs,
-            "Inputs per prediction or interpretation request (raised to the data set's size).", lower_bound=1,
+            "max_inputs",
+            defaults.max_inputs,
+            "Inputs per prediction or interpretation request (raised to the data set's size).",
+            lower_bound=1,
         ),
         max_request_cost=flags.DEFINE_integer(
-            "max_request_cost", defaults.max_request_cost,
+            "max_request_cost",
+            defaults.max_request_cost,
             "Token-rows per interpretation request: the sum over inputs of tokens x model rows"
-            " (IG: steps; SIG: tokens x steps).", lower_bound=1,
+            " (IG: steps; SIG: tokens x steps).",
+            lower_bound=1,
         ),
         max_heavy_requests=flags.DEFINE_integer(
-            "max_heavy_requests", defaults.max_heavy_requests,
-            "Interpretations running at once (default: the CPU cores).", lower_bound=1,
+            "max_heavy_requests",
+            defaults.max_heavy_requests,
+            "Interpretations running at once (default: the CPU cores).",
+            lower_bound=1,
         ),
         max_queued_requests=flags.DEFINE_integer(
-            "max_queued_requests", defaults.max_queued_requests,
-            "Interpretations waiting for a slot; more are answered 503 with Retry-After.", lower_bound=1,
+            "max_queued_requests",
+            defaults.max_queued_requests,
+            "Interpretations waiting for a slot; more are answered 503 with Retry-After.",
+            lower_bound=1,
         ),
         request_deadline_s=flags.DEFINE_float(
-            "request_deadline_s", defaults.request_deadline_s,
-            "Seconds after which a request's work is abandoned (503).", lower_bound=0.001,
+            "request_deadline_s",
+            defaults.request_deadline_s,
+            "Seconds after which a request's work is abandoned (503).",
+            lower_bound=0.001,
         ),
         read_timeout_s=flags.DEFINE_float(
-            "read_timeout_s", defaults.read_timeout_s,
-            "Seconds a connection may stay silent while a request is read.", lower_bound=0.001,
+            "read_timeout_s",
+            defaults.read_timeout_s,
+            "Seconds a connection may stay silent while a request is read.",
+            lower_bound=0.001,
         ),
     )
     flags.register_validator(

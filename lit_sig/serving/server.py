@@ -20,8 +20,8 @@ any client load models and data sets or read and write files by path. Here:
 
 import contextlib
 import functools
-import inspect
 import http
+import inspect
 import io
 import json
 import pathlib
@@ -37,11 +37,10 @@ from lit_nlp import dev_server
 from lit_nlp.api import dataset as lit_dataset
 from lit_nlp.api import model as lit_model
 from lit_nlp.lib import wsgi_app
-from werkzeug import serving
-from werkzeug import wrappers
+from werkzeug import serving, wrappers
 
-from lit_sig.serving import offline_client, server_limits
 from lit_sig.core import cancellation
+from lit_sig.serving import offline_client, server_limits
 from lit_sig.serving.server_limits import Limits, RequestError
 
 MAX_REQUEST_BYTES = 32 * 2**20
@@ -263,14 +262,14 @@ class HardenedLitApp(lit_app.LitApp):
     def _check_names(self, args: Mapping[str, str]) -> None:
         """Raises a 404 RequestError for a model, data set or component `args` name that isn't served."""
         names = {
-            "model": self._models, "dataset_name": self._datasets,
-            "interpreter": self._interpreters, "generator": self._generators,
+            "model": self._models,
+            "dataset_name": self._datasets,
+            "interpreter": self._interpreters,
+            "generator": self._generators,
         }
         for param, known in names.items():
             if param in args and args[param] not in known:
-                raise RequestError(
-                    http.HTTPStatus.NOT_FOUND, f"Unknown {param}; available: {sorted(known)}."
-                )
+                raise RequestError(http.HTTPStatus.NOT_FOUND, f"Unknown {param}; available: {sorted(known)}.")
         unknown_metrics = [m for m in args.get("metrics", "").split(",") if m and m not in self._metrics]
         if unknown_metrics:
             raise RequestError(http.HTTPStatus.NOT_FOUND, f"Unknown metrics; available: {sorted(self._metrics)}.")
@@ -297,7 +296,9 @@ class HardenedLitApp(lit_app.LitApp):
         for suffix in suffixes:
             touched = pathlib.Path(str(resolved) + suffix).resolve()
             if touched == self._datapoints_dir or not touched.is_relative_to(self._datapoints_dir):
-                raise RequestError(http.HTTPStatus.FORBIDDEN, "The path must be a file inside the datapoints directory.")
+                raise RequestError(
+                    http.HTTPStatus.FORBIDDEN, "The path must be a file inside the datapoints directory."
+                )
         return str(resolved)
 
     def _create_model(self, data: Any, model_name: str | None = None, **kw: Any) -> Any:

@@ -23,8 +23,8 @@ from lit_nlp.api import model as lit_model
 from lit_nlp.api import types as lit_types
 from lit_nlp.components import gradient_maps, lime_explainer
 
-from lit_sig.lit import interpreters
 from lit_sig.core import adaptive, cancellation
+from lit_sig.lit import interpreters
 
 MAX_LIME_SAMPLES = 1024
 RETRY_AFTER_S = 5
