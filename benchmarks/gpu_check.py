@@ -16,6 +16,7 @@ import argparse
 import json
 import pathlib
 import time
+import traceback
 
 import numpy as np
 import torch
@@ -26,9 +27,7 @@ from benchmarks.common import WORDS, random_model
 from lit_sig import models, storage
 from lit_sig.lit import interpreters
 
-SENTENCES = [
-    " ".join(WORDS[i % len(WORDS)] for i in range(start, start + n)) for start, n in ((0, 7), (3, 20), (5, 40))
-]
+SENTENCES = [" ".join(WORDS[i % len(WORDS)] for i in range(start, start + n)) for start, n in ((0, 7), (3, 20))]
 PATH_METHODS = {
     "ig": (lit_sig.IntegratedGradients, {}),
     "sig": (lit_sig.SequentialIntegratedGradients, {}),
@@ -98,56 +97,78 @@ def time_interpret_sig(model: models.HFSequenceClassifier, text: str, steps: int
     return {"seconds": time.perf_counter() - started, "salience": result[0].sum(-1).detach().float().cpu().numpy()}
 
 
-def speed_table(device: str, shapes: list[str], tokens: list[int], steps: int, ig_batch: int) -> list[dict]:
-    cases = []
+def speed_table(
+    device: str, shapes: list[str], tokens: list[int], steps: int, ig_batch: int, report: dict, out: str | None
+) -> None:
+    """Appends each shape and precision's cases to `report["speed"]` (saved after each); failures to "errors"."""
     for shape in shapes:
         for precision in ("float32", "bfloat16"):
             print(f"\n{shape}, {precision}:", flush=True)
-            model = random_model(shape, device, precision)
-            run = speed.run_cases(
-                model,
-                tokens,
-                [speed.SIG, speed.EXACT_SIG, speed.IG],
-                steps,
-                3,
-                None,
-                ig_batch if precision == "float32" else 0,
-            )
-            for case in run:
-                case |= {"shape": shape, "precision": precision}
-                if case["method"] == speed.SIG:
-                    tint = time_interpret_sig(model, speed.sentence(model, case["tokens"]), steps)
-                    if tint is not None:
-                        case["time_interpret_seconds"] = tint["seconds"]
-                        case["speedup_over_time_interpret"] = tint["seconds"] / case["seconds"]
-                        print(
-                            f"  time-interpret SIG T={case['tokens']}: {tint['seconds']:.3f} s, ours "
-                            f"{case['seconds']:.3f} s ({case['speedup_over_time_interpret']:.2f}x)",
-                            flush=True,
-                        )
-            cases += run
-    return cases
+            try:
+                model = random_model(shape, device, precision)
+                methods = [speed.SIG, speed.EXACT_SIG, speed.IG]
+                batch = ig_batch if precision == "float32" else 0
+                run = speed.run_cases(model, tokens, methods, steps, 3, None, batch, adaptive=False)
+                for case in run:
+                    case |= {"shape": shape, "precision": precision}
+                    if case["method"] == speed.SIG:
+                        _beside_time_interpret(model, case, steps)
+                report["speed"] += run
+            except Exception as error:  # pylint: disable=broad-except
+                report["errors"].append(f"{shape} {precision}: {traceback.format_exc()}")
+                print(f"FAILED {shape} {precision}: {error!r}", flush=True)
+            _save(report, out)
+
+
+def _beside_time_interpret(model: models.HFSequenceClassifier, case: dict, steps: int) -> None:
+    tint = time_interpret_sig(model, speed.sentence(model, case["tokens"]), steps)
+    if tint is None:
+        return
+    case["time_interpret_seconds"] = tint["seconds"]
+    case["speedup_over_time_interpret"] = tint["seconds"] / case["seconds"]
+    print(
+        f"  time-interpret SIG T={case['tokens']}: {tint['seconds']:.3f} s, ours "
+        f"{case['seconds']:.3f} s ({case['speedup_over_time_interpret']:.2f}x)",
+        flush=True,
+    )
+
+
+def _save(report: dict, out: str | None) -> None:
+    if out:
+        storage.write_atomically(pathlib.Path(out), json.dumps(report, indent=2, default=float) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="tiny shape, short sentences, few steps (a smoke test)")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--shapes", default="bert-base,minilm", help="random-weight shapes, comma-separated")
+    parser.add_argument("--tokens", default="128,32", help="word tokens per sentence, comma-separated")
+    parser.add_argument("--ig_batch", type=int, default=64, help="IG over this many sentences in one run")
+    parser.add_argument("--json", default=None, help="the report, rewritten after every step")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu for a smoke test")
-    shapes, tokens, steps, ig_batch = (
-        (["tiny"], [8], 5, 4) if args.quick else (["minilm", "bert-base"], [32, 128], 50, 64)
-    )
+    shapes, tokens = args.shapes.split(","), [int(t) for t in args.tokens.split(",")]
+    steps, ig_batch = 50, args.ig_batch
+    if args.quick:
+        shapes, tokens, steps, ig_batch = ["tiny"], [8], 5, 4
     report = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "torch": torch.__version__,
-        "agreement": agreement(args.device, shapes[0]),
-        "speed": speed_table(args.device, shapes, tokens, steps, ig_batch),
+        "speed": [],
+        "errors": [],
     }
-    if args.json:
-        storage.write_atomically(pathlib.Path(args.json), json.dumps(report, indent=2, default=float) + "\n")
+    try:
+        report["agreement"] = agreement(args.device, "minilm" if not args.quick else "tiny")
+    except Exception:  # pylint: disable=broad-except
+        report["errors"].append(f"agreement: {traceback.format_exc()}")
+        print(report["errors"][-1], flush=True)
+    _save(report, args.json)
+    speed_table(args.device, shapes, tokens, steps, ig_batch, report, args.json)
+    print(f"errors: {len(report['errors'])}", flush=True)
+    for error in report["errors"]:
+        print(error, flush=True)
 
 
 if __name__ == "__main__":

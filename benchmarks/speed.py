@@ -46,6 +46,7 @@ DEFAULT_METHODS = (IG, SIG, EXACT_SIG)
 CPU_MINIBATCHES = (8, 16, 32, 64, 128)
 CUDA_MINIBATCHES = (32, 64, 128, 256, 512, 1024)
 REPEAT_BELOW = 20_000  # rows * T: cheaper cases are timed --repeats times.
+FLOOR_SEARCH_ROWS = 1024  # Rows timed per candidate minibatch size.
 
 
 def load_model(shape: str, device: str | None, precision: str) -> models.HFSequenceClassifier:
@@ -121,7 +122,7 @@ class Floor:
         if rows == 0:
             return 0.0
         if with_grads not in self.best:
-            sample = min(max(rows, self.sizes[0]), 2 * max(self.sizes))
+            sample = min(max(rows, self.sizes[0]), 2 * max(self.sizes), FLOOR_SEARCH_ROWS)
             self._time(min(sample, self.sizes[0]), self.sizes[0], with_grads)  # Warm up.
             self.best[with_grads] = min(self.sizes, key=lambda s: self._time(sample, s, with_grads) / sample)
         return self._time(rows, self.best[with_grads], with_grads)
@@ -210,7 +211,14 @@ def print_row(case: dict) -> None:
 
 
 def run_cases(
-    model, tokens: list[int], methods: list[str], steps: int, repeats: int, tolerance: float | None, ig_batch: int
+    model,
+    tokens: list[int],
+    methods: list[str],
+    steps: int,
+    repeats: int,
+    tolerance: float | None,
+    ig_batch: int,
+    adaptive: bool = True,
 ) -> list[dict]:
     config = {interpreters.INTERPOLATION_KEY: steps, interpreters.NORMALIZATION_KEY: False}
     explain(model, IG, [sentence(model, 8)], config)  # Warm up.
@@ -223,11 +231,11 @@ def run_cases(
         by_method = {}
         for method in methods:
             case = time_case(model, method, [text], [floor], config, repeats) | {"tokens": T, "steps": steps}
-            if method == SIG:
-                adaptive = {interpreters.NORMALIZATION_KEY: False, interpreters.ADAPTIVE_KEY: True}
+            if method == SIG and adaptive:
+                adaptive_config = {interpreters.NORMALIZATION_KEY: False, interpreters.ADAPTIVE_KEY: True}
                 if tolerance is not None:
-                    adaptive[interpreters.TOLERANCE_KEY] = tolerance
-                run = explain(model, SIG, [text], adaptive)
+                    adaptive_config[interpreters.TOLERANCE_KEY] = tolerance
+                run = explain(model, SIG, [text], adaptive_config)
                 case |= {
                     "adaptive_rows": run["rows"] + run["forward_rows"],
                     "adaptive_pass_fraction": (run["rows"] + run["forward_rows"])
