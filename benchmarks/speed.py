@@ -139,6 +139,7 @@ def time_case(model, method: str, texts: list[str], floors: list[Floor], config:
         times.append(explain(model, method, texts, config)["seconds"])
         floor_times.append(sum(f.of(case) / len(texts) for f in floors))
     case |= {"method": method, "seconds": min(times), "floor_seconds": min(floor_times)}
+    case["floor_minibatch"] = floors[0].best.get(True)  # The bare model's best rows per pass (gradients).
     case["ratio"] = case["seconds"] / case["floor_seconds"]
     return case
 
@@ -231,6 +232,7 @@ def run_cases(
         by_method = {}
         for method in methods:
             case = time_case(model, method, [text], [floor], config, repeats) | {"tokens": T, "steps": steps}
+            case["rows_per_pass"] = model.rows_per_pass(T, True)  # Ours, as the model sized them.
             if method == SIG and adaptive:
                 adaptive_config = {interpreters.NORMALIZATION_KEY: False, interpreters.ADAPTIVE_KEY: True}
                 if tolerance is not None:

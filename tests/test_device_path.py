@@ -10,6 +10,7 @@ from lit_nlp.lib import caching
 import lit_sig
 from lit_sig import models
 from lit_sig.core import cancellation, engine
+from tests.conftest import tiny_bert
 from lit_sig.lit import interpreters, protocol
 
 SENTENCE = "a charming and often affecting journey"
@@ -303,3 +304,17 @@ def test_cancelled_scope_stops_an_explanation(tiny_model):
             **{interpreters.INTERPOLATION_KEY: 100},
         )
     assert len(passes) == 3
+
+
+def test_score_only_rows_stay_float32_under_bfloat16(tokenizer):
+    """Exact SIG is a difference of scores: in bfloat16 it would be mostly rounding, so it runs in float32."""
+    example = {"sentence": SENTENCE, "label": "1"}
+    fp32 = models.HFSequenceClassifier(tiny_bert(), tokenizer, device="cpu")
+    bf16 = models.HFSequenceClassifier(tiny_bert(), tokenizer, device="cpu", precision="bfloat16")
+    exact = [salience(run(lit_sig.SequentialIntegratedGradients(), m, [example], **EXACT)[0]) for m in (fp32, bf16)]
+    np.testing.assert_allclose(exact[1], exact[0], rtol=1e-6, atol=1e-9)
+    # Gradient rows do run in bfloat16: fixed-step SIG moves, and its delta (against float32 endpoints) shows it.
+    fixed = [run(lit_sig.SequentialIntegratedGradients(), m, [example], **{interpreters.INTERPOLATION_KEY: 8})[0]
+             for m in (fp32, bf16)]
+    assert np.abs(salience(fixed[1]) - salience(fixed[0])).max() > 1e-4 * np.abs(salience(fixed[0])).max()
+    assert fixed[1][interpreters.COMPLETENESS_KEY] > fixed[0][interpreters.COMPLETENESS_KEY]

@@ -121,7 +121,9 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             output_attention: also output every layer's attention heads.
             precision: "float32", or "bfloat16" / "float16" to run the model under
                 `torch.autocast` (faster on recent GPUs; check the completeness
-                deltas of IG/SIG to see what it costs in accuracy).
+                deltas of IG/SIG to see what it costs in accuracy). Applies to
+                `predict` and to gradient rows; score-only rows (exact SIG, the
+                completeness endpoints, the input's own score) stay float32.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r}; accepted: {list(PRECISIONS)}.")
@@ -375,10 +377,10 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             )
         return given.to(self.device, self._embedding.weight.dtype)
 
-    def _run(self, batch: "_Batch", **outputs: bool) -> Any:
-        """The model's forward pass over `batch` (under autocast when asked for)."""
+    def _run(self, batch: "_Batch", full_precision: bool = False, **outputs: bool) -> Any:
+        """The model's forward pass over `batch`: under autocast at `precision`, unless `full_precision`."""
         kwargs = {} if batch.token_type_ids is None else {"token_type_ids": batch.token_type_ids}
-        autocast_dtype = PRECISIONS[self.precision]
+        autocast_dtype = None if full_precision else PRECISIONS[self.precision]
         with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             return self.model(inputs_embeds=batch.embs, attention_mask=batch.attention_mask, **kwargs, **outputs)
 
@@ -463,7 +465,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         for chunk in self._minibatches(order, [len(encodings[i].input_ids) for i in order]):
             batch = self._embed([inputs[i] for i in chunk], [encodings[i] for i in chunk])
             with torch.inference_mode():
-                logits = self._run(batch).logits.float()  # [B, C]
+                logits = self._run(batch, full_precision=True).logits.float()  # [B, C]
                 class_index = None
                 if self.labels is not None:
                     class_index = torch.tensor(
@@ -550,7 +552,10 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             batch, classes = self._rows_batch(pieces, length)
             if with_grads:
                 batch.embs.requires_grad_(True)
-            scores = self._target_scores(self._run(batch).logits.float(), classes)  # [R]
+            # Score-only rows (exact SIG, completeness endpoints) run in float32: differences of
+            # bfloat16 scores would be mostly rounding, and there are few of them.
+            logits = self._run(batch, full_precision=not with_grads).logits.float()  # [R, C]
+            scores = self._target_scores(logits, classes)  # [R]
             grads = torch.autograd.grad(scores.sum(), batch.embs)[0] if with_grads else None  # [R, L, D]
         if measure:
             rows = len(batch.embs)
