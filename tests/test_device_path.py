@@ -10,8 +10,8 @@ from lit_nlp.lib import caching
 import lit_sig
 from lit_sig import models
 from lit_sig.core import cancellation, engine
-from tests.conftest import tiny_bert
 from lit_sig.lit import interpreters, protocol
+from tests.conftest import tiny_bert
 
 SENTENCE = "a charming and often affecting journey"
 PAIR = {"sentence1": "a man plays a guitar", "sentence2": "nobody is playing music"}
