@@ -314,7 +314,9 @@ def test_score_only_rows_stay_float32_under_bfloat16(tokenizer):
     exact = [salience(run(lit_sig.SequentialIntegratedGradients(), m, [example], **EXACT)[0]) for m in (fp32, bf16)]
     np.testing.assert_allclose(exact[1], exact[0], rtol=1e-6, atol=1e-9)
     # Gradient rows do run in bfloat16: fixed-step SIG moves, and its delta (against float32 endpoints) shows it.
-    fixed = [run(lit_sig.SequentialIntegratedGradients(), m, [example], **{interpreters.INTERPOLATION_KEY: 8})[0]
-             for m in (fp32, bf16)]
+    fixed = [
+        run(lit_sig.SequentialIntegratedGradients(), m, [example], **{interpreters.INTERPOLATION_KEY: 8})[0]
+        for m in (fp32, bf16)
+    ]
     assert np.abs(salience(fixed[1]) - salience(fixed[0])).max() > 1e-4 * np.abs(salience(fixed[0])).max()
     assert fixed[1][interpreters.COMPLETENESS_KEY] > fixed[0][interpreters.COMPLETENESS_KEY]
