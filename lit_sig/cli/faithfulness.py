@@ -32,11 +32,10 @@ from lit_nlp.api import components as lit_components
 from lit_sig import models, storage
 from lit_sig.cli import explain
 from lit_sig.core import erasure, quadrature
-from lit_sig.lit import interpreters
+from lit_sig.lit import interpreters, registry
 from lit_sig.models import datasets
 
-PATH_METHODS = ("sig", "ig")
-METHODS = ("sig", "exact_sig", "ig", "grad_norm", "grad_dot_input", "random")
+METHODS = (*registry.METHODS, "random")  # sig, exact_sig, ig, grad_norm, grad_dot_input, captum_*, random
 DEFAULT_METHODS = ("sig", "ig", "grad_norm", "grad_dot_input", "random")
 SETTINGS_FIELDS = ("steps", "baseline", "top_fraction")
 SOURCE_FIELDS = explain.SOURCE_FIELDS
@@ -57,22 +56,11 @@ class Settings:
 
     def config(self, method: str) -> dict[str, Any]:
         """The interpreter config of a method (raw salience)."""
-        config: dict[str, Any] = {interpreters.NORMALIZATION_KEY: False}
-        if method in PATH_METHODS:
-            config |= {interpreters.INTERPOLATION_KEY: self.steps, interpreters.BASELINE_KEY: self.baseline}
-        elif method == "exact_sig":
-            config |= {interpreters.METHOD_KEY: interpreters.EXACT_METHOD, interpreters.BASELINE_KEY: self.baseline}
-        return config
+        return registry.METHODS[method].config(self.steps, self.baseline, normalize=False)
 
 
-def _interpreter(method: str) -> type[lit_components.Interpreter]:
-    return {
-        "sig": interpreters.SequentialIntegratedGradients,
-        "exact_sig": interpreters.SequentialIntegratedGradients,
-        "ig": interpreters.IntegratedGradients,
-        "grad_norm": interpreters.GradientNorm,
-        "grad_dot_input": interpreters.GradientDotInput,
-    }[method]()
+def _interpreter(method: str) -> lit_components.Interpreter:
+    return registry.METHODS[method].make()
 
 
 def salience(

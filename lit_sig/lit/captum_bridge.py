@@ -386,6 +386,9 @@ class CaptumInterpreter(lit_components.Interpreter):
         )
 
     def _attribute(self, target: Target, settings: dict[str, Any]) -> torch.Tensor:
+        if self.method.name == "KernelShap" and target.x.shape[1] == 1:
+            # captum's sampler has no coalition to draw from one feature; its Shapley value is F(x) - F(b).
+            return METHODS["FeatureAblation"].attribute(target, settings)
         if not self.method.sampled:
             return self.method.attribute(target, settings)
         with _SAMPLING_LOCK, torch.random.fork_rng(devices=_cuda_devices(target.x)):
