@@ -218,10 +218,10 @@ def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _check_resumable(
-    rows: Iterable[dict[str, Any]], examples: list[dict[str, Any]], job: Job, source: pathlib.Path
+def check_resumable(
+    rows: Iterable[dict[str, Any]], examples: list[dict[str, Any]], wanted: dict[str, Any], source: pathlib.Path
 ) -> None:
-    wanted = job.settings() | job.source()
+    """Refuses rows made with other `wanted` fields (settings, model, labels, data) or from other sentences."""
     for row in rows:
         differ = [f"{k}={row.get(k)!r} (this run: {v!r})" for k, v in wanted.items() if row.get(k) != v]
         if differ:
@@ -231,7 +231,7 @@ def _check_resumable(
             )
         i = row["id"]
         if i < len(examples) and row["sentence"] != examples[i]["sentence"]:
-            raise ValueError(f"{source}: row {i} has another sentence than --data; was it made from other data?")
+            raise ValueError(f"{source}: row {i} has another sentence than the data; was it made from other data?")
 
 
 def _write_atomically(rows: list[dict[str, Any]], out: pathlib.Path) -> None:
@@ -321,7 +321,7 @@ def explain_dataset(
     for source in (out, partial):
         if source.exists():
             rows = read_rows(source) if source == out else list(storage.read_jsonl(source))
-            _check_resumable(rows, examples, job, source)
+            check_resumable(rows, examples, job.settings() | job.source(), source)
             done.update((row["id"], row) for row in rows)
     pending = [e for e in examples if e["id"] not in done]
     if not pending and not partial.exists() and out.exists():
@@ -389,7 +389,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_labels(value: str | None) -> tuple[str, ...]:
+def parse_labels(value: str | None) -> tuple[str, ...]:
     if value is None:
         return datasets.LABELS
     labels = tuple(label.strip() for label in value.split(","))
@@ -398,7 +398,7 @@ def _parse_labels(value: str | None) -> tuple[str, ...]:
     return labels
 
 
-def _parse_device(value: str | None, local: bool) -> str | None:
+def parse_device(value: str | None, local: bool) -> str | None:
     if value is None:
         return None
     try:
@@ -423,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for flag, value in counts.items():
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be a positive integer, got {value}.")
-        labels = _parse_labels(args.labels)
+        labels = parse_labels(args.labels)
         if args.model == EMBEDDED_MODEL and labels != datasets.LABELS:
             raise ValueError(f"--labels: the embedded model's classes are {','.join(datasets.LABELS)}.")
         method = METHODS[args.method]
@@ -435,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             baseline=args.baseline if method.takes_baseline else None,
             normalize=args.normalize,
             target=args.target,
-            device=_parse_device(args.device, local=args.ray is None),
+            device=parse_device(args.device, local=args.ray is None),
             batch_size=args.batch_size,
             data=str(pathlib.Path(args.data).resolve()),
         )

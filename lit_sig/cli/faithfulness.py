@@ -155,28 +155,13 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _check_resumable(
-    rows: Sequence[dict[str, Any]], examples: list[dict[str, Any]], wanted: dict[str, Any], source: pathlib.Path
-) -> None:
-    for row in rows:
-        differ = [f"{k}={row.get(k)!r} (this run: {v!r})" for k, v in wanted.items() if row.get(k) != v]
-        if differ:
-            raise ValueError(
-                f"{source} holds rows made with another {', '.join(differ)}; resume with"
-                " the same flags, or write to another --out."
-            )
-        i = row["id"]
-        if i < len(examples) and row["sentence"] != examples[i]["sentence"]:
-            raise ValueError(f"{source}: row {i} has another sentence than the data; was it made from other data?")
-
-
 def _read_done(
     out: pathlib.Path, examples: list[dict[str, Any]], wanted: dict[str, Any]
 ) -> dict[tuple[int, str], dict]:
     done: dict[tuple[int, str], dict] = {}
     for path in (out, explain.partial_path(out)):
         rows = list(storage.read_jsonl(path))
-        _check_resumable(rows, examples, wanted, path)
+        explain.check_resumable(rows, examples, wanted, path)
         done.update(((r["id"], r["method"]), r) for r in rows)
     return done
 
@@ -289,7 +274,7 @@ def _check_flags(args: argparse.Namespace, out: pathlib.Path) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[models.HFSequenceClassifier, dict[str, Any]]:
     """The model and what identifies it in rows (model, labels, data)."""
-    labels = explain._parse_labels(args.labels)  # pylint: disable=protected-access
+    labels = explain.parse_labels(args.labels)
     if args.model == explain.EMBEDDED_MODEL and labels != datasets.LABELS:
         raise ValueError(f"--labels: the embedded model's classes are {','.join(datasets.LABELS)}.")
     job = explain.Job(
@@ -300,7 +285,7 @@ def _load(args: argparse.Namespace) -> tuple[models.HFSequenceClassifier, dict[s
         baseline=None,
         normalize=False,
         target="predicted",
-        device=explain._parse_device(args.device, local=True),  # pylint: disable=protected-access
+        device=explain.parse_device(args.device, local=True),
         batch_size=args.batch_size,
         data=str(pathlib.Path(args.data).resolve()),
     )

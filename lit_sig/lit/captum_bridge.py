@@ -169,6 +169,17 @@ def _noise_tunnel(method: captum.attr.Attribution, t: Target, s: dict[str, Any],
     )
 
 
+def _surrogate(method: type[captum.attr.Attribution]) -> Callable[[Target, dict[str, Any]], torch.Tensor]:
+    """KernelShap and Lime: a model fit on `n_samples` random subsets of the tokens at the baseline."""
+    return lambda t, s: method(t.forward).attribute(
+        t.x,
+        baselines=t.baseline,
+        feature_mask=t.feature_mask,
+        n_samples=s["n_samples"],
+        perturbations_per_eval=t.rows_per_pass,
+    )
+
+
 METHODS: dict[str, CaptumMethod] = {
     m.name: m
     for m in (
@@ -243,13 +254,7 @@ METHODS: dict[str, CaptumMethod] = {
             "Shapley values by weighted regression over n_samples token coalitions.",
             (Param("n_samples", 100, 1, 5000), _seed_param()),
             lambda s: (0, s["n_samples"]),
-            lambda t, s: captum.attr.KernelShap(t.forward).attribute(
-                t.x,
-                baselines=t.baseline,
-                feature_mask=t.feature_mask,
-                n_samples=s["n_samples"],
-                perturbations_per_eval=t.rows_per_pass,
-            ),
+            _surrogate(captum.attr.KernelShap),
             per_token=True,
             sampled=True,
         ),
@@ -258,13 +263,7 @@ METHODS: dict[str, CaptumMethod] = {
             "a sparse linear surrogate fit on n_samples random token subsets.",
             (Param("n_samples", 100, 1, 5000), _seed_param()),
             lambda s: (0, s["n_samples"]),
-            lambda t, s: captum.attr.Lime(t.forward).attribute(
-                t.x,
-                baselines=t.baseline,
-                feature_mask=t.feature_mask,
-                n_samples=s["n_samples"],
-                perturbations_per_eval=t.rows_per_pass,
-            ),
+            _surrogate(captum.attr.Lime),
             per_token=True,
             sampled=True,
         ),
