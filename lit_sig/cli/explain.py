@@ -390,6 +390,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def parse_labels(value: str | None) -> tuple[str, ...]:
+    """`--labels`: comma-separated class names in logit order (default: SST-2's)."""
     if value is None:
         return datasets.LABELS
     labels = tuple(label.strip() for label in value.split(","))
@@ -399,6 +400,7 @@ def parse_labels(value: str | None) -> tuple[str, ...]:
 
 
 def parse_device(value: str | None, local: bool) -> str | None:
+    """`--device`: a torch device name; CUDA must be there when the run is `local`."""
     if value is None:
         return None
     try:
