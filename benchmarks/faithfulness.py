@@ -448,7 +448,9 @@ def load_model(
     model_dir: str | None, device: str | None
 ) -> tuple[torch.nn.Module, transformers.PreTrainedTokenizerBase]:
     """The embedded SST-2 model, or a saved Hugging Face classifier."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from lit_sig import models  # pylint: disable=import-outside-toplevel
+
+    device = device or models.default_device()
     if model_dir is None:
         from lit_sig.models import sst2_model  # pylint: disable=import-outside-toplevel
 

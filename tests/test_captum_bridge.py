@@ -128,7 +128,7 @@ def captum_results(sst2):
 def test_bridged_method_equals_captum_called_directly(sst2, captum_results, name):
     config, theirs = captum_results[name]
     ours = bridged(sst2, name, **config)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6 * max(np.abs(theirs).max(), 1e-3))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6 * max(np.abs(theirs).max(), 1e-3))
     assert np.abs(theirs).max() > 0
 
 

@@ -169,3 +169,22 @@ def test_ig_completeness_against_a_direct_call(request, case):
     gap = direct_score(model, full, encoding, target) - direct_score(model, at_baseline, encoding, target)
     assert gap - total == pytest.approx(result[interpreters.COMPLETENESS_KEY], abs=1e-5)
     assert abs(gap - total) < 1e-2 * abs(gap)
+
+
+@pytest.mark.parametrize("interpreter", [lit_sig.IntegratedGradients, lit_sig.SequentialIntegratedGradients])
+def test_a_class_other_than_the_predicted_one(tiny_model, interpreter):
+    """`Class to explain` set to the class the model does not predict: IG equals captum's IG for that
+    logit, and exact SIG the occlusion of that logit."""
+    from tests.test_interpreters import captum_ig  # pylint: disable=import-outside-toplevel
+
+    predicted = tiny_model.predict([{"sentence": SENTENCE}])[0]["label"]
+    other = "0" if predicted == "1" else "1"
+    config = {**RAW, interpreters.CLASS_KEY: other}
+    if interpreter is lit_sig.IntegratedGradients:
+        ours = salience(interpreter().run([{"sentence": SENTENCE}], tiny_model, None, config=config)[0])
+        theirs = captum_ig(tiny_model, SENTENCE, int(other), "gausslegendre", interpreters.DEFAULT_STEPS)
+    else:
+        config[interpreters.METHOD_KEY] = interpreters.EXACT_METHOD
+        ours = salience(interpreter().run([{"sentence": SENTENCE}], tiny_model, None, config=config)[0])
+        theirs = occlusion(tiny_model, (SENTENCE,), int(other), "mask")
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
