@@ -21,6 +21,7 @@ from lit_nlp.api import types as lit_types
 
 from lit_sig.core import adaptive, attribution, engine, quadrature
 from lit_sig.lit import protocol
+from lit_sig.lit.config import Param
 
 JsonDict = lit_types.JsonDict
 
@@ -82,10 +83,7 @@ def _check_keys(config: JsonDict, accepted: list[str]) -> None:
 
 
 def _parse_bool(config: JsonDict, key: str, default: bool) -> bool:
-    value = config.get(key, default)
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{key!r} must be true or false, got {value!r}.")
-    return bool(value)
+    return Param(key, default).parse(config.get(key, default))
 
 
 def requested_class(model: lit_model.Model, grad_key: str | None, class_to_explain: str) -> str | None:
@@ -542,31 +540,11 @@ class _SingleExampleGradFn:
 
 
 def _parse_steps(value: Any) -> int:
-    accepted = f"an integer in [{quadrature.MIN_STEPS}, {quadrature.MAX_STEPS}]"
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{INTERPOLATION_KEY!r} must be {accepted}, got {value!r}.")
-    if isinstance(value, str):
-        value = value.strip()
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{INTERPOLATION_KEY!r} must be {accepted}, got {value!r}.") from None
-    if not number.is_integer() or not quadrature.MIN_STEPS <= number <= quadrature.MAX_STEPS:
-        raise ValueError(f"{INTERPOLATION_KEY!r} must be {accepted}, got {value!r}.")
-    return int(number)
+    return Param(INTERPOLATION_KEY, DEFAULT_STEPS, quadrature.MIN_STEPS, quadrature.MAX_STEPS).parse(value)
 
 
 def _parse_tolerance(value: Any) -> float:
-    accepted = f"a number in [{MIN_TOLERANCE:g}, {MAX_TOLERANCE:g}]"
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{TOLERANCE_KEY!r} must be {accepted}, got {value!r}.")
-    try:
-        number = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{TOLERANCE_KEY!r} must be {accepted}, got {value!r}.") from None
-    if not MIN_TOLERANCE <= number <= MAX_TOLERANCE:  # NaN fails too.
-        raise ValueError(f"{TOLERANCE_KEY!r} must be {accepted}, got {value!r}.")
-    return number
+    return Param(TOLERANCE_KEY, adaptive.DEFAULT_TOLERANCE, MIN_TOLERANCE, MAX_TOLERANCE).parse(value)
 
 
 class IntegratedGradients(_PathInterpreter):
