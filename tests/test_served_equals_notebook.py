@@ -12,7 +12,7 @@ import pytest
 import lit_sig
 from lit_sig import models
 from lit_sig.lit import captum_bridge, interpreters
-from tests.test_server import IG, LIT_SIG_INTERPRETERS, SIG, full_config, interpret, running_demo
+from tests.test_server import IG, LIT_SIG_INTERPRETERS, SIG, full_config, interpret
 
 SENTENCE_INDEX = 1
 NOTEBOOK = {
@@ -40,29 +40,14 @@ for name in captum_bridge.METHODS:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    with running_demo(tmp_path_factory.mktemp("served") / "server.log") as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def served_info(served) -> dict:
-    from tests.test_server import call_ok
-
-    return call_ok(served, "/get_info")
-
-
-@pytest.fixture(scope="module")
-def served_example(served) -> dict:
-    from tests.test_server import DATASET, call_ok
-
-    return call_ok(served, "/get_dataset", {"dataset_name": DATASET})[SENTENCE_INDEX]
+def served_example(examples) -> dict:
+    return examples[SENTENCE_INDEX]
 
 
 @pytest.mark.parametrize("name, overrides", CASES, ids=[f"{n}-{o}" for n, o in CASES])
-def test_served_salience_equals_notebook(served, served_info, served_example, sst2, name, overrides):
-    config = None if overrides is None else full_config(served_info, name, **overrides)
-    status, _, body = interpret(served, name, [served_example["id"]], config)
+def test_served_salience_equals_notebook(demo, info, served_example, sst2, name, overrides):
+    config = None if overrides is None else full_config(info, name, **overrides)
+    status, _, body = interpret(demo, name, [served_example["id"]], config)
     assert status == 200, body[:2000]
     ui = json.loads(body)[0][models.gradients_field("sentence")]
     example = {k: v for k, v in served_example["data"].items() if not k.startswith("_")}
@@ -71,24 +56,24 @@ def test_served_salience_equals_notebook(served, served_info, served_example, ss
     np.testing.assert_allclose(ui["salience"], notebook.salience, rtol=1e-5, atol=1e-6)
 
 
-def test_served_mask_and_zero_baselines_differ(served, served_info, served_example):
+def test_served_mask_and_zero_baselines_differ(demo, info, served_example):
     """The bug this file guards against: the served [MASK] baseline silently became zeros."""
     by_baseline = {}
     for baseline in ("mask", "zero"):
         config = full_config(
-            served_info,
+            info,
             SIG,
             **{interpreters.BASELINE_KEY: baseline, interpreters.METHOD_KEY: interpreters.EXACT_METHOD},
         )
-        status, _, body = interpret(served, SIG, [served_example["id"]], config)
+        status, _, body = interpret(demo, SIG, [served_example["id"]], config)
         assert status == 200, body[:2000]
         by_baseline[baseline] = np.array(json.loads(body)[0][models.gradients_field("sentence")]["salience"])
     assert np.abs(by_baseline["mask"] - by_baseline["zero"]).max() > 1e-3
 
 
-def test_captum_methods_are_served(served, served_info):
+def test_captum_methods_are_served(demo, info):
     """Every bridged method is offered for the served model, marked as from captum."""
-    model = next(iter(served_info["models"]))
+    model = next(iter(info["models"]))
     for name in captum_bridge.METHODS:
-        assert f"captum {name}" in served_info["interpreters"]
-        assert f"captum {name}" in served_info["models"][model]["interpreters"]
+        assert f"captum {name}" in info["interpreters"]
+        assert f"captum {name}" in info["models"][model]["interpreters"]

@@ -108,22 +108,6 @@ def running_demo(log_path: pathlib.Path, *args: str) -> Iterator[str]:
             process.wait()
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Iterator[str]:
-    with running_demo(tmp_path_factory.mktemp("demo") / "server.log") as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def info(demo) -> dict:
-    return call_ok(demo, "/get_info")
-
-
-@pytest.fixture(scope="module")
-def examples(demo) -> list[dict]:
-    return call_ok(demo, "/get_dataset", {"dataset_name": DATASET})
-
-
 def full_config(info: dict, interpreter: str, **overrides: Any) -> dict:
     """Every config field at its default, as the UI sends it once settings are applied."""
     spec = info["interpreters"][interpreter]["configSpec"]
