@@ -86,3 +86,15 @@ def test_gauss_lobatto_properties(n):
 def test_gauss_lobatto_bad_points(n):
     with pytest.raises(ValueError, match=">= 2"):
         quadrature.gauss_lobatto(n)
+
+
+@pytest.mark.parametrize("method", quadrature.METHODS)
+def test_rules_are_cached_but_callers_get_their_own_copy(method):
+    alphas, weights = quadrature.quadrature(method, 7)
+    expected = (alphas.copy(), weights.copy())
+    alphas[:] = -1.0  # A caller scribbling on its rule must not change the next caller's.
+    weights[:] = 0.0
+    again = quadrature.quadrature(method, 7)
+    np.testing.assert_array_equal(again[0], expected[0])
+    np.testing.assert_array_equal(again[1], expected[1])
+    assert again[0].flags.writeable and again[1].flags.writeable

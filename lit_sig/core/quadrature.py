@@ -5,6 +5,8 @@
 of f over [0, 1]. Unlike captum 0.9, `riemann_trapezoid` weights sum to 1 too.
 """
 
+import functools
+
 import numpy as np
 
 METHODS = (
@@ -32,7 +34,13 @@ def quadrature(method: str, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
     min_steps = 2 if method == "riemann_trapezoid" else MIN_STEPS
     if not min_steps <= num_steps <= MAX_STEPS:
         raise ValueError(f"Interpolation steps for {method} must be in [{min_steps}, {MAX_STEPS}], got {num_steps}.")
-    n = int(num_steps)
+    alphas, weights = _rule(method, int(num_steps))
+    return alphas.copy(), weights.copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _rule(method: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rule itself, computed once per `(method, n)`: Gauss-Legendre at n = 50 costs about 2.5 ms."""
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)
         return (nodes + 1.0) / 2.0, weights / 2.0
@@ -53,6 +61,12 @@ def gauss_lobatto(num_points: int) -> tuple[np.ndarray, np.ndarray]:
     """
     if isinstance(num_points, bool) or not isinstance(num_points, (int, np.integer)) or num_points < 2:
         raise ValueError(f"Gauss-Lobatto needs an integer number of points >= 2, got {num_points!r}.")
+    alphas, weights = _lobatto(int(num_points))
+    return alphas.copy(), weights.copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _lobatto(num_points: int) -> tuple[np.ndarray, np.ndarray]:
     legendre = np.polynomial.legendre.Legendre.basis(num_points - 1)  # P_{n-1}
     nodes = np.concatenate([[-1.0], np.sort(legendre.deriv().roots().real), [1.0]])
     weights = 2.0 / (num_points * (num_points - 1) * legendre(nodes) ** 2)
