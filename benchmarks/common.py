@@ -22,11 +22,13 @@ SHAPES = {
 class CountingModel:
     """Counts the rows a model is asked for (through `predict` or the device path), passing all through.
 
-    `rows` counts forward+backward rows, `forward_only` forward-only ones.
+    `rows` counts forward+backward rows, `forward_only` forward-only ones;
+    `passes` lists the rows of each device-path pass, as `(rows, with_grads)`.
     """
 
     def __init__(self, model: models.HFSequenceClassifier):
         self.model, self.rows, self.forward_only = model, 0, 0
+        self.passes: list[tuple[int, bool]] = []
         self.device = model.device
 
     def predict(self, inputs, **kw):
@@ -43,6 +45,7 @@ class CountingModel:
 
     def score_rows(self, pieces, with_grads: bool):
         count = sum(len(rows) for _, rows in pieces)
+        self.passes.append((count, with_grads))
         if with_grads:
             self.rows += count
         else:

@@ -1,6 +1,6 @@
 """The GPU check, in one command: agreement with the CPU, bfloat16's cost, and speed against the floor.
 
-    python -m benchmarks.gpu_check --json gpu_check.json          # on a CUDA machine, a few minutes
+    python -m benchmarks.gpu_check --json gpu_check.json --profile_dir profiles   # CUDA, a few minutes
     python -m benchmarks.gpu_check --device cpu --quick           # the same code path, tiny, anywhere
 
 1. CUDA vs CPU: IG, SIG (20 steps) and exact SIG of a random MiniLM-shaped model
@@ -8,7 +8,11 @@
 2. bfloat16: SIG's completeness deltas and its distance from fp32.
 3. Speed (benchmarks.speed, floor rerun in the same process): SIG, exact SIG and IG
    at T = 32 and 128 for the MiniLM and BERT-base shapes, fp32 and bf16, and IG over
-   64 sentences in one `run()`; time-interpret's SIG beside ours if it is installed.
+   64 sentences in one `run()`; time-interpret's SIG beside ours if it is installed
+   (at our precision and, for bf16, also in float32 as it ships). Each case also
+   records its first, cold run (`first_run_seconds`) and the rows of its passes.
+4. With `--profile_dir`: one SIG run per shape and precision under torch.profiler,
+   its device busy time beside its wall time, and the top operators.
 Random weights: speed does not depend on them.
 """
 
@@ -67,8 +71,14 @@ def agreement(device: str, shape: str) -> dict:
     return report
 
 
-def time_interpret_sig(model: models.HFSequenceClassifier, text: str, steps: int) -> dict | None:
-    """time-interpret's SIG on the same model, word tokens only, [MASK] baseline; None if not installed."""
+def time_interpret_sig(
+    model: models.HFSequenceClassifier, text: str, steps: int, precision: str | None = None
+) -> dict | None:
+    """time-interpret's SIG on the same model, word tokens only, [MASK] baseline; None if not installed.
+
+    Under autocast at `precision` (default: the model's). Timed on its second run, as ours
+    is (`first_seconds` is the first).
+    """
     try:
         from tint.attr import SequentialIntegratedGradients  # pylint: disable=import-outside-toplevel
     except ImportError:
@@ -79,7 +89,7 @@ def time_interpret_sig(model: models.HFSequenceClassifier, text: str, steps: int
         full = table(encoding["input_ids"])[0]  # [L, D]
     words = full[1:-1]  # [T, D]
     baseline = table.weight[model.tokenizer.mask_token_id].detach().expand_as(words)
-    autocast = models.PRECISIONS[model.precision]
+    autocast = models.PRECISIONS[precision or model.precision]
 
     def forward(word_embs: torch.Tensor) -> torch.Tensor:  # [N, T, D] -> [N, C]
         N = word_embs.shape[0]
@@ -90,17 +100,57 @@ def time_interpret_sig(model: models.HFSequenceClassifier, text: str, steps: int
             ).logits.float()
 
     explainer = SequentialIntegratedGradients(forward)
-    speed.synchronize(model)
-    started = time.perf_counter()
-    result = explainer.attribute(words[None], baselines=baseline[None], target=1, n_steps=steps)
-    speed.synchronize(model)
-    return {"seconds": time.perf_counter() - started, "salience": result[0].sum(-1).detach().float().cpu().numpy()}
+    seconds = []
+    for _ in range(2):
+        speed.synchronize(model)
+        started = time.perf_counter()
+        result = explainer.attribute(words[None], baselines=baseline[None], target=1, n_steps=steps)
+        speed.synchronize(model)
+        seconds.append(time.perf_counter() - started)
+    return {
+        "seconds": seconds[1],
+        "first_seconds": seconds[0],
+        "salience": result[0].sum(-1).detach().float().cpu().numpy(),
+    }
+
+
+def profile_sig(model: models.HFSequenceClassifier, tokens: int, steps: int, path: pathlib.Path) -> dict:
+    """One warm SIG run under torch.profiler; writes the top operators by self device and CPU time to `path`.
+
+    Returns the run's wall seconds and, on CUDA, the device's busy seconds (the sum of
+    every kernel's time): far apart, the host or launches are the bottleneck, not the model.
+    """
+    cuda = model.device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    text = speed.sentence(model, tokens)
+    config = {interpreters.INTERPOLATION_KEY: steps, interpreters.NORMALIZATION_KEY: False}
+    speed.explain(model, speed.SIG, [text], config)  # Warm.
+    with torch.profiler.profile(activities=activities) as profiler:
+        run = speed.explain(model, speed.SIG, [text], config)
+    averages = profiler.key_averages()
+    busy = sum(e.self_device_time_total for e in averages) / 1e6 if cuda else None
+    keys = ["self_device_time_total"] * cuda + ["self_cpu_time_total"]
+    tables = [averages.table(sort_by=key, row_limit=25) for key in keys]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"SIG, T={tokens}, n={steps}, {model.precision}: wall {run['seconds']:.4f} s, device busy {busy} s\n"
+    path.write_text(header + f"gradient passes: {run['gradient_passes']}\n\n" + "\n\n".join(tables) + "\n")
+    return {"tokens": tokens, "wall_seconds": run["seconds"], "device_busy_seconds": busy, "file": path.name}
 
 
 def speed_table(
-    device: str, shapes: list[str], tokens: list[int], steps: int, ig_batch: int, report: dict, out: str | None
+    device: str,
+    shapes: list[str],
+    tokens: list[int],
+    steps: int,
+    ig_batch: int,
+    report: dict,
+    out: str | None,
+    profile_dir: pathlib.Path | None = None,
 ) -> None:
-    """Appends each shape and precision's cases to `report["speed"]` (saved after each); failures to "errors"."""
+    """Appends each shape and precision's cases to `report["speed"]` (saved after each); failures to "errors".
+
+    With `profile_dir`, also profiles one SIG run per shape and precision at the shortest length.
+    """
     for shape in shapes:
         for precision in ("float32", "bfloat16"):
             print(f"\n{shape}, {precision}:", flush=True)
@@ -114,6 +164,12 @@ def speed_table(
                     if case["method"] == speed.SIG:
                         _beside_time_interpret(model, case, steps)
                 report["speed"] += run
+                if profile_dir is not None:
+                    path = profile_dir / f"profile_{shape}_{precision}.txt"
+                    report["profiles"].append(
+                        profile_sig(model, min(tokens), steps, path) | {"shape": shape, "precision": precision}
+                    )
+                    print(f"  profile: {report['profiles'][-1]}", flush=True)
             except Exception as error:  # pylint: disable=broad-except
                 report["errors"].append(f"{shape} {precision}: {traceback.format_exc()}")
                 print(f"FAILED {shape} {precision}: {error!r}", flush=True)
@@ -121,16 +177,22 @@ def speed_table(
 
 
 def _beside_time_interpret(model: models.HFSequenceClassifier, case: dict, steps: int) -> None:
-    tint = time_interpret_sig(model, speed.sentence(model, case["tokens"]), steps)
+    """time-interpret's SIG at the model's precision and, when that is lower, as it ships (float32)."""
+    text = speed.sentence(model, case["tokens"])
+    tint = time_interpret_sig(model, text, steps)
     if tint is None:
         return
     case["time_interpret_seconds"] = tint["seconds"]
+    case["time_interpret_first_seconds"] = tint["first_seconds"]
     case["speedup_over_time_interpret"] = tint["seconds"] / case["seconds"]
-    print(
-        f"  time-interpret SIG T={case['tokens']}: {tint['seconds']:.3f} s, ours "
-        f"{case['seconds']:.3f} s ({case['speedup_over_time_interpret']:.2f}x)",
-        flush=True,
-    )
+    line = f"  time-interpret SIG T={case['tokens']}: {tint['seconds']:.3f} s, ours {case['seconds']:.3f} s"
+    line += f" ({case['speedup_over_time_interpret']:.2f}x)"
+    if model.precision != "float32":
+        fp32 = time_interpret_sig(model, text, steps, precision="float32")
+        case["time_interpret_float32_seconds"] = fp32["seconds"]
+        case["speedup_over_time_interpret_float32"] = fp32["seconds"] / case["seconds"]
+        line += f"; in float32 {fp32['seconds']:.3f} s ({case['speedup_over_time_interpret_float32']:.2f}x)"
+    print(line, flush=True)
 
 
 def _save(report: dict, out: str | None) -> None:
@@ -146,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", default="128,32", help="word tokens per sentence, comma-separated")
     parser.add_argument("--ig_batch", type=int, default=64, help="IG over this many sentences in one run")
     parser.add_argument("--json", default=None, help="the report, rewritten after every step")
+    parser.add_argument("--profile_dir", default=None, help="profile one SIG run per shape and precision here")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu for a smoke test")
@@ -157,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "torch": torch.__version__,
         "speed": [],
+        "profiles": [],
         "errors": [],
     }
     try:
@@ -165,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         report["errors"].append(f"agreement: {traceback.format_exc()}")
         print(report["errors"][-1], flush=True)
     _save(report, args.json)
-    speed_table(args.device, shapes, tokens, steps, ig_batch, report, args.json)
+    profile_dir = None if args.profile_dir is None else pathlib.Path(args.profile_dir)
+    speed_table(args.device, shapes, tokens, steps, ig_batch, report, args.json, profile_dir)
     print(f"errors: {len(report['errors'])}", flush=True)
     for error in report["errors"]:
         print(error, flush=True)

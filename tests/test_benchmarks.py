@@ -1,8 +1,8 @@
-"""The speed benchmark runs end to end on a tiny model and counts the passes each method makes."""
+"""The speed benchmark and the GPU check run end to end on a tiny CPU model; speed counts each method's passes."""
 
 import json
 
-from benchmarks import speed
+from benchmarks import gpu_check, speed
 
 
 def test_speed_counts_the_rows_of_each_method(tmp_path):
@@ -39,3 +39,26 @@ def test_speed_counts_the_rows_of_each_method(tmp_path):
     assert cases[speed.IG_BATCH]["sentences"] == 2 and cases[speed.IG_BATCH]["rows"] == 2 * n
     for case in cases.values():
         assert case["seconds"] > 0 and case["floor_seconds"] > 0
+
+
+def test_gpu_check_runs_on_the_cpu_and_reports_everything(tmp_path):
+    """`gpu_check --device cpu --quick` is the GPU check's code path, so CI keeps it working."""
+    out, profiles = tmp_path / "gpu_check.json", tmp_path / "profiles"
+    gpu_check.main(["--device", "cpu", "--quick", "--json", str(out), "--profile_dir", str(profiles)])
+    report = json.loads(out.read_text())
+    assert report["errors"] == []
+    for method, numbers in report["agreement"].items():
+        assert numbers["device_vs_cpu_max_relative"] < 1e-6, method  # The same weights on the same device.
+        assert numbers["bf16_vs_fp32_max_relative"] < 0.1, method
+    assert report["agreement"]["exact_sig"]["bf16_completeness_delta"] == 0.0
+    cases = report["speed"]
+    assert {(c["precision"], c["method"]) for c in cases} >= {
+        ("float32", speed.SIG),
+        ("bfloat16", speed.SIG),
+        ("float32", speed.IG_BATCH),
+    }
+    for case in cases:
+        assert sum(case["gradient_passes"]) == case["rows"] and case["ratio"] > 0
+    assert [(p["shape"], p["precision"]) for p in report["profiles"]] == [("tiny", "float32"), ("tiny", "bfloat16")]
+    text = (profiles / "profile_tiny_bfloat16.txt").read_text()
+    assert text.startswith("SIG, T=8, n=5, bfloat16") and "gradient passes: [" in text and "aten::" in text
