@@ -580,12 +580,19 @@ class HFSequenceClassifier(lit_model.BatchedModel):
     def _rows_batch(
         self, pieces: Sequence[tuple[protocol.PathInput, torch.Tensor]], length: int
     ) -> tuple["_Batch", torch.Tensor | None]:
-        """Model inputs for rows of word embeddings padded to `length`, and each row's class `[R]`."""
+        """Model inputs for rows of word embeddings padded to `length`, and each row's class `[R]`.
+
+        A pass without padding has no attention mask (None: every position attends), which
+        spares the model its own all-ones check, a host synchronization per pass.
+        """
+        padded = any(len(p.full) < length for p, _ in pieces)
         batch = _Batch(
             torch.cat([_place_rows(p, rows, length) for p, rows in pieces]),  # [R, L, D]
             torch.cat(
                 [_padded(torch.ones_like(p.full[:, 0], dtype=torch.long), length, len(rows)) for p, rows in pieces]
-            ),  # [R, L]
+            )  # [R, L]
+            if padded
+            else None,
             None
             if pieces[0][0].token_type_ids is None
             else torch.cat([_padded(p.token_type_ids, length, len(rows)) for p, rows in pieces]),  # [R, L]
@@ -609,7 +616,7 @@ class _Batch:
     """Model inputs of a pass, on the device."""
 
     embs: torch.Tensor  # [B, L, D]
-    attention_mask: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor | None  # [B, L]; None: no padding
     token_type_ids: torch.Tensor | None  # [B, L]
 
 
