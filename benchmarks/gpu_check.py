@@ -1,10 +1,10 @@
 """The GPU check, in one command: agreement with the CPU, bfloat16's cost, and speed against the floor.
 
-    python -m benchmarks.gpu_check --json gpu_check.json --profile_dir profiles   # CUDA, a few minutes
+    python -m benchmarks.gpu_check --json gpu_check.json --profile_dir profiles --compile_shapes bert-base
     python -m benchmarks.gpu_check --device cpu --quick           # the same code path, tiny, anywhere
 
 1. CUDA vs CPU: IG, SIG (20 steps) and exact SIG of a random MiniLM-shaped model
-   (same weights on both) on three sentences, fp32: the largest relative difference.
+   (same weights on both) on two sentences, fp32: the largest relative difference.
 2. bfloat16: SIG's completeness deltas and its distance from fp32.
 3. Speed (benchmarks.speed, floor rerun in the same process): SIG, exact SIG and IG
    at T = 32 and 128 for the MiniLM and BERT-base shapes, fp32 and bf16, and IG over
@@ -13,6 +13,9 @@
    records its first, cold run (`first_run_seconds`) and the rows of its passes.
 4. With `--profile_dir`: one SIG run per shape and precision under torch.profiler,
    its device busy time beside its wall time, and the top operators.
+5. With `--compile_shapes bert-base`: SIG with `torch_compile=True` beside the eager
+   cases of that shape (compile time, time against the eager floor and time-interpret,
+   agreement with eager).
 Random weights: speed does not depend on them.
 """
 
@@ -21,13 +24,15 @@ import json
 import pathlib
 import time
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 import lit_sig
 from benchmarks import speed
-from benchmarks.common import WORDS, random_model
+from benchmarks.common import SHAPES, WORDS, random_model
 from lit_sig import models, storage
 from lit_sig.lit import interpreters
 
@@ -146,10 +151,12 @@ def speed_table(
     report: dict,
     out: str | None,
     profile_dir: pathlib.Path | None = None,
+    compile_shapes: tuple[str, ...] = (),
 ) -> None:
     """Appends each shape and precision's cases to `report["speed"]` (saved after each); failures to "errors".
 
-    With `profile_dir`, also profiles one SIG run per shape and precision at the shortest length.
+    With `profile_dir`, also profiles one SIG run per shape and precision at the shortest length;
+    for `compile_shapes`, also times SIG with `torch_compile=True` (`beside_compiled`).
     """
     for shape in shapes:
         for precision in ("float32", "bfloat16"):
@@ -164,6 +171,19 @@ def speed_table(
                     if case["method"] == speed.SIG:
                         _beside_time_interpret(model, case, steps)
                 report["speed"] += run
+                if shape in compile_shapes:
+                    _save(report, out)
+                    sig_cases = [c for c in run if c["method"] == speed.SIG]
+                    _attempt(
+                        report,
+                        f"{shape} {precision} compiled",
+                        beside_compiled,
+                        shape,
+                        device,
+                        precision,
+                        sig_cases,
+                        steps,
+                    )
                 if profile_dir is not None:
                     path = profile_dir / f"profile_{shape}_{precision}.txt"
                     report["profiles"].append(
@@ -195,6 +215,43 @@ def _beside_time_interpret(model: models.HFSequenceClassifier, case: dict, steps
     print(line, flush=True)
 
 
+def beside_compiled(shape: str, device: str, precision: str, sig_cases: list[dict], steps: int) -> None:
+    """SIG through `torch_compile=True` (same weights) beside each eager SIG case: time and agreement.
+
+    The first run compiles (`compiled_first_run_seconds`); the second is timed against the
+    eager floor already measured for the case, and time-interpret's time if it has one.
+    """
+    eager = random_model(shape, device, precision)
+    compiled = random_model(shape, device, precision, torch_compile=True)
+    config = {interpreters.INTERPOLATION_KEY: steps, interpreters.NORMALIZATION_KEY: False}
+    for case in sig_cases:
+        texts = [speed.sentence(compiled, case["tokens"])]
+        first = speed.explain(compiled, speed.SIG, texts, config)["seconds"]
+        seconds = speed.explain(compiled, speed.SIG, texts, config)["seconds"]
+        case |= {
+            "compiled_first_run_seconds": first,
+            "compiled_seconds": seconds,
+            "compiled_ratio": seconds / case["floor_seconds"],
+        }
+        for key in ("time_interpret_seconds", "time_interpret_float32_seconds"):
+            if key in case:
+                case[f"compiled_speedup_over_{key.removesuffix('_seconds')}"] = case[key] / seconds
+        print(f"  compiled SIG T={case['tokens']}: {first:.1f} s first, then {seconds:.3f} s", flush=True)
+    if sig_cases:
+        sig_cases[0]["compiled_vs_eager_max_relative"] = max_relative(
+            attributions(compiled, "sig"), attributions(eager, "sig")
+        )
+
+
+def _attempt(report: dict, label: str, step: Callable[..., None], *args: Any) -> None:
+    """Runs an optional step; a failure goes to `report["errors"]`, not past what was measured."""
+    try:
+        step(*args)
+    except Exception as error:  # pylint: disable=broad-except
+        report["errors"].append(f"{label}: {traceback.format_exc()}")
+        print(f"FAILED {label}: {error!r}", flush=True)
+
+
 def _save(report: dict, out: str | None) -> None:
     if out:
         storage.write_atomically(pathlib.Path(out), json.dumps(report, indent=2, default=float) + "\n")
@@ -209,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ig_batch", type=int, default=64, help="IG over this many sentences in one run")
     parser.add_argument("--json", default=None, help="the report, rewritten after every step")
     parser.add_argument("--profile_dir", default=None, help="profile one SIG run per shape and precision here")
+    parser.add_argument(
+        "--compile_shapes", default="", help="also time SIG with torch_compile=True for these shapes (comma-separated)"
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu for a smoke test")
@@ -230,7 +290,10 @@ def main(argv: list[str] | None = None) -> None:
         print(report["errors"][-1], flush=True)
     _save(report, args.json)
     profile_dir = None if args.profile_dir is None else pathlib.Path(args.profile_dir)
-    speed_table(args.device, shapes, tokens, steps, ig_batch, report, args.json, profile_dir)
+    compile_shapes = tuple(s for s in args.compile_shapes.split(",") if s)
+    if bad := sorted(set(compile_shapes) - set(SHAPES)):
+        parser.error(f"--compile_shapes {bad}: accepted: {', '.join(SHAPES)}")
+    speed_table(args.device, shapes, tokens, steps, ig_batch, report, args.json, profile_dir, compile_shapes)
     print(f"errors: {len(report['errors'])}", flush=True)
     for error in report["errors"]:
         print(error, flush=True)

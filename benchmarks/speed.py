@@ -49,10 +49,12 @@ REPEAT_BELOW = 20_000  # rows * T: cheaper cases are timed --repeats times.
 FLOOR_SEARCH_ROWS = 1024  # Rows timed per candidate minibatch size.
 
 
-def load_model(shape: str, device: str | None, precision: str) -> models.HFSequenceClassifier:
+def load_model(
+    shape: str, device: str | None, precision: str, torch_compile: bool = False
+) -> models.HFSequenceClassifier:
     if shape == "sst2":
-        return models.minilm_sst2(device, precision=precision)
-    return random_model(shape, device, precision)
+        return models.minilm_sst2(device, precision=precision, torch_compile=torch_compile)
+    return random_model(shape, device, precision, torch_compile=torch_compile)
 
 
 def sentence(model: models.HFSequenceClassifier, num_tokens: int) -> str:
@@ -284,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"from {list(METHODS)}")
     parser.add_argument("--precision", default="float32", choices=list(models.PRECISIONS))
+    parser.add_argument("--torch_compile", action="store_true", help="compiled gradient passes (the floor stays eager)")
     parser.add_argument("--tolerance", type=float, default=None, help="adaptive SIG tolerance (default: its own)")
     parser.add_argument("--ig_batch", type=int, default=0, help="IG over this many sentences in one run (0: skip)")
     parser.add_argument("--memory_tokens", type=int, default=510, help="0 skips the memory check")
@@ -299,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = args.methods.split(",")
     if bad := sorted(set(methods) - set(METHODS)):
         parser.error(f"unknown --methods {bad}; accepted: {', '.join(METHODS)}")
-    model = load_model(args.shape, args.device, args.precision)
+    model = load_model(args.shape, args.device, args.precision, args.torch_compile)
     if bad := [t for t in tokens if not 1 <= t <= model.max_length - 2]:
         parser.error(f"--tokens {bad} out of range; accepted: 1..{model.max_length - 2}")
     report = {
@@ -307,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
         "shape": args.shape,
         "precision": args.precision,
+        "torch_compile": args.torch_compile,
         "cases": run_cases(model, tokens, methods, args.steps, args.repeats, args.tolerance, args.ig_batch),
     }
     if args.memory_tokens:

@@ -44,7 +44,9 @@ def test_speed_counts_the_rows_of_each_method(tmp_path):
 def test_gpu_check_runs_on_the_cpu_and_reports_everything(tmp_path):
     """`gpu_check --device cpu --quick` is the GPU check's code path, so CI keeps it working."""
     out, profiles = tmp_path / "gpu_check.json", tmp_path / "profiles"
-    gpu_check.main(["--device", "cpu", "--quick", "--json", str(out), "--profile_dir", str(profiles)])
+    gpu_check.main(
+        ["--device", "cpu", "--quick", "--json", str(out), "--profile_dir", str(profiles), "--compile_shapes", "tiny"]
+    )
     report = json.loads(out.read_text())
     assert report["errors"] == []
     for method, numbers in report["agreement"].items():
@@ -59,6 +61,11 @@ def test_gpu_check_runs_on_the_cpu_and_reports_everything(tmp_path):
     }
     for case in cases:
         assert sum(case["gradient_passes"]) == case["rows"] and case["ratio"] > 0
+    compiled = [c for c in cases if "compiled_seconds" in c]  # Every SIG case, beside eager.
+    assert [(c["precision"], c["method"]) for c in compiled] == [("float32", speed.SIG), ("bfloat16", speed.SIG)]
+    assert compiled[0]["compiled_vs_eager_max_relative"] < 1e-5
+    assert compiled[1]["compiled_vs_eager_max_relative"] < 1e-2  # Both bf16; fused kernels round differently.
+    assert all(c["compiled_ratio"] > 0 and "compiled_speedup_over_time_interpret" in c for c in compiled)
     assert [(p["shape"], p["precision"]) for p in report["profiles"]] == [("tiny", "float32"), ("tiny", "bfloat16")]
     text = (profiles / "profile_tiny_bfloat16.txt").read_text()
     assert text.startswith("SIG, T=8, n=5, bfloat16") and "gradient passes: [" in text and "aten::" in text

@@ -99,6 +99,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         grad_wrt: str = "logit",
         output_attention: bool = False,
         precision: str = "float32",
+        torch_compile: bool = False,
     ):
         """Wraps `model` and `tokenizer`.
 
@@ -124,6 +125,10 @@ class HFSequenceClassifier(lit_model.BatchedModel):
                 deltas of IG/SIG to see what it costs in accuracy). Applies to
                 `predict` and to gradient rows; score-only rows (exact SIG, the
                 completeness endpoints, the input's own score) stay float32.
+            torch_compile: run the device path's gradient passes (IG and SIG rows)
+                through `torch.compile(model, dynamic=True)`: fused kernels, results
+                equal to eager up to float rounding. The first pass compiles, which
+                takes seconds to minutes; worth it for many explanations (data sets).
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r}; accepted: {list(PRECISIONS)}.")
@@ -148,6 +153,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         self.grad_wrt = grad_wrt
         self.output_attention = output_attention
         self.precision = precision
+        self._compiled = torch.compile(self.model, dynamic=True) if torch_compile else None
         self._max_minibatch_size = max_minibatch_size
         self._max_minibatch_tokens = max_minibatch_tokens
         self._max_rows_per_pass = max_rows_per_pass
@@ -377,12 +383,16 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             )
         return given.to(self.device, self._embedding.weight.dtype)
 
-    def _run(self, batch: "_Batch", full_precision: bool = False, **outputs: bool) -> Any:
-        """The model's forward pass over `batch`: under autocast at `precision`, unless `full_precision`."""
+    def _run(self, batch: "_Batch", full_precision: bool = False, compiled: bool = False, **outputs: bool) -> Any:
+        """The model's forward pass over `batch`: under autocast at `precision`, unless `full_precision`.
+
+        `compiled` uses the `torch_compile` module when there is one.
+        """
         kwargs = {} if batch.token_type_ids is None else {"token_type_ids": batch.token_type_ids}
         autocast_dtype = None if full_precision else PRECISIONS[self.precision]
+        module = self._compiled if compiled and self._compiled is not None else self.model
         with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            return self.model(inputs_embeds=batch.embs, attention_mask=batch.attention_mask, **kwargs, **outputs)
+            return module(inputs_embeds=batch.embs, attention_mask=batch.attention_mask, **kwargs, **outputs)
 
     def _target_scores(self, logits: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
         """`[B]` explained scores from `[B, C]` float32 logits and `[B]` class indices."""
@@ -554,7 +564,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
                 batch.embs.requires_grad_(True)
             # Score-only rows (exact SIG, completeness endpoints) run in float32: differences of
             # bfloat16 scores would be mostly rounding, and there are few of them.
-            logits = self._run(batch, full_precision=not with_grads).logits.float()  # [R, C]
+            logits = self._run(batch, full_precision=not with_grads, compiled=with_grads).logits.float()  # [R, C]
             scores = self._target_scores(logits, classes)  # [R]
             grads = torch.autograd.grad(scores.sum(), batch.embs)[0] if with_grads else None  # [R, L, D]
         if measure:
