@@ -13,9 +13,9 @@
    records its first, cold run (`first_run_seconds`) and the rows of its passes.
 4. With `--profile_dir`: one SIG run per shape and precision under torch.profiler,
    its device busy time beside its wall time, and the top operators.
-5. With `--compile_shapes bert-base`: SIG with `torch_compile=True` beside the eager
-   cases of that shape (compile time, time against the eager floor and time-interpret,
-   agreement with eager).
+5. With `--compile_shapes bert-base`, after all of the above: SIG with `torch_compile=True`
+   beside the eager cases of that shape (compile time, time against the eager floor and
+   time-interpret, agreement with eager).
 Random weights: speed does not depend on them.
 """
 
@@ -151,12 +151,10 @@ def speed_table(
     report: dict,
     out: str | None,
     profile_dir: pathlib.Path | None = None,
-    compile_shapes: tuple[str, ...] = (),
 ) -> None:
     """Appends each shape and precision's cases to `report["speed"]` (saved after each); failures to "errors".
 
-    With `profile_dir`, also profiles one SIG run per shape and precision at the shortest length;
-    for `compile_shapes`, also times SIG with `torch_compile=True` (`beside_compiled`).
+    With `profile_dir`, also profiles one SIG run per shape and precision at the shortest length.
     """
     for shape in shapes:
         for precision in ("float32", "bfloat16"):
@@ -171,19 +169,6 @@ def speed_table(
                     if case["method"] == speed.SIG:
                         _beside_time_interpret(model, case, steps)
                 report["speed"] += run
-                if shape in compile_shapes:
-                    _save(report, out)
-                    sig_cases = [c for c in run if c["method"] == speed.SIG]
-                    _attempt(
-                        report,
-                        f"{shape} {precision} compiled",
-                        beside_compiled,
-                        shape,
-                        device,
-                        precision,
-                        sig_cases,
-                        steps,
-                    )
                 if profile_dir is not None:
                     path = profile_dir / f"profile_{shape}_{precision}.txt"
                     report["profiles"].append(
@@ -193,6 +178,22 @@ def speed_table(
             except Exception as error:  # pylint: disable=broad-except
                 report["errors"].append(f"{shape} {precision}: {traceback.format_exc()}")
                 print(f"FAILED {shape} {precision}: {error!r}", flush=True)
+            _save(report, out)
+
+
+def compiled_table(device: str, shapes: tuple[str, ...], steps: int, report: dict, out: str | None) -> None:
+    """For each of `shapes`, after the eager table: SIG with `torch_compile=True` beside each eager SIG case.
+
+    Last, as compiling takes minutes: a run cut short keeps the eager table.
+    """
+    for shape in shapes:
+        for precision in ("float32", "bfloat16"):
+            print(f"\n{shape}, {precision}, torch_compile:", flush=True)
+            cases = [
+                c for c in report["speed"] if (c["shape"], c["precision"], c["method"]) == (shape, precision, speed.SIG)
+            ]
+            label = f"{shape} {precision} compiled"
+            _attempt(report, label, beside_compiled, shape, device, precision, cases, steps)
             _save(report, out)
 
 
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     compile_shapes = tuple(s for s in args.compile_shapes.split(",") if s)
     if bad := sorted(set(compile_shapes) - set(SHAPES)):
         parser.error(f"--compile_shapes {bad}: accepted: {', '.join(SHAPES)}")
-    speed_table(args.device, shapes, tokens, steps, ig_batch, report, args.json, profile_dir, compile_shapes)
+    speed_table(args.device, shapes, tokens, steps, ig_batch, report, args.json, profile_dir)
+    compiled_table(args.device, compile_shapes, steps, report, args.json)
     print(f"errors: {len(report['errors'])}", flush=True)
     for error in report["errors"]:
         print(error, flush=True)
