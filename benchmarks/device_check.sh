@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The GPU check as one run on a lent CUDA machine without network (see README, "On a GPU").
+#
+# Here, once:  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#                --implementation cp --platform manylinux2014_x86_64 -d .whl \
+#                lit-nlp==1.3.1 captum==0.9.0 time-interpret==0.3.0
+# There:       bash benchmarks/device_check.sh          (carry .whl; results under $OUT)
+#
+# Writes $OUT/gpu_check.json (rewritten after every step, so a run cut short keeps what it
+# measured), $OUT/gpu_check.log and $OUT/profiles/*.txt. About 6 minutes on an H200 with
+# the compiled cases; GPU_CHECK_ARGS overrides the check's arguments.
+set -o pipefail
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl ||
+  exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu_check.log"
+# shellcheck disable=SC2086
+timeout "${GPU_CHECK_SECONDS:-540}" python3 -W ignore -m benchmarks.gpu_check --json "$OUT/gpu_check.json" \
+  ${GPU_CHECK_ARGS:---profile_dir $OUT/profiles --compile_shapes bert-base} 2>&1 |
+  grep --line-buffered -v "Loading weights" | tee -a "$OUT/gpu_check.log"
