@@ -341,3 +341,28 @@ def test_torch_compile_gives_eager_results(tiny_model, tokenizer):
             np.testing.assert_allclose(salience(a), salience(b), rtol=1e-5, atol=1e-7)
             assert a[interpreters.COMPLETENESS_KEY] == pytest.approx(b[interpreters.COMPLETENESS_KEY], abs=1e-6)
     assert sum(calls) == 6 * (6 + 2) + 6 * 2  # Every gradient row went through the compiled module.
+
+
+def test_passes_without_padding_carry_no_attention_mask(tokenizer):
+    """A Hugging Face model gets attention_mask=None when no row of a pass is padded, a mask otherwise."""
+    model = models.HFSequenceClassifier(tiny_bert(), tokenizer, device="cpu", max_rows_per_pass=1000)
+    masks = []
+
+    def record(module, args, kwargs):
+        masks.append(kwargs["attention_mask"])
+
+    handle = model.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        config = {interpreters.INTERPOLATION_KEY: 4}
+        alone = run(lit_sig.IntegratedGradients(), model, [{"sentence": SENTENCE}], **config)
+        assert masks[0] is not None and all(m is None for m in masks[1:])  # path_inputs embeds: a mask.
+        masks.clear()
+        together = run(
+            lit_sig.IntegratedGradients(), model, [{"sentence": SENTENCE}, {"sentence": "not bad"}], **config
+        )
+    finally:
+        handle.remove()
+    # The gradient pass and the endpoint pass each hold both examples' rows: padded, so masked.
+    assert len(masks) == 3 and all(m is not None for m in masks)
+    assert masks[1].sum(-1).tolist() == [8] * 4 + [4] * 4  # [CLS] + tokens + [SEP], per row.
+    np.testing.assert_allclose(salience(together[0]), salience(alone[0]), rtol=1e-6, atol=1e-9)

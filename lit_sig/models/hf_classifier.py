@@ -154,6 +154,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         self.output_attention = output_attention
         self.precision = precision
         self._compiled = torch.compile(self.model, dynamic=True) if torch_compile else None
+        self._mask_optional = isinstance(self.model, transformers.PreTrainedModel)  # None means all ones.
         self._max_minibatch_size = max_minibatch_size
         self._max_minibatch_tokens = max_minibatch_tokens
         self._max_rows_per_pass = max_rows_per_pass
@@ -476,14 +477,12 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             batch = self._embed([inputs[i] for i in chunk], [encodings[i] for i in chunk])
             with torch.inference_mode():
                 logits = self._run(batch, full_precision=True).logits.float()  # [B, C]
-                class_index = None
-                if self.labels is not None:
-                    class_index = torch.tensor(
-                        self._class_indices([requested[i] for i in chunk], logits), device=self.device
-                    )  # [B]
-                scores = self._target_scores(logits, class_index).clone()  # [B]
+                classes = None if self.labels is None else self._class_indices([requested[i] for i in chunk], logits)
+                class_index = None if classes is None else torch.tensor(classes, device=self.device)  # [B]
+                scores = self._target_scores(logits, class_index).clone()  # [B], stays on the device
             for b, i in enumerate(chunk):
-                prepared[i] = self._path_input(encodings[i], fields, batch, b, class_index, scores[b])
+                target = None if classes is None else classes[b]
+                prepared[i] = self._path_input(encodings[i], fields, batch, b, target, scores[b])
         return prepared
 
     def _segment_of(self, name: str) -> int:
@@ -498,7 +497,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         fields: list[int],
         batch: "_Batch",
         b: int,
-        class_index: torch.Tensor | None,
+        target: int | None,
         score: torch.Tensor,
     ) -> "_HFPathInput":
         length = len(encoding.input_ids)
@@ -506,12 +505,11 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             np.concatenate([encoding.segment_positions[s] for s in fields]), dtype=torch.long, device=self.device
         )  # [T]
         full = batch.embs[b, :length].clone()  # [L, D]
-        target = None if class_index is None else int(class_index[b])
         return _HFPathInput(
             tokens=[encoding.segment_tokens[s] for s in fields],
             x=full[positions],
             target=None if target is None else self.labels[target],
-            input_score=torch.tensor(float(score), device=self.device),
+            input_score=score,  # 0-d, on the device: no host round trip per example.
             full=full,
             positions=positions,
             token_type_ids=None if batch.token_type_ids is None else batch.token_type_ids[b, :length],
@@ -592,10 +590,11 @@ class HFSequenceClassifier(lit_model.BatchedModel):
     ) -> tuple["_Batch", torch.Tensor | None]:
         """Model inputs for rows of word embeddings padded to `length`, and each row's class `[R]`.
 
-        A pass without padding has no attention mask (None: every position attends), which
-        spares the model its own all-ones check, a host synchronization per pass.
+        A Hugging Face model's pass without padding gets no attention mask (None: every position
+        attends), which spares the model its own all-ones check, a host synchronization per pass.
+        Other modules always get one (the documented call).
         """
-        padded = any(len(p.full) < length for p, _ in pieces)
+        padded = not self._mask_optional or any(len(p.full) < length for p, _ in pieces)
         batch = _Batch(
             torch.cat([_place_rows(p, rows, length) for p, rows in pieces]),  # [R, L, D]
             torch.cat(
