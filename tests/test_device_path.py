@@ -215,6 +215,57 @@ def test_exact_sig_is_t_plus_one_forward_passes(tiny_pair_model):
     assert all(inference and not grad for _, inference, grad in calls)  # No backward pass is possible.
 
 
+def _passes_of(model: models.HFSequenceClassifier, interpreter, example: dict, **config) -> tuple[list, dict]:
+    """`(rows, with grads)` of each model pass of one explanation, and its result."""
+    calls = []
+
+    def record(module, args, kwargs, output):
+        calls.append((kwargs["inputs_embeds"].shape[0], torch.is_grad_enabled()))
+
+    handle = model.model.register_forward_hook(record, with_kwargs=True)
+    try:
+        return calls, run(interpreter, model, [example], **config)[0]
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("model_name", ["tiny_model", "regression_model"])
+def test_a_known_class_saves_the_input_pass(request, model_name):
+    """With the class known (label field, 'Class to explain', or regression) x is scored beside the other rows."""
+    model = request.getfixturevalue(model_name)
+    unlabelled = {"sentence": SENTENCE}
+    prediction = list(model.predict([unlabelled]))[0]
+    labelled = {**unlabelled, "label": prediction["label"]} if model.labels else unlabelled
+    T, n = len(prediction["tokens_sentence"]), 4  # T * n rows fit in one pass (32 on the CPU).
+    steps = {interpreters.INTERPOLATION_KEY: n}
+    cases = [
+        (lit_sig.SequentialIntegratedGradients(), EXACT, [(T + 1, False)]),
+        (lit_sig.IntegratedGradients(), steps, [(n, True), (2, False)]),
+        (lit_sig.SequentialIntegratedGradients(), steps, [(T * n, True), (T + 1, False)]),
+    ]
+    for interpreter, config, expected in cases:
+        passes, known = _passes_of(model, interpreter, labelled, **config)
+        assert passes == expected  # One pass fewer than with a class to predict, below.
+        if model.labels:
+            passes, guessed = _passes_of(model, interpreter, unlabelled, **config)
+            (rows, _), *rest = reversed(expected)  # The input's row moves to a pass of its own.
+            assert passes == [(1, False)] + list(reversed(rest)) + [(rows - 1, False)]
+            np.testing.assert_allclose(salience(known), salience(guessed), rtol=1e-6, atol=1e-9)
+            # F(x) in another pass: the same up to float32 rounding of scores of order 1.
+            assert known[interpreters.COMPLETENESS_KEY] == pytest.approx(
+                guessed[interpreters.COMPLETENESS_KEY], abs=1e-6
+            )
+    # 'Class to explain' decides as the label field does: the other class, still one pass fewer.
+    other = "0" if prediction.get("label") == "1" else "1"
+    if model.labels:
+        passes, result = _passes_of(
+            model, lit_sig.SequentialIntegratedGradients(), unlabelled, **EXACT, **{interpreters.CLASS_KEY: other}
+        )
+        assert passes == [(T + 1, False)]
+        flipped = run(lit_sig.SequentialIntegratedGradients(), model, [{**unlabelled, "label": other}], **EXACT)[0]
+        np.testing.assert_allclose(salience(result), salience(flipped), rtol=1e-6, atol=1e-9)
+
+
 def test_exact_through_predict_when_the_model_has_no_device_path(tiny_model):
     example = {"sentence": SENTENCE, "label": "0"}
     generic = run(lit_sig.SequentialIntegratedGradients(), PredictOnly(tiny_model), [example], **EXACT)[0]

@@ -40,13 +40,15 @@ class PathInput:
         tokens: per embeddings field asked for, its word tokens.
         x: `[T, D]` their embeddings, fields concatenated in the order asked for.
         target: the class whose score rows are scored for; None for regression.
-        input_score: `[]` that score at x (float32, on the device).
+        input_score: `[]` that score at x (float32, on the device), or None where the
+            model did not score x (it needed no prediction to know the class); the
+            engine then scores x beside its other rows.
     """
 
     tokens: list[list[str]]
     x: torch.Tensor
     target: str | None
-    input_score: torch.Tensor
+    input_score: torch.Tensor | None
 
 
 @runtime_checkable
@@ -58,7 +60,7 @@ class DevicePathModel(Protocol):
     def path_inputs(
         self, inputs: Sequence[lit_types.JsonDict], classes: Sequence[str | None], embeddings_fields: Sequence[str]
     ) -> list[PathInput]:
-        """Embeds `inputs` and scores them at x for `classes` (None: label field, else predicted)."""
+        """Embeds `inputs` for `classes` (None: label field, else predicted); may score them at x."""
 
     def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
         """Rows of `num_tokens` word tokens that one pass on the device should hold."""

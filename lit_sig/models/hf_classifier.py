@@ -338,11 +338,13 @@ class HFSequenceClassifier(lit_model.BatchedModel):
                 inputs[half:], encodings[half:]
             )
 
-    def _class_indices(self, requested: Sequence[str | None], logits: torch.Tensor) -> list[int]:
-        """Each row's class: the requested label, else the predicted class ([B, C] logits)."""
+    def _class_indices(self, requested: Sequence[str | None], logits: torch.Tensor | None) -> list[int]:
+        """Each row's class: the requested label, else the predicted class (`[B, C]` logits; None if all asked)."""
+        predictions = [None] * len(requested) if logits is None else logits.argmax(-1).tolist()
         classes = []
-        for label, predicted in zip(requested, logits.argmax(-1).tolist()):
+        for label, predicted in zip(requested, predictions):
             if label is None or label == "":
+                assert predicted is not None, "a class to predict needs logits"
                 classes.append(predicted)
             elif label in self.labels:
                 classes.append(self.labels.index(label))
@@ -466,7 +468,12 @@ class HFSequenceClassifier(lit_model.BatchedModel):
     def path_inputs(
         self, inputs: Sequence[lit_types.JsonDict], classes: Sequence[str | None], embeddings_fields: Sequence[str]
     ) -> list[protocol.PathInput]:
-        """Embeds `inputs` on the device and scores each at x for its class (see protocol)."""
+        """Embeds `inputs` on the device (see protocol).
+
+        Inputs whose class must be predicted are scored at x on the way (one forward pass
+        for their chunk); where every class is known (asked for, in the label field, or a
+        regression) nothing runs, and the engine scores x beside its other rows.
+        """
         fields = [self._segment_of(name) for name in embeddings_fields]
         inputs = list(inputs)
         encodings = [self._encode(self._texts(ex)) for ex in inputs]
@@ -475,15 +482,25 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         prepared: list[protocol.PathInput | None] = [None] * len(inputs)
         for chunk in self._minibatches(order, [len(encodings[i].input_ids) for i in order]):
             batch = self._embed([inputs[i] for i in chunk], [encodings[i] for i in chunk])
-            with torch.inference_mode():
-                logits = self._run(batch, full_precision=True).logits.float()  # [B, C]
-                classes = None if self.labels is None else self._class_indices([requested[i] for i in chunk], logits)
-                class_index = None if classes is None else torch.tensor(classes, device=self.device)  # [B]
-                scores = self._target_scores(logits, class_index).clone()  # [B], stays on the device
+            targets, scores = self._chunk_targets(batch, [requested[i] for i in chunk])
             for b, i in enumerate(chunk):
-                target = None if classes is None else classes[b]
-                prepared[i] = self._path_input(encodings[i], fields, batch, b, target, scores[b])
+                score = None if scores is None else scores[b]
+                prepared[i] = self._path_input(encodings[i], fields, batch, b, targets[b], score)
         return prepared
+
+    def _chunk_targets(
+        self, batch: "_Batch", requested: list[str | None]
+    ) -> tuple[list[int | None], torch.Tensor | None]:
+        """Each input's class index (None: regression) and, if a class had to be predicted, `[B]` scores at x."""
+        if self.labels is None:
+            return [None] * len(requested), None
+        if all(label not in (None, "") for label in requested):
+            return self._class_indices(requested, None), None
+        with torch.inference_mode():
+            logits = self._run(batch, full_precision=True).logits.float()  # [B, C]
+            targets = self._class_indices(requested, logits)
+            scores = self._target_scores(logits, torch.tensor(targets, device=self.device)).clone()  # [B]
+        return targets, scores
 
     def _segment_of(self, name: str) -> int:
         names = [embeddings_field(f) for f in self.text_fields]
@@ -498,7 +515,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         batch: "_Batch",
         b: int,
         target: int | None,
-        score: torch.Tensor,
+        score: torch.Tensor | None,
     ) -> "_HFPathInput":
         length = len(encoding.input_ids)
         positions = torch.as_tensor(
@@ -509,7 +526,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             tokens=[encoding.segment_tokens[s] for s in fields],
             x=full[positions],
             target=None if target is None else self.labels[target],
-            input_score=score,  # 0-d, on the device: no host round trip per example.
+            input_score=score,  # 0-d on the device (no host round trip per example), or None: not scored.
             full=full,
             positions=positions,
             token_type_ids=None if batch.token_type_ids is None else batch.token_type_ids[b, :length],
