@@ -37,8 +37,9 @@ class CountingModel:
         return self.model.predict(inputs, **kw)
 
     def path_inputs(self, inputs, classes, fields):
-        self.forward_only += len(inputs)
-        return self.model.path_inputs(inputs, classes, fields)
+        prepared = self.model.path_inputs(inputs, classes, fields)
+        self.forward_only += sum(p.input_score is not None for p in prepared)  # Scored at x on the way.
+        return prepared
 
     def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
         return self.model.rows_per_pass(num_tokens, with_grads)

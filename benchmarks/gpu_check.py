@@ -128,7 +128,7 @@ def profile_sig(model: models.HFSequenceClassifier, tokens: int, steps: int, pat
     cuda = model.device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     text = speed.sentence(model, tokens)
-    config = {interpreters.INTERPOLATION_KEY: steps, interpreters.NORMALIZATION_KEY: False}
+    config = speed.case_config(steps)
     speed.explain(model, speed.SIG, [text], config)  # Warm.
     with torch.profiler.profile(activities=activities) as profiler:
         run = speed.explain(model, speed.SIG, [text], config)
@@ -224,7 +224,7 @@ def beside_compiled(shape: str, device: str, precision: str, sig_cases: list[dic
     """
     eager = random_model(shape, device, precision)
     compiled = random_model(shape, device, precision, torch_compile=True)
-    config = {interpreters.INTERPOLATION_KEY: steps, interpreters.NORMALIZATION_KEY: False}
+    config = speed.case_config(steps)
     for case in sig_cases:
         texts = [speed.sentence(compiled, case["tokens"])]
         first = speed.explain(compiled, speed.SIG, texts, config)["seconds"]

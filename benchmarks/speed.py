@@ -3,7 +3,8 @@
     python -m benchmarks.speed --tokens 16,32,64,128 --steps 50 --json speed.json
     python -m benchmarks.speed --shape bert-base --precision bfloat16 --tokens 32,128 --memory_tokens 0
 
-Per case (method, T word tokens, n steps): the seconds of one `interpreter.run`
+Per case (method, T word tokens, n steps, 'Class to explain' fixed to "1" unless
+`--class_to_explain ''` asks for the predicted class): the seconds of one `interpreter.run`
 (interpreter -> model -> device) and, in the same run, the floor: as many rows of
 T + 2 tokens pushed through the bare torch model at its fastest minibatch size
 (forward+backward for gradient rows, forward only for score rows). Methods:
@@ -45,6 +46,7 @@ for _name in captum_bridge.METHODS:  # e.g. "captum:KernelShap"; run with --meth
 DEFAULT_METHODS = (IG, SIG, EXACT_SIG)
 CPU_MINIBATCHES = (8, 16, 32, 64, 128)
 CUDA_MINIBATCHES = (32, 64, 128, 256, 512, 1024)
+DEFAULT_CLASS = "1"  # 'Class to explain' fixed, as in the LIT UI's class selector ("": the predicted class).
 REPEAT_BELOW = 20_000  # rows * T: cheaper cases are timed --repeats times.
 FLOOR_SEARCH_ROWS = 1024  # Rows timed per candidate minibatch size.
 
@@ -66,6 +68,15 @@ def sentence(model: models.HFSequenceClassifier, num_tokens: int) -> str:
 def synchronize(model: models.HFSequenceClassifier) -> None:
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
+
+
+def case_config(steps: int, class_to_explain: str = DEFAULT_CLASS) -> dict:
+    """The interpreters' config of every timed case: raw salience, `steps`, a fixed class."""
+    return {
+        interpreters.INTERPOLATION_KEY: steps,
+        interpreters.NORMALIZATION_KEY: False,
+        interpreters.CLASS_KEY: class_to_explain,
+    }
 
 
 def explain(model: models.HFSequenceClassifier, method: str, texts: list[str], config: dict) -> dict:
@@ -231,8 +242,10 @@ def run_cases(
     tolerance: float | None,
     ig_batch: int,
     adaptive: bool = True,
+    class_to_explain: str = DEFAULT_CLASS,
 ) -> list[dict]:
-    config = {interpreters.INTERPOLATION_KEY: steps, interpreters.NORMALIZATION_KEY: False}
+    """Times every method at every length (and IG over `ig_batch` sentences), printing a table row each."""
+    config = case_config(steps, class_to_explain)
     explain(model, IG, [sentence(model, 8)], config)  # Warm up.
     print("| method | T | rows (fwd+bwd + fwd) | seconds | floor | ratio | completeness delta | notes |")
     print("|---|---|---|---|---|---|---|---|")
@@ -245,7 +258,8 @@ def run_cases(
             case = time_case(model, method, [text], [floor], config, repeats) | {"tokens": T, "steps": steps}
             case["rows_per_pass"] = model.rows_per_pass(T, True)  # Ours, as the model sized them.
             if method == SIG and adaptive:
-                adaptive_config = {interpreters.NORMALIZATION_KEY: False, interpreters.ADAPTIVE_KEY: True}
+                adaptive_config = {**config, interpreters.ADAPTIVE_KEY: True}
+                del adaptive_config[interpreters.INTERPOLATION_KEY]
                 if tolerance is not None:
                     adaptive_config[interpreters.TOLERANCE_KEY] = tolerance
                 run = explain(model, SIG, [text], adaptive_config)
@@ -288,6 +302,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="float32", choices=list(models.PRECISIONS))
     parser.add_argument("--torch_compile", action="store_true", help="compiled gradient passes (the floor stays eager)")
     parser.add_argument("--tolerance", type=float, default=None, help="adaptive SIG tolerance (default: its own)")
+    parser.add_argument(
+        "--class_to_explain", default=DEFAULT_CLASS, help="'' explains the predicted class (one more forward pass)"
+    )
     parser.add_argument("--ig_batch", type=int, default=0, help="IG over this many sentences in one run (0: skip)")
     parser.add_argument("--memory_tokens", type=int, default=510, help="0 skips the memory check")
     parser.add_argument("--memory_seconds", type=float, default=120.0)
@@ -311,7 +328,17 @@ def main(argv: list[str] | None = None) -> None:
         "shape": args.shape,
         "precision": args.precision,
         "torch_compile": args.torch_compile,
-        "cases": run_cases(model, tokens, methods, args.steps, args.repeats, args.tolerance, args.ig_batch),
+        "class_to_explain": args.class_to_explain,
+        "cases": run_cases(
+            model,
+            tokens,
+            methods,
+            args.steps,
+            args.repeats,
+            args.tolerance,
+            args.ig_batch,
+            class_to_explain=args.class_to_explain,
+        ),
     }
     if args.memory_tokens:
         report["memory"] = peak_memory(args.shape, args.memory_tokens, args.steps, args.memory_seconds, args.device)
