@@ -1,5 +1,6 @@
 """The data set explainer CLI: rows, formats, resuming, flag errors, and Ray."""
 
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -35,6 +36,17 @@ def run(data: pathlib.Path, tiny_model_dir: pathlib.Path, out: pathlib.Path, *fl
     return explain.read_rows(out)
 
 
+JOB = explain.Job(
+    model=explain.EMBEDDED_MODEL,
+    labels=("0", "1"),
+    method="sig",
+    steps=4,
+    baseline="mask",
+    normalize=False,
+    target="predicted",
+    device="cpu",
+    batch_size=2,
+)
 CLI_METHODS = ["sig", "exact_sig", "ig", "grad_norm", "grad_dot_input", "captum_featureablation", "captum_kernelshap"]
 
 
@@ -155,6 +167,28 @@ def test_resume_with_other_settings_is_refused(data, tiny_model_dir, tmp_path, c
     assert "resume with the same flags" in capsys.readouterr().err
 
 
+def test_precision_flag_runs_and_records_it_and_resume_keeps_it(data, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    rows = run(data, tiny_model_dir, out, "--method", "sig", "--steps", "3", "--precision", "bfloat16", "--limit", "2")
+    model = models.HFSequenceClassifier.from_pretrained(str(tiny_model_dir), device="cpu", precision="bfloat16")
+    interpreter, config = registry.interpreter_and_config("sig", 3, "mask", False)
+    for row in rows:
+        assert row["precision"] == "bfloat16"
+        example = {"sentence": row["sentence"], "label": row["predicted"]}
+        alone = interpreter.run([example], model, None, config=config)[0]
+        np.testing.assert_allclose(row["salience"], alone["token_grad_sentence"].salience, rtol=1e-4, atol=1e-6)
+    with pytest.raises(SystemExit) as exit_info:  # float32 rows must not join bfloat16 ones.
+        run(data, tiny_model_dir, out, "--method", "sig", "--steps", "3")
+    assert exit_info.value.code == 2 and "precision='bfloat16'" in capsys.readouterr().err
+
+
+def test_torch_compile_flag_reaches_the_model(data, tiny_model_dir):
+    job = dataclasses.replace(JOB, model=str(tiny_model_dir), torch_compile=True)
+    assert job.build_model()._compiled is not None  # Compiles on its first pass, not here.
+    assert dataclasses.replace(job, torch_compile=False).build_model()._compiled is None
+    assert "torch_compile" not in job.settings()  # Rounding only: rows of both may share a file.
+
+
 @pytest.mark.parametrize("change", ["model", "labels", "data"])
 def test_resume_with_another_model_labels_or_data_is_refused(data, tiny_model_dir, tmp_path, capsys, tokenizer, change):
     """A second run into the same --out must not mix rows of two models (or label sets, or data files)."""
@@ -228,6 +262,7 @@ def test_batches_are_sorted_longest_first(tokenizer):
         (["--data", "dev.csv"], "accepted: .tsv, .jsonl"),
         (["--model", "/nonexistent/model"], "can't load its tokenizer"),
         (["--text_field", "review"], "GLUE TSV files always use 'sentence'"),
+        (["--precision", "fp8"], "choose from 'float32', 'bfloat16', 'float16'"),
     ],
 )
 def test_bad_flags_exit_2_naming_what_is_accepted(data, tiny_model_dir, tmp_path, capsys, flags, message):

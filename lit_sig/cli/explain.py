@@ -47,7 +47,7 @@ OUTPUT_SUFFIXES = (".parquet", ".jsonl")
 DATA_SUFFIXES = (".tsv", ".jsonl")
 PARTIAL_SUFFIX = ".partial.jsonl"
 # Row fields that record how a row was made; a resumed run must match them.
-SETTINGS_FIELDS = ("method", "steps", "baseline", "normalize", "target")
+SETTINGS_FIELDS = ("method", "steps", "baseline", "normalize", "target", "precision")
 # Row fields that record what made it: the model (path or name), its labels and the data file.
 SOURCE_FIELDS = ("model", "labels", "data")
 SCHEMA = pa.schema(
@@ -66,6 +66,7 @@ SCHEMA = pa.schema(
         ("baseline", pa.string()),  # null for the gradient methods
         ("normalize", pa.bool_()),
         ("target", pa.string()),  # whose class score is explained: "predicted" or "label"
+        ("precision", pa.string()),  # the model's autocast precision: float32, bfloat16 or float16
         ("model", pa.string()),  # EMBEDDED_MODEL, a Hugging Face name, or a checkpoint's absolute path
         ("labels", pa.list_(pa.string())),
         ("data", pa.string()),  # the data file's absolute path
@@ -88,12 +89,19 @@ class Job:
     device: str | None
     batch_size: int
     data: str = ""  # the data file, as recorded in rows
+    precision: str = "float32"
+    torch_compile: bool = False  # Changes rounding only: not a setting rows record.
 
     def build_model(self) -> models.HFSequenceClassifier:
+        options = {
+            "max_minibatch_size": self.batch_size,
+            "precision": self.precision,
+            "torch_compile": self.torch_compile,
+        }
         if self.model == EMBEDDED_MODEL:
-            return models.minilm_sst2(self.device, max_minibatch_size=self.batch_size)
+            return models.minilm_sst2(self.device, **options)
         return models.HFSequenceClassifier.from_pretrained(
-            self.model, labels=self.labels, device=self.device, max_minibatch_size=self.batch_size
+            self.model, labels=self.labels, device=self.device, **options
         )
 
     def load_tokenizer(self) -> transformers.PreTrainedTokenizerBase:
@@ -384,6 +392,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="Explain only the first N examples.")
     parser.add_argument("--batch_size", type=int, default=32, help="Examples per batch (and per model pass).")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps; default: CUDA when available.")
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=list(models.PRECISIONS),
+        help="Run the model under autocast at this precision (recent GPUs; see the completeness deltas).",
+    )
+    parser.add_argument(
+        "--torch_compile",
+        action="store_true",
+        help="Compile the model's gradient passes (torch.compile): the first batch compiles for minutes.",
+    )
     parser.add_argument("--ray", default=None, metavar="ADDRESS", help="Run on this Ray cluster, or 'local'.")
     parser.add_argument("--ray_workers", type=int, default=2, help="Model actors on the Ray cluster.")
     return parser
@@ -440,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             device=parse_device(args.device, local=args.ray is None),
             batch_size=args.batch_size,
             data=str(pathlib.Path(args.data).resolve()),
+            precision=args.precision,
+            torch_compile=args.torch_compile,
         )
         try:
             job.interpreter()
