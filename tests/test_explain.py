@@ -94,16 +94,17 @@ def test_normalize_flag_scales_rows(data, tiny_model_dir, tmp_path):
 
 
 def explained_sentences(monkeypatch) -> list[str]:
-    """Records the sentences that the model predicts without replaced embeddings."""
+    """Records the sentences that the model predicts (`predict` or `classify`) without replaced embeddings."""
     seen: list[str] = []
-    predict = models.HFSequenceClassifier.predict
+    for name in ("predict", "classify"):
+        original = getattr(models.HFSequenceClassifier, name)
 
-    def recording_predict(self, inputs, **kw):
-        inputs = list(inputs)
-        seen.extend(x["sentence"] for x in inputs if "input_embs_sentence" not in x)
-        return predict(self, inputs, **kw)
+        def recording(self, inputs, original=original, **kw):
+            inputs = list(inputs)
+            seen.extend(x["sentence"] for x in inputs if "input_embs_sentence" not in x)
+            return original(self, inputs, **kw)
 
-    monkeypatch.setattr(models.HFSequenceClassifier, "predict", recording_predict)
+        monkeypatch.setattr(models.HFSequenceClassifier, name, recording)
     return seen
 
 

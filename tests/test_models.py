@@ -252,3 +252,28 @@ def test_reduced_precision_runs_and_bad_precision_is_rejected(tokenizer):
     assert not np.array_equal(b["probas"], a["probas"])  # It did run in bfloat16.
     with pytest.raises(ValueError, match="accepted: \\['float32', 'bfloat16', 'float16'\\]"):
         models.HFSequenceClassifier(module, tokenizer, device="cpu", precision="int8")
+
+
+@pytest.mark.parametrize("model_name", ["tiny_model", "tiny_pair_model", "regression_model"])
+def test_classify_equals_predict_without_a_backward_pass(request, model_name):
+    """The forward-only `classify` gives `predict`'s labels, probabilities (or scores) and truncation."""
+    model = request.getfixturevalue(model_name)
+    if model.text_fields == ["sentence"]:
+        examples = [{"sentence": "a charming journey"}, {"sentence": "bad " * 600}, {"sentence": "not bad"}]
+    else:
+        examples = [{"sentence1": "a man plays", "sentence2": "nobody plays"}, {"sentence1": "yes", "sentence2": "no"}]
+    grad_enabled = []
+    handle = model.model.register_forward_pre_hook(lambda *_: grad_enabled.append(torch.is_grad_enabled()))
+    try:
+        classified = model.classify(examples)
+    finally:
+        handle.remove()
+    assert grad_enabled and not any(grad_enabled)
+    assert [c["truncated"] for c in classified] == [len(e.get("sentence", "")) > 1000 for e in examples]
+    for ours, full in zip(classified, model.predict(examples)):
+        assert ours["truncated"] == full["truncated"]
+        if model.labels is None:
+            assert ours["score"] == pytest.approx(full["score"], rel=1e-5, abs=1e-6)
+        else:
+            assert ours["label"] == full["label"]
+            np.testing.assert_allclose(ours["probas"], full["probas"], rtol=1e-5, atol=1e-7)

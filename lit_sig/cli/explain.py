@@ -135,10 +135,13 @@ class Explainer:
     def explain(self, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Rows (see SCHEMA) of examples `{"id", "sentence", "label"}`, in order."""
         texts = [{self._field: e["sentence"]} for e in examples]
-        outputs = self._model.predict(texts)  # No label given: grads of the predicted class.
+        reads_gradients = METHODS[self._job.method].reads_model_gradients
+        # No label given: the predicted class (and, for the gradient methods, its gradients). The
+        # other methods make passes of their own, so a forward-only prediction does.
+        outputs = self._model.predict(texts) if reads_gradients else self._model.classify(texts)
         if self._job.target == "predicted":
             inputs = [dict(t, label=o["label"]) for t, o in zip(texts, outputs)]
-            model_outputs = outputs
+            model_outputs = outputs if reads_gradients else None
         else:
             inputs = [dict(t, label=e["label"]) for t, e in zip(texts, examples)]
             model_outputs = None

@@ -25,6 +25,7 @@ class Method:
     steps_key: str | None = None  # The config key of its steps: `Interpolation steps`, captum's `n_steps`.
     takes_baseline: bool = False
     extra: tuple[tuple[str, Any], ...] = ()  # Fixed config entries.
+    reads_model_gradients: bool = False  # Its salience comes from `predict`'s gradients (no passes of its own).
 
     def config(self, steps: int, baseline: str, normalize: bool) -> dict[str, Any]:
         """The interpreter config for these settings (validate it with the interpreter's `parse_config`)."""
@@ -54,8 +55,8 @@ METHODS: dict[str, Method] = {
         extra=((interpreters.METHOD_KEY, interpreters.EXACT_METHOD),),
     ),
     "ig": Method(interpreters.IntegratedGradients, interpreters.INTERPOLATION_KEY, takes_baseline=True),
-    "grad_norm": Method(interpreters.GradientNorm),
-    "grad_dot_input": Method(interpreters.GradientDotInput),
+    "grad_norm": Method(interpreters.GradientNorm, reads_model_gradients=True),
+    "grad_dot_input": Method(interpreters.GradientDotInput, reads_model_gradients=True),
 } | {captum_name(name): _captum(name) for name in captum_bridge.METHODS}
 
 

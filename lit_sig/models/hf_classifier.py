@@ -261,6 +261,30 @@ class HFSequenceClassifier(lit_model.BatchedModel):
                 outputs[i] = result
         return outputs
 
+    def classify(self, inputs: Iterable[lit_types.JsonDict]) -> list[lit_types.JsonDict]:
+        """Forward-only predictions in float32, for callers that need no gradients.
+
+        Per input: `label` and `probas` (`score` for regression) and `truncated`, as in
+        `predict`, at a third of its cost (no backward pass, no embeddings or gradients).
+        """
+        inputs = list(inputs)
+        encodings = [self._encode(self._texts(ex)) for ex in inputs]
+        order = sorted(range(len(inputs)), key=lambda i: len(encodings[i].input_ids))
+        outputs: list[lit_types.JsonDict | None] = [None] * len(inputs)
+        for chunk in self._minibatches(order, [len(encodings[i].input_ids) for i in order]):
+            batch = self._embed([inputs[i] for i in chunk], [encodings[i] for i in chunk])
+            with torch.inference_mode():
+                logits = self._run(batch, full_precision=True).logits.float().cpu()  # [B, C]
+            for b, i in enumerate(chunk):
+                outputs[i] = {"truncated": encodings[i].truncated} | self._prediction(logits[b])
+        return outputs
+
+    def _prediction(self, logits: torch.Tensor) -> lit_types.JsonDict:
+        """`{"score"}` from `[1]` regression logits, else `{"label", "probas"}` from `[C]` logits."""
+        if self.labels is None:
+            return {"score": float(logits[0])}
+        return {LABEL_FIELD: self.labels[int(logits.argmax())], "probas": torch.softmax(logits, -1).numpy()}
+
     # Internals.
 
     def _minibatches(self, order: list[int], lengths: list[int]) -> Iterable[list[int]]:
