@@ -265,7 +265,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         """Forward-only predictions in float32, for callers that need no gradients.
 
         Per input: `label` and `probas` (`score` for regression) and `truncated`, as in
-        `predict`, at a third of its cost (no backward pass, no embeddings or gradients).
+        `predict`, without its backward pass, embeddings or gradients.
         """
         inputs = list(inputs)
         encodings = [self._encode(self._texts(ex)) for ex in inputs]
