@@ -47,7 +47,7 @@ DEFAULT_METHODS = (IG, SIG, EXACT_SIG)
 CPU_MINIBATCHES = (8, 16, 32, 64, 128)
 CUDA_MINIBATCHES = (32, 64, 128, 256, 512, 1024)
 DEFAULT_CLASS = "1"  # 'Class to explain' fixed, as in the LIT UI's class selector ("": the predicted class).
-REPEAT_BELOW = 20_000  # rows * T: cheaper cases are timed --repeats times.
+REPEAT_BELOW = 20_000  # rows * T: cheaper cases are timed --repeats times (on CUDA, 10x more: SIG at T = 32 too).
 FLOOR_SEARCH_ROWS = 1024  # Rows timed per candidate minibatch size.
 
 
@@ -155,7 +155,8 @@ def time_case(model, method: str, texts: list[str], floors: list[Floor], config:
     first = explain(model, method, texts, config)["seconds"] if model.device.type == "cuda" else None
     case = explain(model, method, texts, config)
     times, floor_times = [case["seconds"]], [sum(f.of(case) / len(texts) for f in floors)]
-    while len(times) < repeats and case["rows"] * len(texts[0].split()) <= REPEAT_BELOW * len(texts):
+    repeat_below = REPEAT_BELOW * (10 if model.device.type == "cuda" else 1) * len(texts)
+    while len(times) < repeats and case["rows"] * len(texts[0].split()) <= repeat_below:
         times.append(explain(model, method, texts, config)["seconds"])
         floor_times.append(sum(f.of(case) / len(texts) for f in floors))
     case |= {"method": method, "seconds": min(times), "floor_seconds": min(floor_times)}
