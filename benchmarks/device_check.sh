@@ -7,8 +7,8 @@
 # There:       bash benchmarks/device_check.sh          (carry .whl; results under $OUT)
 #
 # Writes $OUT/gpu_check.json (rewritten after every step, so a run cut short keeps what it
-# measured), $OUT/gpu_check.log and $OUT/profiles/*.txt. About 6 minutes on an H200 with
-# the compiled cases; GPU_CHECK_ARGS overrides the check's arguments.
+# measured), $OUT/gpu_check.log and $OUT/profiles/*.txt. About 4 minutes on an H200, plus
+# compiling (minutes, last); GPU_CHECK_ARGS overrides the check's arguments.
 set -o pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
