@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check as one run on a lent CUDA machine without network (see README, "On a GPU").
+# The GPU check as one run on a lent CUDA machine without network (README: "Speed, memory and adaptive SIG").
 #
 # Here, once:  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #                --implementation cp --platform manylinux2014_x86_64 -d .whl \
