@@ -12,7 +12,8 @@
    (at our precision and, for bf16, also in float32 as it ships). Each case also
    records its first, cold run (`first_run_seconds`) and the rows of its passes.
 4. With `--profile_dir`: one SIG run per shape and precision under torch.profiler,
-   its device busy time beside its wall time, and the top operators.
+   its device busy time beside its wall time, the top operators, and how many of its
+   operations waited for the device (CUDA's sync debug mode) against its passes.
 5. With `--compile_shapes bert-base`, after all of the above: SIG with `torch_compile=True`
    beside the eager cases of that shape (compile time, time against the eager floor and
    time-interpret, agreement with eager).
@@ -24,6 +25,7 @@ import json
 import pathlib
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -141,8 +143,29 @@ def profile_sig(model: models.HFSequenceClassifier, tokens: int, steps: int, pat
     tables = [averages.table(sort_by=key, row_limit=25) for key in keys]
     path.parent.mkdir(parents=True, exist_ok=True)
     header = f"SIG, T={tokens}, n={steps}, {model.precision}: wall {run['seconds']:.4f} s, device busy {busy} s\n"
-    path.write_text(header + f"gradient passes: {run['gradient_passes']}\n\n" + "\n\n".join(tables) + "\n")
-    return {"tokens": tokens, "wall_seconds": run["seconds"], "device_busy_seconds": busy, "file": path.name}
+    syncs = host_syncs(model, text, config) if cuda else None
+    header += f"gradient passes: {run['gradient_passes']}; host synchronizations: {syncs}\n\n"
+    path.write_text(header + "\n\n".join(tables) + "\n")
+    return {
+        "tokens": tokens,
+        "wall_seconds": run["seconds"],
+        "device_busy_seconds": busy,
+        "host_syncs": syncs,
+        "gradient_passes": len(run["gradient_passes"]),
+        "file": path.name,
+    }
+
+
+def host_syncs(model: models.HFSequenceClassifier, text: str, config: dict) -> int:
+    """How many operations of one SIG run waited for the device (CUDA's sync debug mode, warnings counted)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            speed.explain(model, speed.SIG, [text], config)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def speed_table(
