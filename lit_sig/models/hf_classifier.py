@@ -3,7 +3,7 @@
 import dataclasses
 import functools
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -252,12 +252,9 @@ class HFSequenceClassifier(lit_model.BatchedModel):
     def predict(self, inputs: Iterable[lit_types.JsonDict], **unused_kw) -> list[lit_types.JsonDict]:
         """Predicts in minibatches of similar length; returns outputs in input order."""
         inputs = list(inputs)
-        encodings = [self._encode(self._texts(ex)) for ex in inputs]
-        order = sorted(range(len(inputs)), key=lambda i: len(encodings[i].input_ids))
         outputs: list[lit_types.JsonDict | None] = [None] * len(inputs)
-        for chunk in self._minibatches(order, [len(encodings[i].input_ids) for i in order]):
-            results = self._predict_with_backoff([inputs[i] for i in chunk], [encodings[i] for i in chunk])
-            for i, result in zip(chunk, results):
+        for chunk, encodings in self._length_chunks(inputs):
+            for i, result in zip(chunk, self._predict_with_backoff([inputs[i] for i in chunk], encodings)):
                 outputs[i] = result
         return outputs
 
@@ -268,15 +265,13 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         `predict`, without its backward pass, embeddings or gradients.
         """
         inputs = list(inputs)
-        encodings = [self._encode(self._texts(ex)) for ex in inputs]
-        order = sorted(range(len(inputs)), key=lambda i: len(encodings[i].input_ids))
         outputs: list[lit_types.JsonDict | None] = [None] * len(inputs)
-        for chunk in self._minibatches(order, [len(encodings[i].input_ids) for i in order]):
-            batch = self._embed([inputs[i] for i in chunk], [encodings[i] for i in chunk])
+        for chunk, encodings in self._length_chunks(inputs):
+            batch = self._embed([inputs[i] for i in chunk], encodings)
             with torch.inference_mode():
                 logits = self._run(batch, full_precision=True).logits.float().cpu()  # [B, C]
             for b, i in enumerate(chunk):
-                outputs[i] = {"truncated": encodings[i].truncated} | self._prediction(logits[b])
+                outputs[i] = {"truncated": encodings[b].truncated} | self._prediction(logits[b])
         return outputs
 
     def _prediction(self, logits: torch.Tensor) -> lit_types.JsonDict:
@@ -286,6 +281,16 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         return {LABEL_FIELD: self.labels[int(logits.argmax())], "probas": torch.softmax(logits, -1).numpy()}
 
     # Internals.
+
+    def _length_chunks(self, inputs: list[lit_types.JsonDict]) -> Iterator[tuple[list[int], list[_Encoding]]]:
+        """Minibatches of inputs of similar length: `(their indices in inputs, their encodings)`.
+
+        Every input is encoded (and so validated) before the first minibatch is yielded.
+        """
+        encodings = [self._encode(self._texts(ex)) for ex in inputs]
+        order = sorted(range(len(inputs)), key=lambda i: len(encodings[i].input_ids))
+        for chunk in self._minibatches(order, [len(encodings[i].input_ids) for i in order]):
+            yield chunk, [encodings[i] for i in chunk]
 
     def _minibatches(self, order: list[int], lengths: list[int]) -> Iterable[list[int]]:
         """Splits `order` (sorted by `lengths`, ascending) into minibatches of at most
@@ -500,16 +505,14 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         """
         fields = [self._segment_of(name) for name in embeddings_fields]
         inputs = list(inputs)
-        encodings = [self._encode(self._texts(ex)) for ex in inputs]
         requested = [c if c not in (None, "") else ex.get(LABEL_FIELD) for c, ex in zip(classes, inputs)]
-        order = sorted(range(len(inputs)), key=lambda i: len(encodings[i].input_ids))
         prepared: list[protocol.PathInput | None] = [None] * len(inputs)
-        for chunk in self._minibatches(order, [len(encodings[i].input_ids) for i in order]):
-            batch = self._embed([inputs[i] for i in chunk], [encodings[i] for i in chunk])
+        for chunk, encodings in self._length_chunks(inputs):
+            batch = self._embed([inputs[i] for i in chunk], encodings)
             targets, scores = self._chunk_targets(batch, [requested[i] for i in chunk])
             for b, i in enumerate(chunk):
                 score = None if scores is None else scores[b]
-                prepared[i] = self._path_input(encodings[i], fields, batch, b, targets[b], score)
+                prepared[i] = self._path_input(encodings[b], fields, batch, b, targets[b], score)
         return prepared
 
     def _chunk_targets(
