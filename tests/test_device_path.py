@@ -266,6 +266,22 @@ def test_a_known_class_saves_the_input_pass(request, model_name):
         np.testing.assert_allclose(salience(result), salience(flipped), rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("label", [None, "1"])
+def test_an_input_with_nothing_to_move(tiny_model, label):
+    """Only special tokens: every method gives zeros and a zero delta, with or without a known class."""
+    example = {"sentence": "[SEP]"} | ({} if label is None else {"label": label})
+    for interpreter, config in (
+        (lit_sig.SequentialIntegratedGradients(), EXACT),
+        (lit_sig.SequentialIntegratedGradients(), {interpreters.INTERPOLATION_KEY: 4}),
+        (lit_sig.IntegratedGradients(), {interpreters.INTERPOLATION_KEY: 4}),
+    ):
+        result = run(interpreter, tiny_model, [example], **config)[0]
+        assert result["token_grad_sentence"].tokens == ["[SEP]"]
+        np.testing.assert_array_equal(salience(result), [0.0])
+        # IG: F(x) - F(baseline = x), two rows of one pass: zero up to float32 rounding.
+        assert result[interpreters.COMPLETENESS_KEY] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_exact_through_predict_when_the_model_has_no_device_path(tiny_model):
     example = {"sentence": SENTENCE, "label": "0"}
     generic = run(lit_sig.SequentialIntegratedGradients(), PredictOnly(tiny_model), [example], **EXACT)[0]

@@ -139,7 +139,7 @@ def path_attributions(
         deltas = None
         if input_score is not None:
             deltas = (input_score - baseline_scores - p.groups.to(w.dtype) @ token_attr).cpu()  # [G]
-        num_rows = len(plan.group) + (len(p.groups) + (p.input_score is None) if measure_completeness else 0)
+        num_rows = len(plan.group) + (len(p.groups) + _input_rows(p) if measure_completeness else 0)
         results.append(
             PathAttribution(token_attr.cpu(), deltas, num_rows, attributions.cpu() if keep_dimensions else None)
         )
@@ -158,9 +158,7 @@ def occlusion_attributions(problems: Sequence[PathProblem], scorer: RowScorer) -
         token_attr = torch.zeros(p.x.shape[0], dtype=_dtype(p), device=p.x.device)  # [T]
         token_attr[p.groups.nonzero()[:, 1]] = input_score - baseline_scores  # Group g moves token t.
         G = len(p.groups)
-        results.append(
-            PathAttribution(token_attr.cpu(), torch.zeros(G, dtype=token_attr.dtype), G + (p.input_score is None))
-        )
+        results.append(PathAttribution(token_attr.cpu(), torch.zeros(G, dtype=token_attr.dtype), G + _input_rows(p)))
     return results
 
 
@@ -170,7 +168,7 @@ def _endpoint_scores(problems: Sequence[PathProblem], scorer: RowScorer) -> list
     plans = []
     for p in problems:
         G = len(p.groups)
-        extra = int(p.input_score is None)  # The input row: alpha 1 moves nothing.
+        extra = _input_rows(p)  # The input row: alpha 1 moves nothing.
         group = torch.cat([torch.arange(G, device=device), torch.zeros(extra, dtype=torch.long, device=device)])
         alpha = torch.cat([torch.zeros(G, device=device), torch.ones(extra, device=device)])
         plans.append(_RowPlan(group, alpha, None))
@@ -181,9 +179,16 @@ def _endpoint_scores(problems: Sequence[PathProblem], scorer: RowScorer) -> list
     for p, s in zip(problems, scores):
         G = len(p.groups)
         given = p.input_score
+        if given is None and G == 0:  # Nothing moves: no delta or attribution reads F(x).
+            given = 0.0
         input_score = s[G] if given is None else torch.as_tensor(given, dtype=s.dtype, device=device)
         ends.append((input_score, s[:G]))
     return ends
+
+
+def _input_rows(problem: PathProblem) -> int:
+    """1 if x itself must be scored: its score is not given and some group moves (else none is read)."""
+    return int(problem.input_score is None and len(problem.groups) > 0)
 
 
 def _dtype(problem: PathProblem) -> torch.dtype:
