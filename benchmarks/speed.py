@@ -46,7 +46,7 @@ for _name in captum_bridge.METHODS:  # e.g. "captum:KernelShap"; run with --meth
 DEFAULT_METHODS = (IG, SIG, EXACT_SIG)
 CPU_MINIBATCHES = (8, 16, 32, 64, 128)
 CUDA_MINIBATCHES = (32, 64, 128, 256, 512, 1024)
-DEFAULT_CLASS = "1"  # 'Class to explain' fixed, as in the LIT UI's class selector ("": the predicted class).
+DEFAULT_CLASS = "1"  # 'Class to explain', fixed as a user picks it in the config ("": label field, else predicted).
 REPEAT_BELOW = 20_000  # rows * T: cheaper cases are timed --repeats times (on CUDA, 10x more: SIG at T = 32 too).
 FLOOR_SEARCH_ROWS = 1024  # Rows timed per candidate minibatch size.
 

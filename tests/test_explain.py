@@ -183,6 +183,16 @@ def test_precision_flag_runs_and_records_it_and_resume_keeps_it(data, tiny_model
     assert exit_info.value.code == 2 and "precision='bfloat16'" in capsys.readouterr().err
 
 
+def test_rows_written_before_the_precision_setting_resume_as_float32(data, tiny_model_dir, tmp_path):
+    out = tmp_path / "out.jsonl"
+    first = run(data, tiny_model_dir, out, "--method", "ig", "--steps", "2", "--limit", "2")
+    out.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "precision"}) + "\n" for r in first))
+    rows = run(data, tiny_model_dir, out, "--method", "ig", "--steps", "2", "--limit", "4")  # Not refused.
+    assert [r["id"] for r in rows] == [0, 1, 2, 3]
+    assert [r["salience"] for r in rows[:2]] == [r["salience"] for r in first]  # Kept, not redone.
+    assert [r.get("precision") for r in rows] == [None, None, "float32", "float32"]
+
+
 def test_torch_compile_flag_reaches_the_model(data, tiny_model_dir):
     job = dataclasses.replace(JOB, model=str(tiny_model_dir), torch_compile=True)
     assert job.build_model()._compiled is not None  # Compiles on its first pass, not here.

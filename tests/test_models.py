@@ -277,3 +277,13 @@ def test_classify_equals_predict_without_a_backward_pass(request, model_name):
         else:
             assert ours["label"] == full["label"]
             np.testing.assert_allclose(ours["probas"], full["probas"], rtol=1e-5, atol=1e-7)
+
+
+def test_classify_runs_at_the_models_precision(tokenizer):
+    """Under bfloat16 `classify` predicts as `predict` does (both under autocast), not in float32."""
+    examples = [{"sentence": s} for s in ("a charming journey", "not bad", "the plot never quite works")]
+    bf16 = models.HFSequenceClassifier(tiny_bert(), tokenizer, device="cpu", precision="bfloat16")
+    fp32 = models.HFSequenceClassifier(tiny_bert(), tokenizer, device="cpu")
+    ours, full, exact = bf16.classify(examples), bf16.predict(examples), fp32.classify(examples)
+    np.testing.assert_allclose([o["probas"] for o in ours], [f["probas"] for f in full], rtol=1e-5, atol=1e-6)
+    assert not np.allclose([o["probas"] for o in ours], [e["probas"] for e in exact], rtol=1e-6, atol=1e-7)

@@ -90,7 +90,10 @@ def test_gauss_lobatto_bad_points(n):
 
 @pytest.mark.parametrize("method", quadrature.METHODS)
 def test_rules_are_cached_but_callers_get_their_own_copy(method):
+    quadrature.quadrature(method, 7)
+    hits = quadrature._rule.cache_info().hits
     alphas, weights = quadrature.quadrature(method, 7)
+    assert quadrature._rule.cache_info().hits == hits + 1  # Computed once, not per call.
     expected = (alphas.copy(), weights.copy())
     alphas[:] = -1.0  # A caller scribbling on its rule must not change the next caller's.
     weights[:] = 0.0

@@ -48,6 +48,8 @@ DATA_SUFFIXES = (".tsv", ".jsonl")
 PARTIAL_SUFFIX = ".partial.jsonl"
 # Row fields that record how a row was made; a resumed run must match them.
 SETTINGS_FIELDS = ("method", "steps", "baseline", "normalize", "target", "precision")
+# Settings that rows written before them lack, as those rows were made.
+SETTINGS_DEFAULTS = {"precision": "float32"}
 # Row fields that record what made it: the model (path or name), its labels and the data file.
 SOURCE_FIELDS = ("model", "labels", "data")
 SCHEMA = pa.schema(
@@ -135,13 +137,14 @@ class Explainer:
     def explain(self, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Rows (see SCHEMA) of examples `{"id", "sentence", "label"}`, in order."""
         texts = [{self._field: e["sentence"]} for e in examples]
-        reads_gradients = METHODS[self._job.method].reads_model_gradients
-        # No label given: the predicted class (and, for the gradient methods, its gradients). The
-        # other methods make passes of their own, so a forward-only prediction does.
-        outputs = self._model.predict(texts) if reads_gradients else self._model.classify(texts)
+        # The predicted class. The gradient methods explaining it read predict's gradients (no
+        # label given: the predicted class's); every other run makes passes of its own, and a
+        # forward-only prediction fills the row's columns.
+        reuse = METHODS[self._job.method].reads_model_gradients and self._job.target == "predicted"
+        outputs = self._model.predict(texts) if reuse else self._model.classify(texts)
         if self._job.target == "predicted":
             inputs = [dict(t, label=o["label"]) for t, o in zip(texts, outputs)]
-            model_outputs = outputs if reads_gradients else None
+            model_outputs = outputs if reuse else None
         else:
             inputs = [dict(t, label=e["label"]) for t, e in zip(texts, examples)]
             model_outputs = None
@@ -234,7 +237,8 @@ def check_resumable(
 ) -> None:
     """Refuses rows made with other `wanted` fields (settings, model, labels, data) or from other sentences."""
     for row in rows:
-        differ = [f"{k}={row.get(k)!r} (this run: {v!r})" for k, v in wanted.items() if row.get(k) != v]
+        made = {k: row.get(k, SETTINGS_DEFAULTS.get(k)) for k in wanted}
+        differ = [f"{k}={made[k]!r} (this run: {v!r})" for k, v in wanted.items() if made[k] != v]
         if differ:
             raise ValueError(
                 f"{source} holds rows made with another {', '.join(differ)}; resume with"

@@ -1,5 +1,6 @@
 """A LIT model for Hugging Face PyTorch sequence classifiers that takes embeddings."""
 
+import contextlib
 import dataclasses
 import functools
 import threading
@@ -154,6 +155,7 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         self.output_attention = output_attention
         self.precision = precision
         self._compiled = torch.compile(self.model, dynamic=True) if torch_compile else None
+        self._compiled_lock = threading.Lock()  # Dynamo and Inductor are not thread-safe.
         self._mask_optional = isinstance(self.model, transformers.PreTrainedModel)  # None means all ones.
         self._max_minibatch_size = max_minibatch_size
         self._max_minibatch_tokens = max_minibatch_tokens
@@ -259,17 +261,18 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         return outputs
 
     def classify(self, inputs: Iterable[lit_types.JsonDict]) -> list[lit_types.JsonDict]:
-        """Forward-only predictions in float32, for callers that need no gradients.
+        """Forward-only predictions, for callers that need no gradients.
 
-        Per input: `label` and `probas` (`score` for regression) and `truncated`, as in
-        `predict`, without its backward pass, embeddings or gradients.
+        Per input: `label` and `probas` (`score` for regression) and `truncated`, as `predict`
+        gives them (under autocast at `precision`), without its backward pass, embeddings or
+        gradients, or its out-of-memory retries (a forward pass needs less memory than `predict`).
         """
         inputs = list(inputs)
         outputs: list[lit_types.JsonDict | None] = [None] * len(inputs)
         for chunk, encodings in self._length_chunks(inputs):
             batch = self._embed([inputs[i] for i in chunk], encodings)
             with torch.inference_mode():
-                logits = self._run(batch, full_precision=True).logits.float().cpu()  # [B, C]
+                logits = self._run(batch).logits.float().cpu()  # [B, C]
             for b, i in enumerate(chunk):
                 outputs[i] = {"truncated": encodings[b].truncated} | self._prediction(logits[b])
         return outputs
@@ -418,12 +421,17 @@ class HFSequenceClassifier(lit_model.BatchedModel):
     def _run(self, batch: "_Batch", full_precision: bool = False, compiled: bool = False, **outputs: bool) -> Any:
         """The model's forward pass over `batch`: under autocast at `precision`, unless `full_precision`.
 
-        `compiled` uses the `torch_compile` module when there is one.
+        `compiled` uses the `torch_compile` module when there is one, one thread at a time (the
+        server calls from several; compiling is not thread-safe).
         """
         kwargs = {} if batch.token_type_ids is None else {"token_type_ids": batch.token_type_ids}
         autocast_dtype = None if full_precision else PRECISIONS[self.precision]
-        module = self._compiled if compiled and self._compiled is not None else self.model
-        with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        use_compiled = compiled and self._compiled is not None
+        module = self._compiled if use_compiled else self.model
+        with (
+            self._compiled_lock if use_compiled else contextlib.nullcontext(),
+            torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
+        ):
             return module(inputs_embeds=batch.embs, attention_mask=batch.attention_mask, **kwargs, **outputs)
 
     def _target_scores(self, logits: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
