@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import lit_sig
+from lit_sig import models
 from lit_sig.lit import captum_bridge, interpreters
 from tests.test_device_path import SENTENCE, salience
 
@@ -120,14 +121,24 @@ def references(model) -> dict[str, tuple[dict, np.ndarray]]:
 
 
 @pytest.fixture(scope="module")
-def captum_results(sst2):
-    return references(sst2)
+def full_sst2():
+    """The embedded model, its passes through the full model: the bridge's arithmetic is captum's.
+
+    (Its trimmed last layer equals the full model up to float32 rounding: tests/test_first_token.py.
+    Saliency's sum over the embedding is that rounding: LayerNorm's input gradient sums to 0.)
+    """
+    return models.minilm_sst2("cpu", trim_last_layer=False)
+
+
+@pytest.fixture(scope="module")
+def captum_results(full_sst2):
+    return references(full_sst2)
 
 
 @pytest.mark.parametrize("name", [m for m in captum_bridge.METHODS if m != "NoiseTunnel SIG"])
-def test_bridged_method_equals_captum_called_directly(sst2, captum_results, name):
+def test_bridged_method_equals_captum_called_directly(full_sst2, captum_results, name):
     config, theirs = captum_results[name]
-    ours = bridged(sst2, name, **config)
+    ours = bridged(full_sst2, name, **config)
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6 * max(np.abs(theirs).max(), 1e-3))
     assert np.abs(theirs).max() > 0
 
