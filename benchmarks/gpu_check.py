@@ -191,7 +191,7 @@ def speed_table(
                 batch = ig_batch if precision == "float32" else 0
                 run = speed.run_cases(model, tokens, methods, steps, 3, None, batch, adaptive=False)
                 for case in run:
-                    case |= {"shape": shape, "precision": precision}
+                    case |= {"shape": shape, "precision": precision, "trimmed_last_layer": model.trimmed}
                     if case["method"] == speed.SIG:
                         _beside_time_interpret(model, case, steps)
                 report["speed"] += run

@@ -52,11 +52,12 @@ FLOOR_SEARCH_ROWS = 1024  # Rows timed per candidate minibatch size.
 
 
 def load_model(
-    shape: str, device: str | None, precision: str, torch_compile: bool = False
+    shape: str, device: str | None, precision: str, torch_compile: bool = False, trim_last_layer: bool = True
 ) -> models.HFSequenceClassifier:
+    options = {"precision": precision, "torch_compile": torch_compile, "trim_last_layer": trim_last_layer}
     if shape == "sst2":
-        return models.minilm_sst2(device, precision=precision, torch_compile=torch_compile)
-    return random_model(shape, device, precision, torch_compile=torch_compile)
+        return models.minilm_sst2(device, **options)
+    return random_model(shape, device, **options)
 
 
 def sentence(model: models.HFSequenceClassifier, num_tokens: int) -> str:
@@ -302,6 +303,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"from {list(METHODS)}")
     parser.add_argument("--precision", default="float32", choices=list(models.PRECISIONS))
     parser.add_argument("--torch_compile", action="store_true", help="compiled gradient passes (the floor stays eager)")
+    parser.add_argument(
+        "--trim_last_layer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the wrapper's first-token last layer (the floor always runs the full model)",
+    )
     parser.add_argument("--tolerance", type=float, default=None, help="adaptive SIG tolerance (default: its own)")
     parser.add_argument(
         "--class_to_explain", default=DEFAULT_CLASS, help="'' explains the predicted class (one more forward pass)"
@@ -320,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = args.methods.split(",")
     if bad := sorted(set(methods) - set(METHODS)):
         parser.error(f"unknown --methods {bad}; accepted: {', '.join(METHODS)}")
-    model = load_model(args.shape, args.device, args.precision, args.torch_compile)
+    model = load_model(args.shape, args.device, args.precision, args.torch_compile, args.trim_last_layer)
     if bad := [t for t in tokens if not 1 <= t <= model.max_length - 2]:
         parser.error(f"--tokens {bad} out of range; accepted: 1..{model.max_length - 2}")
     report = {
@@ -329,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         "shape": args.shape,
         "precision": args.precision,
         "torch_compile": args.torch_compile,
+        "trimmed_last_layer": model.trimmed,
         "class_to_explain": args.class_to_explain,
         "cases": run_cases(
             model,

@@ -28,7 +28,9 @@ def test_speed_counts_the_rows_of_each_method(tmp_path):
             str(out),
         ]
     )
-    cases = {c["method"]: c for c in json.loads(out.read_text())["cases"]}
+    report = json.loads(out.read_text())
+    assert report["trimmed_last_layer"]  # The wrapper's default; the floor runs the full model.
+    cases = {c["method"]: c for c in report["cases"]}
     # IG: n gradient rows; forward only: the input (to pick the class) and the all-baseline row.
     assert (cases[speed.IG]["rows"], cases[speed.IG]["forward_rows"]) == (n, 2)
     # SIG: n gradient rows per token; forward only: the input and each token at its baseline.
@@ -61,6 +63,7 @@ def test_gpu_check_runs_on_the_cpu_and_reports_everything(tmp_path):
     }
     for case in cases:
         assert sum(case["gradient_passes"]) == case["rows"] and case["ratio"] > 0
+        assert case["trimmed_last_layer"]
     compiled = [c for c in cases if "compiled_seconds" in c]  # Every SIG case, beside eager.
     assert [(c["precision"], c["method"]) for c in compiled] == [("float32", speed.SIG), ("bfloat16", speed.SIG)]
     assert compiled[0]["compiled_vs_eager_max_relative"] < 1e-5
