@@ -80,9 +80,7 @@ def test_device_path_equals_predict_path(request, case, interpreter, baseline):
         for field in salience_fields(model):
             ours, theirs = salience(device, field), salience(generic, field)
             np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol * np.abs(theirs).max())
-        assert device[interpreters.COMPLETENESS_KEY] == pytest.approx(
-            generic[interpreters.COMPLETENESS_KEY], abs=1e-5
-        )
+        assert device[interpreters.COMPLETENESS_KEY] == pytest.approx(generic[interpreters.COMPLETENESS_KEY], abs=1e-5)
 
 
 def untrimmed(model: models.HFSequenceClassifier) -> models.HFSequenceClassifier:
