@@ -10,7 +10,9 @@
    at T = 32 and 128 for the MiniLM and BERT-base shapes, fp32 and bf16, and IG over
    64 sentences in one `run()`; time-interpret's SIG beside ours if it is installed
    (at our precision and, for bf16, also in float32 as it ships). Each case also
-   records its first, cold run (`first_run_seconds`) and the rows of its passes.
+   records its first, cold run (`first_run_seconds`) and the rows of its passes; SIG
+   cases also run through the full model (`full_last_layer_seconds`: what the wrapper's
+   first-token last layer saves; the floor always runs the full model).
 4. With `--profile_dir`: one SIG run per shape and precision under torch.profiler,
    its device busy time beside its wall time, the top operators, and how many of its
    operations waited for the device (CUDA's sync debug mode) against its passes.
@@ -194,6 +196,7 @@ def speed_table(
                     case |= {"shape": shape, "precision": precision, "trimmed_last_layer": model.trimmed}
                     if case["method"] == speed.SIG:
                         _beside_time_interpret(model, case, steps)
+                        _beside_full_last_layer(model, case, steps)
                 report["speed"] += run
                 if profile_dir is not None:
                     path = profile_dir / f"profile_{shape}_{precision}.txt"
@@ -240,6 +243,26 @@ def _beside_time_interpret(model: models.HFSequenceClassifier, case: dict, steps
         case["speedup_over_time_interpret_float32"] = fp32["seconds"] / case["seconds"]
         line += f"; in float32 {fp32['seconds']:.3f} s ({case['speedup_over_time_interpret_float32']:.2f}x)"
     print(line, flush=True)
+
+
+def _beside_full_last_layer(model: models.HFSequenceClassifier, case: dict, steps: int) -> None:
+    """The same SIG case with every pass through the full model (`trim_last_layer=False`), warm."""
+    if not model.trimmed:
+        return
+    full = models.HFSequenceClassifier(
+        model.model,
+        model.tokenizer,
+        labels=model.labels,
+        device=model.device,
+        precision=model.precision,
+        trim_last_layer=False,
+    )
+    texts, config = [speed.sentence(full, case["tokens"])], speed.case_config(steps)
+    speed.explain(full, speed.SIG, texts, config)  # Warm, as the case was.
+    seconds = speed.explain(full, speed.SIG, texts, config)["seconds"]
+    case |= {"full_last_layer_seconds": seconds, "full_last_layer_ratio": seconds / case["floor_seconds"]}
+    ratio = case["full_last_layer_ratio"]
+    print(f"  SIG T={case['tokens']} with the full last layer: {seconds:.3f} s ({ratio:.3f}x floor)", flush=True)
 
 
 def beside_compiled(shape: str, device: str, precision: str, sig_cases: list[dict], steps: int) -> None:
