@@ -143,6 +143,15 @@ def test_bridged_method_equals_captum_called_directly(full_sst2, captum_results,
     assert np.abs(theirs).max() > 0
 
 
+@pytest.mark.parametrize("name", ["InputXGradient", "FeatureAblation", "NoiseTunnel IG"])
+def test_bridge_through_the_trimmed_last_layer_equals_captum_to_rounding(sst2, captum_results, name):
+    """What users get (the first-token last layer) against captum on the full model: float32 rounding."""
+    assert sst2.trimmed
+    config, theirs = captum_results[name]
+    ours = bridged(sst2, name, **config)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
+
+
 def test_noise_tunnel_sig_without_noise_is_time_interpret_sig(sst2):
     """The SIG inside the tunnel equals time-interpret's; with noise it averages over noisy inputs."""
     tint_attr = pytest.importorskip("tint.attr")

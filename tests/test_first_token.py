@@ -9,7 +9,7 @@ import transformers
 import lit_sig
 from lit_sig import models
 from lit_sig.lit import interpreters
-from lit_sig.models import first_token
+from lit_sig.models import first_token, sst2_model
 from tests.conftest import tiny_bert
 from tests.test_device_path import RAW, SENTENCE, salience
 
@@ -88,14 +88,68 @@ class MeanPooled(torch.nn.Module):
         return transformers.modeling_outputs.SequenceClassifierOutput(logits=self.head(hidden.mean(1)))
 
 
+def small_config(config_class: type, **kwargs) -> transformers.PretrainedConfig:
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    return config_class(vocab_size=100, max_position_embeddings=64, num_labels=2, **shape, **kwargs)
+
+
 def test_no_view_where_the_head_reads_every_position_or_weights_are_half():
     assert first_token.first_token_view(MeanPooled()) is None
     assert first_token.first_token_view(tiny_bert().to(torch.bfloat16)) is None
     assert first_token.first_token_view(torch.nn.Linear(3, 3)) is None
 
 
+def test_no_view_of_a_layer_with_another_layout_even_when_logits_are_tiny():
+    """MegatronBERT normalises before attention: same module names, another layer. With the default
+    initialisation its logits are ~0.02, too small to tell; the layer's own output is compared too."""
+    torch.manual_seed(0)
+    model = transformers.MegatronBertForSequenceClassification(small_config(transformers.MegatronBertConfig)).eval()
+    assert first_token.first_token_view(model) is None
+
+
+def test_no_view_where_an_instance_forward_was_replaced():
+    """Device-map dispatch and `module.compile()` replace forward on the instance; a copy would call it."""
+    dispatched = tiny_bert()
+    dispatched.bert.encoder.forward = dispatched.bert.encoder.forward  # As Accelerate's hooks do.
+    assert first_token.first_token_view(dispatched) is None
+    compiled = tiny_bert()
+    compiled.compile()
+    assert first_token.first_token_view(compiled) is None
+
+
+@pytest.mark.parametrize(
+    "model_class, config_class",
+    [
+        (transformers.RobertaForSequenceClassification, transformers.RobertaConfig),
+        (transformers.ElectraForSequenceClassification, transformers.ElectraConfig),
+    ],
+)
+def test_view_of_other_bert_style_classifiers(model_class, config_class):
+    torch.manual_seed(0)
+    model = model_class(small_config(config_class, pad_token_id=1)).eval()
+    view = first_token.first_token_view(model)
+    assert view is not None
+    embs = torch.randn(2, 10, model.get_input_embeddings().embedding_dim)  # ELECTRA's: 128, projected to 32.
+    with torch.no_grad():
+        torch.testing.assert_close(view(inputs_embeds=embs).logits, model(inputs_embeds=embs).logits)
+
+
+def test_view_of_unmerged_lora_linears():
+    """LoRA wrappers (no `in_features`) around the linears, as during training of the embedded model."""
+    model = tiny_bert()
+    sst2_model.add_lora(model)
+    for name, param in model.named_parameters():
+        if "lora" in name.lower():
+            torch.nn.init.normal_(param, std=0.1)  # Non-zero updates: the wrapper's path counts.
+    view = first_token.first_token_view(model.eval())
+    assert view is not None
+    embs = torch.randn(2, 10, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(view(inputs_embeds=embs).logits, model(inputs_embeds=embs).logits)
+
+
 def test_wrapper_trims_the_embedded_and_minilm_models_unless_told_not_to(sst2, minilm_model, tokenizer):
-    assert sst2.trimmed and minilm_model.trimmed  # LoRA-wrapped linears and the real 6-layer encoder.
+    assert sst2.trimmed and minilm_model.trimmed  # The embedded model (LoRA merged) and the real encoder.
     assert not models.HFSequenceClassifier(tiny_bert(), tokenizer, trim_last_layer=False).trimmed
     assert models.HFSequenceClassifier(tiny_bert(), tokenizer, output_attention=True).trimmed  # Eager attention.
 

@@ -9,9 +9,13 @@ logits (and gradients), with about 10/12 of one layer's work less per row
 (~14% of a 6-layer MiniLM's pass, ~7% of BERT-base's).
 
 The view shares the model's modules and parameters (nothing is copied); only the
-containers on the way to the last layer are new. It is built only when it gives
-the model's own logits on a padded test batch, so an architecture it does not fit
-(a head that pools every position, another attention layout) keeps the full model.
+containers on the way to the last layer are new, so hooks on the model fire in
+the view's passes too, but hooks on the last layer or its attention do not. It is
+built only where the trimmed layer gives the layer's own first-token output on
+random states and the view gives the model's own logits on a padded test batch
+(both run the model's hooks); an architecture it does not fit (a head that pools
+every position, another layer layout) or a module whose forward was replaced on
+the instance (device-map dispatch, `module.compile()`) keeps the full model.
 """
 
 import copy
@@ -20,7 +24,8 @@ import logging
 import torch
 from torch import nn
 
-_RTOL = 1e-4  # Relative to the largest logit: float32 rounding is ~1e-7; a wrong head is O(1).
+_LAYER_RTOL = 1e-5  # Of the layer's largest output: float32 rounding is ~1e-7, a different layer ~1e-3.
+_LOGITS_RTOL = 1e-4  # Of the largest logit: rounding is ~1e-6 of it, a head reading other positions O(1).
 
 
 class FirstTokenLayer(nn.Module):
@@ -55,7 +60,8 @@ class FirstTokenLayer(nn.Module):
 
 def first_token_view(model: nn.Module) -> nn.Module | None:
     """`model` with its last encoder layer computing the first token only, or None where that
-    is not the same model (checked on a padded random batch against the model's logits)."""
+    is not the same model (checked against the last layer on random states and the model's
+    logits on a padded random batch)."""
     try:
         view = _build_view(model)
         if view is not None and _same_logits(model, view):
@@ -71,17 +77,40 @@ def _build_view(model: nn.Module) -> nn.Module | None:
     layers = getattr(getattr(base, "encoder", None), "layer", None)
     if base is None or base is model or not prefix or not isinstance(layers, nn.ModuleList) or not layers:
         return None
+    if any(_forward_replaced(m) for m in (model, base, base.encoder)):
+        return None  # A shallow copy would call the replaced forward: the full model.
     last = layers[-1]
     if not all(hasattr(last, name) for name in ("attention", "intermediate", "output")):
         return None
     if not all(hasattr(last.attention.self, name) for name in ("query", "key", "value", "attention_head_size")):
         return None
-    probe = torch.zeros(1, 2, last.attention.self.query.in_features, device=_device(model), dtype=_dtype(model))
-    with torch.inference_mode():
-        returns_tuple = isinstance(last(probe), tuple)
-    trimmed = nn.ModuleList([*layers[:-1], FirstTokenLayer(last, returns_tuple)])
+    trimmed_last = _checked_layer(last, model.config.hidden_size, _device(model), _dtype(model))
+    if trimmed_last is None:
+        return None
+    trimmed = nn.ModuleList([*layers[:-1], trimmed_last])
     encoder = _with_child(base.encoder, "layer", trimmed)
     return _with_child(model, prefix, _with_child(base, "encoder", encoder))
+
+
+def _checked_layer(last: nn.Module, hidden: int, device: torch.device, dtype: torch.dtype) -> FirstTokenLayer | None:
+    """`FirstTokenLayer(last)` if it gives `last`'s own first-token output on random states."""
+    generator = torch.Generator().manual_seed(0)
+    states = torch.randn(2, 7, hidden, generator=generator).to(device, dtype)  # [2, 7, H]
+    with torch.inference_mode():
+        full = last(states)
+        returns_tuple = isinstance(full, tuple)
+        full = (full[0] if returns_tuple else full)[:, :1]  # [2, 1, H]
+        first = FirstTokenLayer(last, returns_tuple)
+        out = first(states)
+        out = out[0] if returns_tuple else out
+    if out.shape != full.shape or not torch.allclose(out, full, rtol=0, atol=_LAYER_RTOL * float(full.abs().max())):
+        return None
+    return first
+
+
+def _forward_replaced(module: nn.Module) -> bool:
+    """True if the instance's forward is not its class's (Accelerate's dispatch, `module.compile()`)."""
+    return "forward" in vars(module) or vars(module).get("_compiled_call_impl") is not None
 
 
 def _with_child(module: nn.Module, name: str, child: nn.Module) -> nn.Module:
@@ -105,7 +134,7 @@ def _same_logits(model: nn.Module, view: nn.Module) -> bool:
             full = model(inputs_embeds=embs, attention_mask=attention_mask).logits
             trimmed = view(inputs_embeds=embs, attention_mask=attention_mask).logits
             if full.shape != trimmed.shape or not torch.allclose(
-                full, trimmed, rtol=0, atol=_RTOL * (1 + float(full.abs().max()))
+                full, trimmed, rtol=0, atol=_LOGITS_RTOL * float(full.abs().max())
             ):
                 return False
     return True

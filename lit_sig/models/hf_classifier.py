@@ -437,10 +437,9 @@ class HFSequenceClassifier(lit_model.BatchedModel):
         """
         kwargs = {} if batch.token_type_ids is None else {"token_type_ids": batch.token_type_ids}
         autocast_dtype = None if full_precision else PRECISIONS[self.precision]
-        use_compiled = compiled and self._compiled is not None
-        module = self._logits_model if not any(outputs.values()) else self.model
-        if use_compiled:
-            module = self._compiled
+        logits_only = not any(outputs.values())
+        use_compiled = compiled and self._compiled is not None and logits_only  # The compiled view has logits only.
+        module = self._compiled if use_compiled else self._logits_model if logits_only else self.model
         with (
             self._compiled_lock if use_compiled else contextlib.nullcontext(),
             torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
