@@ -257,9 +257,7 @@ def _beside_full_last_layer(model: models.HFSequenceClassifier, case: dict, step
         precision=model.precision,
         trim_last_layer=False,
     )
-    texts, config = [speed.sentence(full, case["tokens"])], speed.case_config(steps)
-    speed.explain(full, speed.SIG, texts, config)  # Warm, as the case was.
-    seconds = speed.explain(full, speed.SIG, texts, config)["seconds"]
+    _, seconds = _first_and_warm_sig(full, case["tokens"], steps)
     case |= {"full_last_layer_seconds": seconds, "full_last_layer_ratio": seconds / case["floor_seconds"]}
     ratio = case["full_last_layer_ratio"]
     print(f"  SIG T={case['tokens']} with the full last layer: {seconds:.3f} s ({ratio:.3f}x floor)", flush=True)
@@ -273,11 +271,8 @@ def beside_compiled(shape: str, device: str, precision: str, sig_cases: list[dic
     """
     eager = random_model(shape, device, precision)
     compiled = random_model(shape, device, precision, torch_compile=True)
-    config = speed.case_config(steps)
     for case in sig_cases:
-        texts = [speed.sentence(compiled, case["tokens"])]
-        first = speed.explain(compiled, speed.SIG, texts, config)["seconds"]
-        seconds = speed.explain(compiled, speed.SIG, texts, config)["seconds"]
+        first, seconds = _first_and_warm_sig(compiled, case["tokens"], steps)
         case |= {
             "compiled_first_run_seconds": first,
             "compiled_seconds": seconds,
@@ -291,6 +286,13 @@ def beside_compiled(shape: str, device: str, precision: str, sig_cases: list[dic
         text = [speed.sentence(compiled, sig_cases[0]["tokens"])]
         both = [attributions(m, "sig", texts=text) for m in (compiled, eager)]
         sig_cases[0]["compiled_vs_eager_max_relative"] = max_relative(*both)
+
+
+def _first_and_warm_sig(model: models.HFSequenceClassifier, tokens: int, steps: int) -> tuple[float, float]:
+    """Seconds of SIG on the case's sentence through `model`: its first run, then a warm one."""
+    texts, config = [speed.sentence(model, tokens)], speed.case_config(steps)
+    first = speed.explain(model, speed.SIG, texts, config)["seconds"]
+    return first, speed.explain(model, speed.SIG, texts, config)["seconds"]
 
 
 def _attempt(report: dict, label: str, step: Callable[..., None], *args: Any) -> None:

@@ -11,7 +11,7 @@ from lit_sig import models
 from lit_sig.lit import interpreters
 from lit_sig.models import first_token, sst2_model
 from tests.conftest import tiny_bert
-from tests.test_device_path import RAW, SENTENCE, salience
+from tests.test_device_path import RAW, SENTENCE, salience, untrimmed
 
 
 def _batch(model: torch.nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -154,9 +154,9 @@ def test_wrapper_trims_the_embedded_and_minilm_models_unless_told_not_to(sst2, m
     assert models.HFSequenceClassifier(tiny_bert(), tokenizer, output_attention=True).trimmed  # Eager attention.
 
 
-def test_trimmed_minilm_attributions_equal_the_full_model(minilm_model, tokenizer):
+def test_trimmed_minilm_attributions_equal_the_full_model(minilm_model):
     """The real 6-layer encoder: IG, SIG and exact SIG through the trimmed view = through the full model."""
-    full = models.HFSequenceClassifier(minilm_model.model, tokenizer, labels=["0", "1"], trim_last_layer=False)
+    full = untrimmed(minilm_model)
     examples = [{"sentence": SENTENCE}, {"sentence": "not bad"}]  # Padded passes too.
     cases = [
         (lit_sig.IntegratedGradients(), {interpreters.INTERPOLATION_KEY: 5}),

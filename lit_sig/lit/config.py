@@ -14,7 +14,7 @@ from lit_nlp.api import types as lit_types
 
 @dataclasses.dataclass(frozen=True)
 class Param:
-    """One config key of a bridged method: captum's own keyword where captum has one."""
+    """One config key of an interpreter (for a bridged method, captum's own keyword where it has one)."""
 
     key: str
     default: Any

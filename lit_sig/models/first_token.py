@@ -77,6 +77,8 @@ def _build_view(model: nn.Module) -> nn.Module | None:
     layers = getattr(getattr(base, "encoder", None), "layer", None)
     if base is None or base is model or not prefix or not isinstance(layers, nn.ModuleList) or not layers:
         return None
+    if _dtype(model) not in (torch.float32, torch.float64):
+        return None  # Half-precision weights could not tell rounding from a wrong view.
     if any(_forward_replaced(m) for m in (model, base, base.encoder)):
         return None  # A shallow copy would call the replaced forward: the full model.
     last = layers[-1]
@@ -94,18 +96,40 @@ def _build_view(model: nn.Module) -> nn.Module | None:
 
 def _checked_layer(last: nn.Module, hidden: int, device: torch.device, dtype: torch.dtype) -> FirstTokenLayer | None:
     """`FirstTokenLayer(last)` if it gives `last`'s own first-token output on random states."""
-    generator = torch.Generator().manual_seed(0)
-    states = torch.randn(2, 7, hidden, generator=generator).to(device, dtype)  # [2, 7, H]
+    states = _random((2, 7, hidden), device, dtype)  # [2, 7, H]
     with torch.inference_mode():
         full = last(states)
         returns_tuple = isinstance(full, tuple)
-        full = (full[0] if returns_tuple else full)[:, :1]  # [2, 1, H]
         first = FirstTokenLayer(last, returns_tuple)
-        out = first(states)
-        out = out[0] if returns_tuple else out
-    if out.shape != full.shape or not torch.allclose(out, full, rtol=0, atol=_LAYER_RTOL * float(full.abs().max())):
-        return None
-    return first
+        ours = first(states)
+    if returns_tuple:
+        full, ours = full[0], ours[0]
+    return first if _close(ours, full[:, :1], _LAYER_RTOL) else None
+
+
+def _same_logits(model: nn.Module, view: nn.Module) -> bool:
+    embs = _random((3, 7, model.get_input_embeddings().embedding_dim), _device(model), _dtype(model))  # [3, 7, E]
+    mask = torch.ones(3, 7, dtype=torch.long, device=embs.device)
+    mask[1, 4:] = 0  # One padded row.
+    with torch.inference_mode():
+        return all(
+            _close(
+                view(inputs_embeds=embs, attention_mask=m).logits,
+                model(inputs_embeds=embs, attention_mask=m).logits,
+                _LOGITS_RTOL,
+            )
+            for m in (mask, None)
+        )
+
+
+def _close(ours: torch.Tensor, theirs: torch.Tensor, rtol: float) -> bool:
+    """Same shape, and equal to `rtol` of `theirs`' largest magnitude."""
+    return ours.shape == theirs.shape and torch.allclose(ours, theirs, rtol=0, atol=rtol * float(theirs.abs().max()))
+
+
+def _random(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Seeded standard normal values (the check is the same every time)."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
 
 
 def _forward_replaced(module: nn.Module) -> bool:
@@ -119,25 +143,6 @@ def _with_child(module: nn.Module, name: str, child: nn.Module) -> nn.Module:
     twin._modules = dict(module._modules)  # pylint: disable=protected-access
     twin._modules[name] = child  # pylint: disable=protected-access
     return twin
-
-
-def _same_logits(model: nn.Module, view: nn.Module) -> bool:
-    if _dtype(model) not in (torch.float32, torch.float64):
-        return False  # Half-precision weights could not tell rounding from a wrong view.
-    hidden = model.get_input_embeddings().embedding_dim
-    generator = torch.Generator().manual_seed(0)
-    embs = torch.randn(3, 7, hidden, generator=generator).to(_device(model), _dtype(model))  # [3, 7, H]
-    mask = torch.ones(3, 7, dtype=torch.long, device=embs.device)
-    mask[1, 4:] = 0  # One padded row.
-    with torch.inference_mode():
-        for attention_mask in (mask, None):
-            full = model(inputs_embeds=embs, attention_mask=attention_mask).logits
-            trimmed = view(inputs_embeds=embs, attention_mask=attention_mask).logits
-            if full.shape != trimmed.shape or not torch.allclose(
-                full, trimmed, rtol=0, atol=_LOGITS_RTOL * float(full.abs().max())
-            ):
-                return False
-    return True
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -135,8 +135,9 @@ class HFSequenceClassifier(lit_model.BatchedModel):
             trim_last_layer: passes that need only logits (IG/SIG rows, `classify`) compute
                 the last encoder layer for the first token only, the one position a BERT-style
                 head reads: same logits and gradients, about 10/12 of a layer less work per
-                row. Used only where it gives the model's own logits on a test batch at load
-                (see `first_token`); `trimmed` says whether it is.
+                row. Used only where, at load, it gives the last layer's own first-token output
+                and the model's own logits on test batches (see `first_token`); `trimmed` says
+                whether it is.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r}; accepted: {list(PRECISIONS)}.")
