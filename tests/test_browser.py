@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from playwright import sync_api
 
-from tests.test_server import DATASET, MODEL, call_ok
+from tests.helpers import DATASET, MODEL, call_ok
 
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -8,7 +8,7 @@ import torch
 import lit_sig
 from lit_sig import models
 from lit_sig.lit import captum_bridge, interpreters
-from tests.test_device_path import SENTENCE, salience
+from tests.helpers import SENTENCE, salience
 
 RAW = {interpreters.NORMALIZATION_KEY: False, interpreters.CLASS_KEY: "1"}
 TARGET = 1

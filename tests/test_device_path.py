@@ -11,11 +11,8 @@ import lit_sig
 from lit_sig import models
 from lit_sig.core import cancellation, engine
 from lit_sig.lit import interpreters, protocol
-from tests.conftest import tiny_bert
+from tests.helpers import CASES, PAIR, SENTENCE, occlusion, run, salience, salience_fields, tiny_bert, untrimmed
 
-SENTENCE = "a charming and often affecting journey"
-PAIR = {"sentence1": "a man plays a guitar", "sentence2": "nobody is playing music"}
-RAW = {interpreters.NORMALIZATION_KEY: False}
 EXACT = {interpreters.METHOD_KEY: interpreters.EXACT_METHOD}
 
 
@@ -44,25 +41,6 @@ class PredictOnly(lit_model.Model):
         return outputs
 
 
-def salience(result: dict, field: str = "token_grad_sentence") -> np.ndarray:
-    return np.asarray(result[field].salience, dtype=np.float64)
-
-
-def run(interpreter, model, examples, **config):
-    return interpreter.run(examples, model, None, config={**RAW, **config})
-
-
-def salience_fields(model: models.HFSequenceClassifier) -> list[str]:
-    return [models.gradients_field(f) for f in model.text_fields]
-
-
-CASES = {
-    "sentence": ("tiny_model", {"sentence": SENTENCE, "label": "1"}),
-    "pair": ("tiny_pair_model", dict(PAIR, label="neutral")),
-    "regression": ("regression_model", {"sentence": SENTENCE}),
-}
-
-
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("interpreter", [lit_sig.IntegratedGradients, lit_sig.SequentialIntegratedGradients])
 @pytest.mark.parametrize("baseline", interpreters.BASELINES)
@@ -81,13 +59,6 @@ def test_device_path_equals_predict_path(request, case, interpreter, baseline):
             ours, theirs = salience(device, field), salience(generic, field)
             np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol * np.abs(theirs).max())
         assert device[interpreters.COMPLETENESS_KEY] == pytest.approx(generic[interpreters.COMPLETENESS_KEY], abs=1e-5)
-
-
-def untrimmed(model: models.HFSequenceClassifier) -> models.HFSequenceClassifier:
-    """The same model and settings, every pass through the full model."""
-    return models.HFSequenceClassifier(
-        model.model, model.tokenizer, labels=model.labels, text_fields=model.text_fields, trim_last_layer=False
-    )
 
 
 def test_several_examples_in_one_run_equal_one_at_a_time(tiny_model):
@@ -155,34 +126,6 @@ def test_protocol_found_through_caching_model_wrapper(tiny_model, monkeypatch):
 
 
 # Exact SIG.
-
-
-def occlusion(model: models.HFSequenceClassifier, texts: tuple[str, ...], target: int, baseline: str) -> np.ndarray:
-    """F(x) - F(x with word token i at the baseline), by direct Hugging Face calls on token ids."""
-    encoding = model.tokenizer(*texts, return_tensors="pt")
-    ids = encoding["input_ids"][0]
-    words = [i for i, s in enumerate(encoding.sequence_ids(0)) if s is not None]
-    table = model.model.get_input_embeddings()
-
-    def score(embs: torch.Tensor) -> float:
-        with torch.no_grad():
-            logits = model.model(inputs_embeds=embs[None], token_type_ids=encoding.get("token_type_ids")).logits
-        return float(logits[0, target])
-
-    with torch.no_grad():
-        full = table(ids)  # [L, D]
-    at_input = score(full)
-    gaps = []
-    for position in words:
-        moved = full.clone()
-        if baseline == "zero":
-            moved[position] = 0.0
-        else:
-            token = model.tokenizer.mask_token_id if baseline == "mask" else model.tokenizer.pad_token_id
-            with torch.no_grad():
-                moved[position] = table(torch.tensor(token))  # The token id replaced.
-        gaps.append(at_input - score(moved))
-    return np.array(gaps)
 
 
 @pytest.mark.parametrize("case", CASES)

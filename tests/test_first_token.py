@@ -10,8 +10,7 @@ import lit_sig
 from lit_sig import models
 from lit_sig.lit import interpreters
 from lit_sig.models import first_token, sst2_model
-from tests.conftest import tiny_bert
-from tests.test_device_path import RAW, SENTENCE, salience, untrimmed
+from tests.helpers import RAW, SENTENCE, salience, tiny_bert, untrimmed
 
 
 def _batch(model: torch.nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

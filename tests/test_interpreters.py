@@ -2,7 +2,6 @@
 
 import types as pytypes
 
-import captum.attr
 import numpy as np
 import pytest
 import torch
@@ -12,35 +11,7 @@ import lit_sig
 from lit_sig import models
 from lit_sig.core import quadrature
 from lit_sig.lit import interpreters, protocol
-from tests.conftest import tiny_bert
-
-SENTENCE = "a charming and often affecting journey"
-RAW = {interpreters.NORMALIZATION_KEY: False}
-
-
-def salience(result: dict, field: str = "token_grad_sentence") -> np.ndarray:
-    return np.asarray(result[field].salience, dtype=np.float64)
-
-
-def captum_ig(model: models.HFSequenceClassifier, sentence: str, target: int, method: str, steps: int):
-    """captum's IG over the word-token embeddings, [CLS]/[SEP] fixed, [MASK] baseline."""
-    encoding = model.tokenizer(sentence, return_tensors="pt")
-    table = model.model.get_input_embeddings()
-    with torch.no_grad():
-        full = table(encoding["input_ids"])[0]  # [T + 2, D]
-    words = full[1:-1]  # [T, D]
-    baseline = table.weight[model.tokenizer.mask_token_id].detach().expand_as(words)
-
-    def forward(word_embs: torch.Tensor) -> torch.Tensor:  # [N, T, D] -> [N]
-        N = word_embs.shape[0]
-        embs = torch.cat([full[:1].expand(N, 1, -1), word_embs, full[-1:].expand(N, 1, -1)], dim=1)
-        ones = torch.ones(embs.shape[:2], dtype=torch.long)
-        return model.model(inputs_embeds=embs, attention_mask=ones, token_type_ids=0 * ones).logits[:, target]
-
-    attributions = captum.attr.IntegratedGradients(forward).attribute(
-        words[None], baselines=baseline[None], n_steps=steps, method=method
-    )
-    return attributions[0].sum(-1).detach().numpy().astype(np.float64)
+from tests.helpers import RAW, SENTENCE, captum_ig, salience, tiny_bert
 
 
 @pytest.mark.parametrize("method", quadrature.METHODS)

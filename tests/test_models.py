@@ -9,7 +9,7 @@ from lit_nlp.api import types as lit_types
 
 from lit_sig import models
 from lit_sig.lit import protocol
-from tests.conftest import tiny_bert
+from tests.helpers import tiny_bert
 
 SENTENCES = [
     "it 's a charming and often affecting journey .",

@@ -9,7 +9,7 @@ import lit_sig
 from lit_sig import models
 from lit_sig.core import attribution, quadrature
 from lit_sig.lit import interpreters, protocol
-from tests.test_device_path import CASES, PAIR, SENTENCE, occlusion, salience, salience_fields
+from tests.helpers import CASES, PAIR, SENTENCE, captum_ig, occlusion, salience, salience_fields
 
 RAW = {interpreters.NORMALIZATION_KEY: False}
 
@@ -175,7 +175,6 @@ def test_ig_completeness_against_a_direct_call(request, case):
 def test_a_class_other_than_the_predicted_one(tiny_model, interpreter):
     """`Class to explain` set to the class the model does not predict: IG equals captum's IG for that
     logit, and exact SIG the occlusion of that logit."""
-    from tests.test_interpreters import captum_ig  # pylint: disable=import-outside-toplevel
 
     predicted = tiny_model.predict([{"sentence": SENTENCE}])[0]["label"]
     other = "0" if predicted == "1" else "1"

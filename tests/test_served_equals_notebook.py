@@ -12,7 +12,7 @@ import pytest
 import lit_sig
 from lit_sig import models
 from lit_sig.lit import captum_bridge, interpreters
-from tests.test_server import IG, LIT_SIG_INTERPRETERS, SIG, full_config, interpret
+from tests.helpers import IG, LIT_SIG_INTERPRETERS, SIG, full_config, interpret
 
 SENTENCE_INDEX = 1
 NOTEBOOK = {

@@ -31,92 +31,21 @@ import lit_sig
 from lit_sig.core import cancellation
 from lit_sig.models import datasets
 from lit_sig.serving import offline_client, server, server_limits
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-MODEL = "sst2_minilm"
-DATASET = "sentences"
-LIT_SIG_INTERPRETERS = (
-    "lit_sig Gradient Norm",
-    "lit_sig Gradient x Input",
-    "lit_sig Integrated Gradients",
-    "Sequential Integrated Gradients",
+from tests.helpers import (
+    DATASET,
+    IG,
+    LIT_SIG_INTERPRETERS,
+    MODEL,
+    REPO,
+    SIG,
+    call,
+    call_ok,
+    free_port,
+    full_config,
+    interpret,
 )
-IG, SIG = LIT_SIG_INTERPRETERS[2:]
+
 MARKUP = "<script>alert('lit')</script>"
-START_TIMEOUT_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(base: str, route: str, params: dict[str, str] | None = None, body: Any = None) -> tuple[int, str, bytes]:
-    """One request as LIT's client sends it: POST of a JSON string, or GET without a body."""
-    url = base + route + ("?" + urllib.parse.urlencode(params) if params else "")
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method="GET" if data is None else "POST", headers={"Content-Type": "text/plain;charset=UTF-8"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return response.status, response.headers.get("Content-Type", ""), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers.get("Content-Type", ""), error.read()
-
-
-def call_ok(base: str, route: str, params: dict[str, str] | None = None, body: Any = None) -> Any:
-    status, _, content = call(base, route, params, body)
-    assert status == 200, content[:2000]
-    return json.loads(content)
-
-
-@contextlib.contextmanager
-def running_demo(log_path: pathlib.Path, *args: str) -> Iterator[str]:
-    """Runs the demo with `args` on a free port; yields its base URL once it answers."""
-    port = free_port()
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "demos.glue_demo", "--port", str(port), *args],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"The demo exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"The demo did not answer in {START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
-            try:
-                if call(base, "/get_info")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def full_config(info: dict, interpreter: str, **overrides: Any) -> dict:
-    """Every config field at its default, as the UI sends it once settings are applied."""
-    spec = info["interpreters"][interpreter]["configSpec"]
-    return {name: field.get("default") for name, field in spec.items()} | overrides
-
-
-def interpret(base: str, interpreter: str, inputs: list, config: dict | None = None) -> tuple[int, str, bytes]:
-    params = {"model": MODEL, "dataset_name": DATASET, "interpreter": interpreter, "do_predict": "1"}
-    return call(base, "/get_interpretations", params, {"inputs": inputs, "config": config})
 
 
 def new_input(sentence: str) -> dict:

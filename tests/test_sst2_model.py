@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lit_sig.models import datasets, sst2_model
-from tests.conftest import SST2_DIR, tiny_bert
+from tests.helpers import SST2_DIR, tiny_bert
 
 
 def test_saved_lora_state_merges_into_a_plain_model(tmp_path, tokenizer):

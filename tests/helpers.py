@@ -1,0 +1,210 @@
+"""Helpers shared by test modules: tiny models, references by direct Hugging Face / captum calls,
+and the demo server's HTTP client. Fixtures live in conftest.py; test modules import from here only."""
+
+import contextlib
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import captum.attr
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from lit_sig import models
+from lit_sig.lit import interpreters
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SST2_DIR = pathlib.Path(os.environ.get("LIT_SIG_SST2_DIR", REPO.parent / "shared" / "data" / "sst2"))
+
+SENTENCE = "a charming and often affecting journey"
+PAIR = {"sentence1": "a man plays a guitar", "sentence2": "nobody is playing music"}
+RAW = {interpreters.NORMALIZATION_KEY: False}
+
+
+def tiny_bert(num_labels: int = 2, seed: int = 0) -> transformers.BertForSequenceClassification:
+    """A 2-layer random BERT with the MiniLM vocabulary, in float32."""
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        initializer_range=0.2,
+    )
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def untrimmed(model: models.HFSequenceClassifier) -> models.HFSequenceClassifier:
+    """The same model and settings, every pass through the full model."""
+    return models.HFSequenceClassifier(
+        model.model, model.tokenizer, labels=model.labels, text_fields=model.text_fields, trim_last_layer=False
+    )
+
+
+def salience(result: dict, field: str = "token_grad_sentence") -> np.ndarray:
+    return np.asarray(result[field].salience, dtype=np.float64)
+
+
+def run(interpreter, model, examples, **config):
+    return interpreter.run(examples, model, None, config={**RAW, **config})
+
+
+def salience_fields(model: models.HFSequenceClassifier) -> list[str]:
+    return [models.gradients_field(f) for f in model.text_fields]
+
+
+CASES = {
+    "sentence": ("tiny_model", {"sentence": SENTENCE, "label": "1"}),
+    "pair": ("tiny_pair_model", dict(PAIR, label="neutral")),
+    "regression": ("regression_model", {"sentence": SENTENCE}),
+}
+
+
+def occlusion(model: models.HFSequenceClassifier, texts: tuple[str, ...], target: int, baseline: str) -> np.ndarray:
+    """F(x) - F(x with word token i at the baseline), by direct Hugging Face calls on token ids."""
+    encoding = model.tokenizer(*texts, return_tensors="pt")
+    ids = encoding["input_ids"][0]
+    words = [i for i, s in enumerate(encoding.sequence_ids(0)) if s is not None]
+    table = model.model.get_input_embeddings()
+
+    def score(embs: torch.Tensor) -> float:
+        with torch.no_grad():
+            logits = model.model(inputs_embeds=embs[None], token_type_ids=encoding.get("token_type_ids")).logits
+        return float(logits[0, target])
+
+    with torch.no_grad():
+        full = table(ids)  # [L, D]
+    at_input = score(full)
+    gaps = []
+    for position in words:
+        moved = full.clone()
+        if baseline == "zero":
+            moved[position] = 0.0
+        else:
+            token = model.tokenizer.mask_token_id if baseline == "mask" else model.tokenizer.pad_token_id
+            with torch.no_grad():
+                moved[position] = table(torch.tensor(token))  # The token id replaced.
+        gaps.append(at_input - score(moved))
+    return np.array(gaps)
+
+
+def captum_ig(model: models.HFSequenceClassifier, sentence: str, target: int, method: str, steps: int):
+    """captum's IG over the word-token embeddings, [CLS]/[SEP] fixed, [MASK] baseline."""
+    encoding = model.tokenizer(sentence, return_tensors="pt")
+    table = model.model.get_input_embeddings()
+    with torch.no_grad():
+        full = table(encoding["input_ids"])[0]  # [T + 2, D]
+    words = full[1:-1]  # [T, D]
+    baseline = table.weight[model.tokenizer.mask_token_id].detach().expand_as(words)
+
+    def forward(word_embs: torch.Tensor) -> torch.Tensor:  # [N, T, D] -> [N]
+        N = word_embs.shape[0]
+        embs = torch.cat([full[:1].expand(N, 1, -1), word_embs, full[-1:].expand(N, 1, -1)], dim=1)
+        ones = torch.ones(embs.shape[:2], dtype=torch.long)
+        return model.model(inputs_embeds=embs, attention_mask=ones, token_type_ids=0 * ones).logits[:, target]
+
+    attributions = captum.attr.IntegratedGradients(forward).attribute(
+        words[None], baselines=baseline[None], n_steps=steps, method=method
+    )
+    return attributions[0].sum(-1).detach().numpy().astype(np.float64)
+
+
+# The demo server (`python -m demos.glue_demo`) and its HTTP API.
+
+MODEL = "sst2_minilm"
+DATASET = "sentences"
+LIT_SIG_INTERPRETERS = (
+    "lit_sig Gradient Norm",
+    "lit_sig Gradient x Input",
+    "lit_sig Integrated Gradients",
+    "Sequential Integrated Gradients",
+)
+IG, SIG = LIT_SIG_INTERPRETERS[2:]
+START_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(base: str, route: str, params: dict[str, str] | None = None, body: Any = None) -> tuple[int, str, bytes]:
+    """One request as LIT's client sends it: POST of a JSON string, or GET without a body."""
+    url = base + route + ("?" + urllib.parse.urlencode(params) if params else "")
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method="GET" if data is None else "POST", headers={"Content-Type": "text/plain;charset=UTF-8"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, response.headers.get("Content-Type", ""), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("Content-Type", ""), error.read()
+
+
+def call_ok(base: str, route: str, params: dict[str, str] | None = None, body: Any = None) -> Any:
+    status, _, content = call(base, route, params, body)
+    assert status == 200, content[:2000]
+    return json.loads(content)
+
+
+@contextlib.contextmanager
+def running_demo(log_path: pathlib.Path, *args: str) -> Iterator[str]:
+    """Runs the demo with `args` on a free port; yields its base URL once it answers."""
+    port = free_port()
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "demos.glue_demo", "--port", str(port), *args],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"The demo exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"The demo did not answer in {START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+            try:
+                if call(base, "/get_info")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def full_config(info: dict, interpreter: str, **overrides: Any) -> dict:
+    """Every config field at its default, as the UI sends it once settings are applied."""
+    spec = info["interpreters"][interpreter]["configSpec"]
+    return {name: field.get("default") for name, field in spec.items()} | overrides
+
+
+def interpret(base: str, interpreter: str, inputs: list, config: dict | None = None) -> tuple[int, str, bytes]:
+    params = {"model": MODEL, "dataset_name": DATASET, "interpreter": interpreter, "do_predict": "1"}
+    return call(base, "/get_interpretations", params, {"inputs": inputs, "config": config})
