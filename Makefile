@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: pip takes the CPU build from this machine's disk.
 	$(PY) -m pip install -q -c constraints.txt torch
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,7 +1,6 @@
 """The data set explainer CLI: rows, formats, resuming, flag errors, and Ray."""
 
 import dataclasses
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -308,9 +307,17 @@ def test_ray_flag_without_ray_installed(data, tiny_model_dir, tmp_path, capsys, 
     assert "pip install 'lit_sig[ray]'" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs lit_sig[ray]")
 def test_ray_output_equals_local_output(data, tiny_model_dir, tmp_path):
+    """Ray Data on 2 local workers (`make test` installs the `ray` extra, so this always runs)."""
     flags = ("--method", "sig", "--steps", "3", "--device", "cpu")
     local = run(data, tiny_model_dir, tmp_path / "local.parquet", *flags)
     on_ray = run(data, tiny_model_dir, tmp_path / "ray.parquet", *flags, "--ray", "local", "--ray_workers", "2")
-    assert on_ray == local  # Same batches, same model: the same numbers, bit for bit.
+    assert [r.keys() for r in on_ray] == [r.keys() for r in local]
+    for ray_row, local_row in zip(on_ray, local):
+        # Same batches, same model; Ray's actors may run torch on fewer threads (float32 rounding).
+        floats = ("probas", "salience", "completeness_delta")
+        assert {k: v for k, v in ray_row.items() if k not in floats} == {
+            k: v for k, v in local_row.items() if k not in floats
+        }
+        for key in floats:
+            np.testing.assert_allclose(ray_row[key], local_row[key], rtol=1e-5, atol=1e-6)
