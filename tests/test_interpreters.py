@@ -1,5 +1,6 @@
 """Axioms, agreement with captum and LIT, and config validation of the interpreters."""
 
+import dataclasses
 import types as pytypes
 
 import numpy as np
@@ -10,7 +11,7 @@ from lit_nlp.components import gradient_maps
 import lit_sig
 from lit_sig import models
 from lit_sig.core import quadrature
-from lit_sig.lit import interpreters, protocol
+from lit_sig.lit import config, interpreters, protocol
 from tests.helpers import RAW, SENTENCE, captum_ig, salience, tiny_bert
 
 
@@ -199,6 +200,39 @@ def test_specs_for_the_ui():
     assert spec[interpreters.METHOD_KEY].default == "gausslegendre"
     assert spec[interpreters.BASELINE_KEY].vocab == ["mask", "pad", "zero"]
     assert not lit_sig.SequentialIntegratedGradients().meta_spec()["saliency"].autorun
+    assert spec[interpreters.METHOD_KEY].vocab == [*quadrature.METHODS, "exact"]
+    assert lit_sig.IntegratedGradients().config_spec()[interpreters.METHOD_KEY].vocab == list(quadrature.METHODS)
+
+
+def test_constructor_defaults_reach_the_spec_and_the_parser():
+    sig = lit_sig.SequentialIntegratedGradients(steps=20, baseline="pad", adaptive=True, tolerance=1e-3)
+    spec = sig.config_spec()
+    assert (spec[interpreters.INTERPOLATION_KEY].default, spec[interpreters.BASELINE_KEY].default) == (20, "pad")
+    assert spec[interpreters.ADAPTIVE_KEY].default is True and spec[interpreters.TOLERANCE_KEY].default == 1e-3
+    settings = sig.parse_config({interpreters.INTERPOLATION_KEY: 7})
+    assert (settings.steps, settings.baseline, settings.adaptive, settings.tolerance) == (7, "pad", True, 1e-3)
+    with pytest.raises(ValueError, match=r"integer in \[1, 500\]"):
+        lit_sig.IntegratedGradients(steps=0)  # Bad defaults fail at construction, not at the first run.
+    with pytest.raises(TypeError, match="Unknown setting"):
+        lit_sig.IntegratedGradients(interpolation_steps=20)
+    assert lit_sig.GradientNorm(normalize=False).config_spec()[interpreters.NORMALIZATION_KEY].default is False
+
+
+def test_a_config_key_is_one_settings_field():
+    """What a new key (say, a layer) needs: one field; the parser, the spec and the key check follow."""
+
+    @dataclasses.dataclass(frozen=True)
+    class WithLayer(config.PathSettings):
+        layer: int = config.setting(config.Param("Layer", 0, 0, 11))
+
+    schema = config.Schema(WithLayer, {"layer": 2}, {})
+    assert schema.parse({}).layer == 2 and schema.parse({"Layer": "5", "Normalize": False}).layer == 5
+    assert schema.spec()["Layer"].default == 2 and schema.spec()["Layer"].max_val == 11
+    assert set(schema.spec()) == set(lit_sig.SequentialIntegratedGradients().config_spec()) | {"Layer"}
+    with pytest.raises(ValueError, match=r"'Layer' must be an integer in \[0, 11\]"):
+        schema.parse({"Layer": 12})
+    with pytest.raises(ValueError, match="accepted: .*'Layer'"):
+        schema.parse({"Neuron": 1})
 
 
 @pytest.mark.parametrize(

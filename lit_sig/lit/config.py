@@ -1,15 +1,37 @@
-"""One parser for interpreter config values: numbers in a range, booleans, choices.
+"""Interpreter config: the keys, one parser for their values, and the settings they make.
 
 Every interpreter (lit_sig's and the captum bridge's) validates its keys with
 `Param`, so a bad value gets the same kind of error everywhere: the key, the
-accepted values, and what was given.
+accepted values, and what was given. A settings dataclass (`PathSettings`,
+`GradientSettings`) lists an interpreter's keys, one field per key with its
+`Param`: adding a key is adding a field there; `Schema` derives the defaults,
+the parser and LIT's `config_spec` from it.
 """
 
 import dataclasses
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 from lit_nlp.api import types as lit_types
+
+from lit_sig.core import quadrature
+from lit_sig.core.adaptive import DEFAULT_TOLERANCE
+
+CLASS_KEY = "Class to explain"
+INTERPOLATION_KEY = "Interpolation steps"
+METHOD_KEY = "Integration method"
+BASELINE_KEY = "Baseline"
+NORMALIZATION_KEY = "Normalize"
+ADAPTIVE_KEY = "Adaptive steps"
+TOLERANCE_KEY = "Tolerance"
+MIN_TOLERANCE, MAX_TOLERANCE = 1e-7, 1.0
+
+BASELINES = ("mask", "pad", "zero")
+DEFAULT_STEPS = 50
+DEFAULT_METHOD = "gausslegendre"
+DEFAULT_BASELINE = "mask"
+EXACT_METHOD = "exact"  # SIG's closed form: single-token occlusion, forward passes only.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,18 +42,24 @@ class Param:
     default: Any
     low: float | None = None  # Numbers: the accepted range.
     high: float | None = None
-    choices: tuple[str, ...] = ()  # Strings: the accepted values.
+    choices: tuple[str, ...] = ()  # Strings: the accepted values (none: any string).
+    accepted: str = "a string"  # Free strings: what the error message asks for.
 
     def parse(self, value: Any) -> Any:
         """Validates `value`; raises ValueError naming the accepted values."""
         if self.choices:
             if value not in self.choices:
-                raise ValueError(f"{self.key!r} must be one of {list(self.choices)}, got {value!r}.")
+                raise ValueError(f"Unknown {self.key} {value!r}; accepted: {', '.join(self.choices)}.")
             return value
         if isinstance(self.default, bool):
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"{self.key!r} must be true or false, got {value!r}.")
             return bool(value)
+        if isinstance(self.default, str):
+            value = "" if value is None else value
+            if not isinstance(value, str):
+                raise ValueError(f"{self.key!r} must be {self.accepted}, got {value!r}.")
+            return value.strip()
         return self._number(value)
 
     def _number(self, value: Any) -> int | float:
@@ -52,5 +80,76 @@ class Param:
             return lit_types.CategoryLabel(required=False, vocab=list(self.choices), default=self.default)
         if isinstance(self.default, bool):
             return lit_types.Boolean(required=False, default=self.default)
+        if isinstance(self.default, str):
+            return lit_types.TextSegment(required=False, default=self.default)
         step = 1 if isinstance(self.default, int) else 0.01
         return lit_types.Scalar(required=False, min_val=self.low, max_val=self.high, default=self.default, step=step)
+
+
+def check_keys(config: Mapping[str, Any], accepted: list[str]) -> None:
+    """Raises ValueError naming the accepted keys if `config` has any other."""
+    unknown = sorted(set(config) - set(accepted))
+    if unknown:
+        raise ValueError(f"Unknown config key(s) {unknown}; accepted: {accepted}.")
+
+
+def setting(param: Param) -> Any:
+    """A settings field read from the config key `param.key`."""
+    return dataclasses.field(default=param.default, metadata={"param": param})
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientSettings:
+    """Validated config of Gradient Norm and Gradient x Input."""
+
+    normalize: bool = setting(Param(NORMALIZATION_KEY, True))
+
+
+@dataclasses.dataclass(frozen=True)
+class PathSettings:
+    """Validated IG/SIG config, one field per key (values cross-checked by the interpreter)."""
+
+    class_to_explain: str = setting(Param(CLASS_KEY, "", accepted="a class name string"))
+    steps: int = setting(Param(INTERPOLATION_KEY, DEFAULT_STEPS, quadrature.MIN_STEPS, quadrature.MAX_STEPS))
+    method: str = setting(Param(METHOD_KEY, DEFAULT_METHOD, choices=(*quadrature.METHODS, EXACT_METHOD)))
+    baseline: str = setting(Param(BASELINE_KEY, DEFAULT_BASELINE, choices=BASELINES))
+    normalize: bool = setting(Param(NORMALIZATION_KEY, True))
+    adaptive: bool = setting(Param(ADAPTIVE_KEY, False))
+    tolerance: float = setting(Param(TOLERANCE_KEY, DEFAULT_TOLERANCE, MIN_TOLERANCE, MAX_TOLERANCE))
+
+
+Settings = TypeVar("Settings")
+
+
+class Schema:
+    """An interpreter's keys (the fields of a settings dataclass), with its own defaults.
+
+    Args:
+        settings_type: `PathSettings` or another dataclass whose fields carry a `Param`.
+        defaults: the interpreter's defaults, by field name (e.g. `steps=20`).
+        choices: accepted values replacing a field's own, by field name (IG has no `exact`).
+    """
+
+    def __init__(
+        self, settings_type: type[Settings], defaults: Mapping[str, Any], choices: Mapping[str, tuple[str, ...]]
+    ):
+        self._type = settings_type
+        self._params = {f.name: f.metadata["param"] for f in dataclasses.fields(settings_type)}  # field -> Param
+        if unknown := sorted(set(defaults) - set(self._params)):
+            raise TypeError(f"Unknown setting(s) {unknown}; accepted: {list(self._params)}.")
+        for name, value in defaults.items():
+            self._params[name] = dataclasses.replace(self._params[name], default=value)
+        for name, accepted in choices.items():
+            self._params[name] = dataclasses.replace(self._params[name], choices=tuple(accepted))
+        self.keys = [p.key for p in self._params.values()]
+
+    def parse(self, config: Mapping[str, Any] | None) -> Settings:
+        """Validates `config` over the defaults; raises ValueError naming accepted keys and values."""
+        config = dict(config or {})
+        check_keys(config, self.keys)
+        values = {name: p.parse(config.get(p.key, p.default)) for name, p in self._params.items()}
+        return self._type(**values)
+
+    def spec(self) -> lit_types.Spec:
+        """LIT's `config_spec`: every key with its default and accepted values."""
+        return {p.key: p.lit_type() for p in self._params.values()}
