@@ -109,7 +109,8 @@ def captum_ig(model: models.HFSequenceClassifier, sentence: str, target: int, me
     with torch.no_grad():
         full = table(encoding["input_ids"])[0]  # [T + 2, D]
     words = full[1:-1]  # [T, D]
-    baseline = table.weight[model.tokenizer.mask_token_id].detach().expand_as(words)
+    with torch.no_grad():  # The embedding module's output (Gemma scales its table's rows).
+        baseline = table(torch.tensor(model.tokenizer.mask_token_id)).expand_as(words)
 
     def forward(word_embs: torch.Tensor) -> torch.Tensor:  # [N, T, D] -> [N]
         N = word_embs.shape[0]

@@ -348,13 +348,13 @@ def test_torch_compile_gives_eager_results(tiny_model, tokenizer):
     """`torch_compile=True` runs the gradient passes compiled; IG and SIG equal the eager model's."""
     compiled = models.HFSequenceClassifier(tiny_bert(), tokenizer, device="cpu", torch_compile=True)
     calls = []
-    module = compiled._compiled
+    module = compiled.runner.compiled
 
     def counting(*args, **kwargs):
         calls.append(len(kwargs["inputs_embeds"]))
         return module(*args, **kwargs)
 
-    compiled._compiled = counting
+    compiled.runner.compiled = counting
     examples = [{"sentence": SENTENCE}, {"sentence": "not bad"}]  # Rows of both share the first pass: padding.
     for interpreter in (lit_sig.SequentialIntegratedGradients(), lit_sig.IntegratedGradients()):
         config = {interpreters.INTERPOLATION_KEY: 6}

@@ -204,8 +204,8 @@ def test_rows_written_before_the_precision_setting_resume_as_float32(data, tiny_
 
 def test_torch_compile_flag_reaches_the_model(data, tiny_model_dir):
     job = dataclasses.replace(JOB, model=str(tiny_model_dir), torch_compile=True)
-    assert job.build_model()._compiled is not None  # Compiles on its first pass, not here.
-    assert dataclasses.replace(job, torch_compile=False).build_model()._compiled is None
+    assert job.build_model().runner.compiled is not None  # Compiles on its first pass, not here.
+    assert dataclasses.replace(job, torch_compile=False).build_model().runner.compiled is None
     assert "torch_compile" not in job.settings()  # Rounding only: rows of both may share a file.
 
 

