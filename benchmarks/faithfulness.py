@@ -21,12 +21,10 @@ bootstrap 95% intervals for every mean and every difference of two methods.
 """
 
 import argparse
-import csv
 import dataclasses
 import json
 import pathlib
 import time
-import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -36,6 +34,8 @@ import transformers
 
 from lit_sig import storage
 from lit_sig.core import adaptive, attribution, engine, erasure, quadrature
+from lit_sig.lit import registry
+from lit_sig.models import datasets
 
 BASELINES = ("mask", "pad", "zero")
 DEFAULT_BASELINE = {"ours": "mask", "paper": "zero"}
@@ -227,25 +227,23 @@ def adaptive_sig(scorer, examples, setting):
 
 
 def random_ranking(scorer, examples, setting):
-    """The control: a ranking seeded by the sentence, the same in every run."""
+    """The control: a ranking seeded by the sentence, the same in every run (the CLI's)."""
     del scorer, setting
-    return [
-        (np.random.default_rng(zlib.crc32(e.sentence.encode("utf-8"))).random(int(e.movable.sum())), None)
-        for e in examples
-    ]
+    return [(erasure.random_scores(e.sentence, int(e.movable.sum())), None) for e in examples]
 
 
+# By their registry names (lit_sig.lit.registry), computed here over every position for the paper's protocol.
 METHODS: dict[str, Method] = {
     "grad_norm": grad_norm,
     "grad_dot_input": grad_dot_input,
-    "integrated_gradients": _path(attribution.ig_groups),
-    "sequential_integrated_gradients": _path(attribution.sig_groups),
-    "exact_sequential_integrated_gradients": exact_sig,
-    "adaptive_sequential_integrated_gradients": adaptive_sig,
-    "random": random_ranking,
+    "ig": _path(attribution.ig_groups),
+    "sig": _path(attribution.sig_groups),
+    "exact_sig": exact_sig,
+    "adaptive_sig": adaptive_sig,
+    erasure.RANDOM: random_ranking,
 }
 # LIT's own IG (zero baseline, word tokens), through LIT; ours protocol only.
-LIT_IG = "lit_integrated_gradients"
+LIT_IG = "lit_ig"
 
 
 def lit_integrated_gradients(steps: int, device: str | None) -> Method:
@@ -274,7 +272,6 @@ def captum_method(name: str, steps: int, device: str | None) -> Method:
     """A bridged captum method (`captum_*`, lit_sig.lit.registry) on the embedded model, ours protocol."""
     from benchmarks.common import CountingModel  # pylint: disable=import-outside-toplevel
     from lit_sig import models  # pylint: disable=import-outside-toplevel
-    from lit_sig.lit import registry  # pylint: disable=import-outside-toplevel
 
     model = models.minilm_sst2(device)
     interpreter, config = registry.interpreter_and_config(name, steps, "mask", False)
@@ -325,21 +322,18 @@ def run_method(
     ]
 
 
-def read_tsv(path: str, limit: int | None = None) -> list[dict[str, str]]:
-    """`{"sentence", "label"}` rows of a GLUE-style TSV (as `lit_sig.models.datasets.read_glue_tsv`, without LIT)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
-    return [{"sentence": r["sentence"].strip(), "label": r["label"].strip()} for r in rows]
-
-
 def run(args: argparse.Namespace, module: torch.nn.Module, tokenizer, methods: dict[str, Method]) -> dict:
     """Computes what the cache lacks, then summarizes."""
-    records = read_tsv(args.data, args.limit)
+    records = datasets.read_glue_tsv(args.data, args.limit, labels=None)
     setting = args.setting
     cache = pathlib.Path(
         args.cache or f"benchmarks/.cache/faithfulness-{pathlib.Path(args.data).stem}-{setting.key()}.jsonl"
     )
-    done = {(r["index"], r["method"]): r for r in storage.read_jsonl(cache)}
+    # Caches written before the registry named the methods read under their names now.
+    done = {
+        (r["index"], registry.canonical(r["method"])): r | {"method": registry.canonical(r["method"])}
+        for r in storage.read_jsonl(cache)
+    }
     todo = {m: [i for i in range(len(records)) if (i, m) not in done] for m in args.methods}
     total = sum(map(len, todo.values()))
     print(
@@ -366,7 +360,8 @@ def summarize(
     done: dict, n: int, methods: Sequence[str], setting: Setting, resamples: int = 2000, seed: int = 0
 ) -> dict:
     """Means with intervals over the examples each method covers; differences over shared examples."""
-    covered = {m: [i for i in range(n) if (i, m) in done] for m in methods}
+    by_method = {m: {i: done[(i, m)] for i in range(n) if (i, m) in done} for m in methods}
+    erased = erasure.summarize(by_method, resamples, seed)
     summary = {
         "n_examples": n,
         "protocol": dataclasses.asdict(setting.protocol),
@@ -376,17 +371,14 @@ def summarize(
         "resamples": resamples,
         "seed": seed,
         "methods": {},
-        "differences": {},
+        "differences": erased["differences"],
     }
-    for m in methods:
-        if not covered[m]:
-            continue
-        recs = [done[(i, m)] for i in covered[m]]
-        boot = erasure.bootstrap({k: np.array([r[k] for r in recs]) for k in erasure.METRICS}, resamples, seed)
+    for m, means in erased["methods"].items():
+        recs = list(by_method[m].values())
         entry = {
-            "n": len(recs),
+            "n": means["n"],
             "accuracy": float(np.mean([r["correct"] for r in recs])),
-            **{k: boot["means"][k] for k in erasure.METRICS},
+            **{k: means[k] for k in erasure.METRICS},
             "seconds_per_example": float(np.mean([r["seconds"] for r in recs])),
             "rows_per_example": float(np.mean([r["rows"] for r in recs])),
             "forward_rows_per_example": float(np.mean([r["forward_rows"] for r in recs])),
@@ -397,51 +389,25 @@ def summarize(
             entry["max_completeness_delta"] = float(np.max(deltas))
             entry["median_completeness_delta"] = float(np.median(deltas))
         summary["methods"][m] = entry
-    present = [m for m in methods if covered[m]]
-    for a_i, a in enumerate(present):
-        for b in present[a_i + 1 :]:
-            shared = sorted(set(covered[a]) & set(covered[b]))
-            if not shared:
-                continue
-            summary["differences"][f"{a} - {b}"] = {
-                "n": len(shared),
-                **{
-                    k: erasure.bootstrap(
-                        {
-                            a: np.array([done[(i, a)][k] for i in shared]),
-                            b: np.array([done[(i, b)][k] for i in shared]),
-                        },
-                        resamples,
-                        seed,
-                    )["differences"][f"{a} - {b}"]
-                    for k in erasure.METRICS
-                },
-            }
     return summary
-
-
-def _interval(x: dict) -> str:
-    return f"{x['mean']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
 
 
 def markdown(summary: dict) -> str:
     p = summary["protocol"]
-    lines = [
+    table = erasure.markdown(
+        summary["methods"],
+        {
+            "passes per example": lambda m: f"{m['rows_per_example'] + m['forward_rows_per_example']:.0f}",
+            "max completeness error": lambda m: (
+                f"{m['max_completeness_delta']:.1e}" if "max_completeness_delta" in m else ""
+            ),
+        },
+    )
+    return (
         f"protocol {p['name']}, baseline {summary['baseline']}, explained score: {summary['target']} logit, "
-        f"steps = {summary['steps']}, replacement [{p['replacement'].upper()}]; mean [95% paired bootstrap interval]",
-        "",
-        "| method | n | log-odds ↓ | comprehensiveness ↑ | sufficiency ↓ | passes per example"
-        " | max completeness error |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, m in summary["methods"].items():
-        delta = f"{m['max_completeness_delta']:.1e}" if "max_completeness_delta" in m else ""
-        passes = m["rows_per_example"] + m["forward_rows_per_example"]
-        lines.append(
-            f"| {name} | {m['n']} | {_interval(m['log_odds'])} | {_interval(m['comprehensiveness'])} | "
-            f"{_interval(m['sufficiency'])} | {passes:.0f} | {delta} |"
-        )
-    return "\n".join(lines)
+        f"steps = {summary['steps']}, replacement [{p['replacement'].upper()}]; mean [95% paired bootstrap interval]"
+        f"\n\n{table}"
+    )
 
 
 def load_model(
@@ -459,15 +425,9 @@ def load_model(
     return module, transformers.AutoTokenizer.from_pretrained(model_dir)
 
 
-def _registry_names() -> list[str]:
-    from lit_sig.lit import registry  # pylint: disable=import-outside-toplevel
-
-    return list(registry.METHODS)
-
-
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    captum = [m for m in _registry_names() if m.startswith("captum_")]
+    captum = [m for m in registry.list_methods() if m.startswith(registry.CAPTUM_PREFIX)]
     choices = [*METHODS, LIT_IG, *captum]
     parser.add_argument("--data", default="../shared/data/sst2/dev.tsv", help="GLUE-style TSV")
     parser.add_argument("--limit", type=int, default=None, help="first N examples (default: all)")
@@ -481,7 +441,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--methods",
-        default=",".join(m for m in [*METHODS, LIT_IG] if m != "adaptive_sequential_integrated_gradients"),
+        default=",".join(m for m in [*METHODS, LIT_IG] if m != "adaptive_sig"),
         help=f"comma-separated, from {choices}",
     )
     parser.add_argument("--json", default=None, help="write the summary here")
@@ -521,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
     if LIT_IG in args.methods:
         methods[LIT_IG] = lit_integrated_gradients(args.steps, device)
     for name in args.methods:
-        if name.startswith("captum_"):
+        if name.startswith(registry.CAPTUM_PREFIX):
             methods[name] = captum_method(name, args.steps, device)
     summary = run(args, module, tokenizer, methods)
     print(markdown(summary))

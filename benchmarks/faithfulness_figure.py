@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
+from lit_sig.lit import registry  # pylint: disable=wrong-import-position
+
 RESULTS = pathlib.Path(__file__).parent / "results"
 SUMMARIES = {"ours": RESULTS / "faithfulness_sst2_dev_ours.json", "paper": RESULTS / "faithfulness_sst2_dev_paper.json"}
 OUT = pathlib.Path(__file__).parents[1] / "docs" / "faithfulness.png"
@@ -26,11 +28,11 @@ TITLES = {
 SHORT = {
     "grad_norm": "Gradient norm",
     "grad_dot_input": "Gradient x input",
-    "integrated_gradients": "IG",
-    "sequential_integrated_gradients": "SIG (50 steps)",
-    "exact_sequential_integrated_gradients": "SIG exact",
-    "adaptive_sequential_integrated_gradients": "SIG adaptive",
-    "lit_integrated_gradients": "LIT's IG",
+    "ig": "IG",
+    "sig": "SIG (50 steps)",
+    "exact_sig": "SIG exact",
+    "adaptive_sig": "SIG adaptive",
+    "lit_ig": "LIT's IG",
     "random": "random",
 }
 
@@ -46,7 +48,7 @@ def draw(summaries: dict[str, dict]) -> plt.Figure:
             ax = axes[row][col]
             for y, name in enumerate(methods):
                 m = summary["methods"][name][metric]
-                color = "tab:gray" if name == "random" else ("tab:red" if "sequential" in name else "tab:blue")
+                color = "tab:gray" if name == "random" else ("tab:red" if name.endswith("sig") else "tab:blue")
                 ax.errorbar(
                     m["mean"],
                     y,
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     summaries = {name: json.loads(path.read_text()) for name, path in SUMMARIES.items()}
+    for summary in summaries.values():  # Summaries written before the registry named the methods.
+        summary["methods"] = {registry.canonical(m): v for m, v in summary["methods"].items()}
     draw(summaries).savefig(args.out, dpi=110)
     print(f"wrote {args.out}")
 

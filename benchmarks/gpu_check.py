@@ -4,7 +4,8 @@
     python -m benchmarks.gpu_check --device cpu --quick           # the same code path, tiny, anywhere
 
 1. CUDA vs CPU: IG, SIG (20 steps) and exact SIG of a random MiniLM-shaped model
-   (same weights on both) on two sentences, fp32: the largest relative difference.
+   (same weights on both) on two sentences, fp32: the largest relative difference (None
+   when the device is the CPU), and against the same model in float64 on the CPU.
 2. bfloat16: SIG's completeness deltas and its distance from fp32.
 3. Speed (benchmarks.speed, floor rerun in the same process): SIG, exact SIG and IG
    at T = 32 and 128 for the MiniLM and BERT-base shapes, fp32 and bf16, and IG over
@@ -34,27 +35,21 @@ from typing import Any
 import numpy as np
 import torch
 
-import lit_sig
 from benchmarks import speed
 from benchmarks.common import SHAPES, WORDS, random_model
 from lit_sig import models, storage
-from lit_sig.lit import interpreters
+from lit_sig.lit import interpreters, registry
 
 SENTENCES = [" ".join(WORDS[i % len(WORDS)] for i in range(start, start + n)) for start, n in ((0, 7), (3, 20))]
-PATH_METHODS = {
-    "ig": (lit_sig.IntegratedGradients, {}),
-    "sig": (lit_sig.SequentialIntegratedGradients, {}),
-    "exact_sig": (lit_sig.SequentialIntegratedGradients, {interpreters.METHOD_KEY: interpreters.EXACT_METHOD}),
-}
+PATH_METHODS = (speed.IG, speed.SIG, speed.EXACT_SIG)  # Registry names (lit_sig.lit.registry).
 
 
 def attributions(
     model: models.HFSequenceClassifier, method: str, steps: int = 20, texts: list[str] = SENTENCES
 ) -> list[tuple[np.ndarray, float]]:
     """Per text: raw token salience and |completeness delta| of `method` (the predicted class)."""
-    interpreter, extra = PATH_METHODS[method]
-    config = {interpreters.NORMALIZATION_KEY: False, interpreters.INTERPOLATION_KEY: steps, **extra}
-    results = interpreter().run([{"sentence": s} for s in texts], model, None, config=config)
+    interpreter, config = registry.interpreter_and_config(method, steps, interpreters.DEFAULT_BASELINE, False)
+    results = interpreter.run([{"sentence": s} for s in texts], model, None, config=config)
     return [
         (np.asarray(r[models.gradients_field("sentence")].salience), abs(r[interpreters.COMPLETENESS_KEY]))
         for r in results
@@ -67,14 +62,18 @@ def max_relative(a: list[tuple[np.ndarray, float]], b: list[tuple[np.ndarray, fl
 
 def agreement(device: str, shape: str) -> dict:
     """Step 1 and 2: the device against the CPU in fp32, and bf16 against fp32 on the device."""
-    cpu = random_model(shape, "cpu")
     here = random_model(shape, device)
+    on_cpu = here.device.type == "cpu"
+    cpu = None if on_cpu else random_model(shape, "cpu")
+    same = random_model(shape, "cpu")  # The same weights, every pass in float64.
+    float64 = models.HFSequenceClassifier(same.model.double(), same.tokenizer, labels=same.labels, device="cpu")
     bf16 = random_model(shape, device, precision="bfloat16")
     report = {}
     for method in PATH_METHODS:
-        reference, ours, low = attributions(cpu, method), attributions(here, method), attributions(bf16, method)
+        ours, low, exact = attributions(here, method), attributions(bf16, method), attributions(float64, method)
         report[method] = {
-            "device_vs_cpu_max_relative": max_relative(ours, reference),
+            "device_vs_cpu_max_relative": None if cpu is None else max_relative(ours, attributions(cpu, method)),
+            "device_vs_float64_max_relative": max_relative(ours, exact),
             "bf16_vs_fp32_max_relative": max_relative(low, ours),
             "fp32_completeness_delta": max(d for _, d in ours),
             "bf16_completeness_delta": max(d for _, d in low),

@@ -12,16 +12,12 @@ from collections.abc import Sequence
 
 import lit_sig
 from lit_sig import models
-from lit_sig.lit import interpreters
+from lit_sig.lit import interpreters, registry
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SENTENCE = "This is not a bad movie at all."
-METHODS = {
-    "SIG": lit_sig.SequentialIntegratedGradients,
-    "IG": lit_sig.IntegratedGradients,
-    "Gradient · input": lit_sig.GradientDotInput,
-    "Gradient norm": lit_sig.GradientNorm,
-}
+# Plot labels and the registry names of their methods.
+METHODS = {"SIG": "sig", "IG": "ig", "Gradient · input": "grad_dot_input", "Gradient norm": "grad_norm"}
 CLASS_NAMES = {"0": "negative", "1": "positive"}
 
 
@@ -38,10 +34,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     example = {"sentence": args.sentence, "label": predicted}
     saliences = {}
     for name, method in METHODS.items():
-        config = {interpreters.NORMALIZATION_KEY: False}
-        if issubclass(method, (lit_sig.IntegratedGradients, lit_sig.SequentialIntegratedGradients)):
-            config[interpreters.INTERPOLATION_KEY] = args.steps
-        result = method().run([example], model, config=config)[0]
+        interpreter, config = registry.interpreter_and_config(method, args.steps, interpreters.DEFAULT_BASELINE, False)
+        result = interpreter.run([example], model, config=config)[0]
         tokens = result[models.gradients_field("sentence")].tokens
         saliences[name] = result[models.gradients_field("sentence")].salience
         if interpreters.COMPLETENESS_KEY in result:

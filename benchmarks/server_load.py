@@ -29,6 +29,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from lit_sig.lit import registry
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATASET = "sentences"
 
@@ -52,7 +54,7 @@ def sig_requests(model: str, ids: list[str], steps: int) -> list[tuple[str, dict
     params = {
         "model": model,
         "dataset_name": DATASET,
-        "interpreter": "Sequential Integrated Gradients",
+        "interpreter": registry.display_name("sig"),
         "do_predict": "1",
     }
     config = {"Interpolation steps": steps, "Normalize": False}

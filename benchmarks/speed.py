@@ -18,7 +18,6 @@ random-weight models of those shapes: speed does not depend on the weights.
 """
 
 import argparse
-import functools
 import json
 import multiprocessing
 import os
@@ -31,18 +30,11 @@ import torch
 import lit_sig
 from benchmarks.common import SHAPES, WORDS, CountingModel, random_model
 from lit_sig import models, storage
-from lit_sig.lit import captum_bridge, interpreters
+from lit_sig.lit import interpreters, registry
 
-SIG, IG = "sequential_integrated_gradients", "integrated_gradients"
-EXACT_SIG, IG_BATCH = "exact_sequential_integrated_gradients", "integrated_gradients_batch"
-METHODS = {
-    IG: (lit_sig.IntegratedGradients, {}),
-    SIG: (lit_sig.SequentialIntegratedGradients, {}),
-    EXACT_SIG: (lit_sig.SequentialIntegratedGradients, {interpreters.METHOD_KEY: interpreters.EXACT_METHOD}),
-}
-CAPTUM_PREFIX = "captum:"
-for _name in captum_bridge.METHODS:  # e.g. "captum:KernelShap"; run with --methods.
-    METHODS[CAPTUM_PREFIX + _name] = (functools.partial(captum_bridge.CaptumInterpreter, _name), {})
+# Methods by their registry names (lit_sig.lit.registry), e.g. `--methods captum_kernelshap`.
+SIG, IG, EXACT_SIG = "sig", "ig", "exact_sig"
+IG_BATCH = "ig_batch"  # The case of IG over many sentences in one `run()`.
 DEFAULT_METHODS = (IG, SIG, EXACT_SIG)
 CPU_MINIBATCHES = (8, 16, 32, 64, 128)
 CUDA_MINIBATCHES = (32, 64, 128, 256, 512, 1024)
@@ -83,12 +75,15 @@ def case_config(steps: int, class_to_explain: str = DEFAULT_CLASS) -> dict:
 def explain(model: models.HFSequenceClassifier, method: str, texts: list[str], config: dict) -> dict:
     """Seconds, rows (forward+backward and forward-only) and completeness delta of one `run`."""
     counting = CountingModel(model)
-    interpreter, extra = METHODS[method]
-    if method.startswith(CAPTUM_PREFIX):  # captum's own keys: its defaults, raw salience.
+    spec = registry.get(method)
+    if method.startswith(registry.CAPTUM_PREFIX) or spec.reads_model_gradients:  # Their defaults, raw salience.
         config = {interpreters.NORMALIZATION_KEY: False}
+    elif spec.steps_key is None:  # Exact or adaptive SIG: no steps.
+        config = {k: v for k, v in config.items() if k != interpreters.INTERPOLATION_KEY}
+    interpreter = spec.make()
     synchronize(model)
     started = time.perf_counter()
-    results = interpreter().run([{"sentence": t} for t in texts], counting, None, config={**config, **extra})
+    results = interpreter.run([{"sentence": t} for t in texts], counting, None, config={**config, **dict(spec.extra)})
     synchronize(model)
     seconds = time.perf_counter() - started
     deltas = [abs(r.get(interpreters.COMPLETENESS_KEY) or 0.0) for r in results]
@@ -300,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", default="sst2", choices=["sst2", *SHAPES])
     parser.add_argument("--tokens", default="16,32,64,128", help="word tokens per sentence, comma-separated")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"from {list(METHODS)}")
+    parser.add_argument(
+        "--methods", default=",".join(DEFAULT_METHODS), help=f"from {', '.join(registry.list_methods())}"
+    )
     parser.add_argument("--precision", default="float32", choices=list(models.PRECISIONS))
     parser.add_argument("--torch_compile", action="store_true", help="compiled gradient passes (the floor stays eager)")
     parser.add_argument(
@@ -324,9 +321,9 @@ def main(argv: list[str] | None = None) -> None:
         tokens = [int(t) for t in args.tokens.split(",")]
     except ValueError:
         parser.error(f"--tokens must be comma-separated integers, got {args.tokens!r}")
-    methods = args.methods.split(",")
-    if bad := sorted(set(methods) - set(METHODS)):
-        parser.error(f"unknown --methods {bad}; accepted: {', '.join(METHODS)}")
+    methods = [registry.canonical(m) for m in args.methods.split(",")]  # captum:KernelShap still works.
+    if bad := sorted(set(methods) - set(registry.METHODS)):
+        parser.error(f"unknown --methods {bad}; accepted: {', '.join(registry.METHODS)}")
     model = load_model(args.shape, args.device, args.precision, args.torch_compile, args.trim_last_layer)
     if bad := [t for t in tokens if not 1 <= t <= model.max_length - 2]:
         parser.error(f"--tokens {bad} out of range; accepted: 1..{model.max_length - 2}")

@@ -22,7 +22,7 @@ import torch
 import transformers
 
 from lit_sig import models
-from lit_sig.lit import interpreters
+from lit_sig.lit import interpreters, registry
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SST2_DIR = pathlib.Path(os.environ.get("LIT_SIG_SST2_DIR", REPO.parent / "shared" / "data" / "sst2"))
@@ -102,6 +102,18 @@ def occlusion(model: models.HFSequenceClassifier, texts: tuple[str, ...], target
     return np.array(gaps)
 
 
+def direct_gradient(model: models.HFSequenceClassifier, texts: tuple[str, ...], target: int):
+    """`(d logit[target] / d word embeddings [T, D], the word embeddings [T, D])` of a direct Hugging Face call."""
+    encoding = model.tokenizer(*texts, return_tensors="pt")
+    words = [i for i, s in enumerate(encoding.sequence_ids(0)) if s is not None]
+    with torch.no_grad():
+        full = model.model.get_input_embeddings()(encoding["input_ids"])  # [1, L, D]
+    full.requires_grad_(True)
+    logits = model.model(inputs_embeds=full, token_type_ids=encoding.get("token_type_ids")).logits
+    (grad,) = torch.autograd.grad(logits[0, target], full)
+    return grad[0, words].numpy().astype(np.float64), full[0, words].detach().numpy().astype(np.float64)
+
+
 def captum_ig(model: models.HFSequenceClassifier, sentence: str, target: int, method: str, steps: int):
     """captum's IG over the word-token embeddings, [CLS]/[SEP] fixed, [MASK] baseline."""
     encoding = model.tokenizer(sentence, return_tensors="pt")
@@ -128,12 +140,7 @@ def captum_ig(model: models.HFSequenceClassifier, sentence: str, target: int, me
 
 MODEL = "sst2_minilm"
 DATASET = "sentences"
-LIT_SIG_INTERPRETERS = (
-    "lit_sig Gradient Norm",
-    "lit_sig Gradient x Input",
-    "lit_sig Integrated Gradients",
-    "Sequential Integrated Gradients",
-)
+LIT_SIG_INTERPRETERS = tuple(registry.display_name(m) for m in ("grad_norm", "grad_dot_input", "ig", "sig"))
 IG, SIG = LIT_SIG_INTERPRETERS[2:]
 START_TIMEOUT_S = 180
 

@@ -8,10 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from lit_sig import models
 from lit_sig.cli import explain
-from lit_sig.lit import registry
+from lit_sig.lit import interpreters, registry
+from tests.helpers import captum_ig, direct_gradient, occlusion, tiny_bert
 
 SENTENCES = [
     ("a charming and often affecting journey .", "1"),
@@ -46,28 +48,63 @@ JOB = explain.Job(
     device="cpu",
     batch_size=2,
 )
-CLI_METHODS = ["sig", "exact_sig", "ig", "grad_norm", "grad_dot_input", "captum_featureablation", "captum_kernelshap"]
+CLI_METHODS = [
+    "sig",
+    "exact_sig",
+    "adaptive_sig",
+    "ig",
+    "grad_norm",
+    "grad_dot_input",
+    "captum_featureablation",
+    "captum_kernelshap",
+]
+
+
+def direct_reference(model, method: str, sentence: str, target: int) -> np.ndarray | None:
+    """The method's salience by direct Hugging Face / captum calls, where it has a closed form."""
+    if method in ("exact_sig", "captum_featureablation"):  # Both are single-token occlusion.
+        return occlusion(model, (sentence,), target, "mask")
+    if method == "ig":
+        return captum_ig(model, sentence, target, interpreters.DEFAULT_METHOD, 4)
+    if method in ("grad_norm", "grad_dot_input"):
+        grad, embs = direct_gradient(model, (sentence,), target)
+        return np.linalg.norm(grad, axis=-1) if method == "grad_norm" else (grad * embs).sum(-1)
+    return None
 
 
 @pytest.mark.parametrize("method", CLI_METHODS)
-def test_rows_equal_the_interpreter_on_each_example(data, tiny_model_dir, tmp_path, tokenizer, method):
+def test_rows_equal_a_notebook_run_and_direct_references(data, tiny_model_dir, tmp_path, tokenizer, method):
+    """Each row equals the interpreter run on its example alone, and (where the method has one) a
+    reference by direct Hugging Face / captum calls; SIG's rows are occlusion within their delta."""
     rows = run(data, tiny_model_dir, tmp_path / "out.jsonl", "--method", method, "--steps", "4")
     assert [r["id"] for r in rows] == list(range(len(SENTENCES)))
     assert not explain.partial_path(tmp_path / "out.jsonl").exists()
     model = models.HFSequenceClassifier.from_pretrained(str(tiny_model_dir), device="cpu")
     interpreter, config = registry.interpreter_and_config(method, 4, "mask", False)
-    takes_steps = explain.METHODS[method].steps_key is not None
+    spec = registry.get(method)
     for row, (sentence, label) in zip(rows, SENTENCES):
         assert (row["sentence"], row["label"]) == (sentence, label)
         assert row["tokens"] == tokenizer.tokenize(sentence)
         assert row["predicted"] == ["0", "1"][int(np.argmax(row["probas"]))]
         alone = interpreter.run([{"sentence": sentence, "label": row["predicted"]}], model, None, config=config)[0]
         np.testing.assert_allclose(row["salience"], alone["token_grad_sentence"].salience, rtol=1e-4, atol=1e-6)
-        if takes_steps:
+        target, ours = model.labels.index(row["predicted"]), np.asarray(row["salience"])
+        reference = direct_reference(model, method, sentence, target)
+        if reference is not None:
+            np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max())
+        if method in ("sig", "adaptive_sig"):  # Per-token completeness: |salience - occlusion| is the delta.
+            gaps = np.abs(ours - occlusion(model, (sentence,), target, "mask"))
+            # abs: with one token SIG reports its signed delta (the engine signs a single group's delta).
+            assert abs(row["completeness_delta"]) == pytest.approx(gaps.max(), abs=1e-5 * np.abs(ours).max() + 1e-7)
+        if method == "adaptive_sig":
+            assert abs(row["completeness_delta"]) <= interpreter.parse_config(config).tolerance  # In logit units.
+        if spec.steps_key is not None:
             assert row["completeness_delta"] == pytest.approx(alone["completeness_delta"], rel=1e-3, abs=1e-5)
             assert (row["steps"], row["baseline"]) == (4, "mask")
-        elif method == "exact_sig":
-            assert row["completeness_delta"] == 0.0 and row["steps"] is None and row["baseline"] == "mask"
+        elif spec.takes_baseline and not method.startswith(registry.CAPTUM_PREFIX):
+            assert row["steps"] is None and row["baseline"] == "mask"
+            expected = 0.0 if method == "exact_sig" else pytest.approx(alone["completeness_delta"], abs=1e-6)
+            assert row["completeness_delta"] == expected
         else:
             assert row["completeness_delta"] is None and row["steps"] is None
 
@@ -83,6 +120,55 @@ def test_parquet_equals_jsonl_and_target_label_explains_gold(data, tiny_model_di
             assert not np.allclose(gold_row["salience"], row["salience"])
         else:
             np.testing.assert_allclose(gold_row["salience"], row["salience"], rtol=1e-6)
+
+
+THREE_CLASS = [("a man plays a guitar", "0"), ("nobody is playing music", "2"), ("the music is loud", "1")]
+
+
+def save_three_class_model(path: pathlib.Path, tokenizer, id2label: dict[int, str] | None = None) -> pathlib.Path:
+    module = tiny_bert(num_labels=3, seed=1)
+    if id2label is not None:
+        module.config.id2label, module.config.label2id = id2label, {v: k for k, v in id2label.items()}
+    module.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_three_class_tsv_with_labels_from_the_model(tmp_path, tokenizer):
+    """Labels come from the model (transformers' LABEL_i placeholders read as "0", "1", "2"), not SST-2's."""
+    model_dir = save_three_class_model(tmp_path / "three", tokenizer)
+    data = tmp_path / "three.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in THREE_CLASS))
+    rows = run(data, model_dir, tmp_path / "out.jsonl", "--method", "exact_sig", "--target", "label")
+    model = models.HFSequenceClassifier.from_pretrained(str(model_dir), labels=["0", "1", "2"], device="cpu")
+    for row, (sentence, label) in zip(rows, THREE_CLASS):
+        assert row["labels"] == ["0", "1", "2"] and row["label"] == label and len(row["probas"]) == 3
+        encoding = tokenizer(sentence, return_tensors="pt")
+        with torch.no_grad():
+            probas = torch.softmax(model.model(**encoding).logits[0], -1).numpy()
+        np.testing.assert_allclose(row["probas"], probas, rtol=1e-5, atol=1e-6)
+        assert row["predicted"] == str(int(np.argmax(probas)))
+        expected = occlusion(model, (sentence,), int(label), "mask")  # The gold class, by direct calls.
+        np.testing.assert_allclose(row["salience"], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_labels_the_model_names_and_labels_it_does_not_know(tmp_path, tokenizer, capsys):
+    model_dir = save_three_class_model(tmp_path / "named", tokenizer, {0: "neg", 1: "neu", 2: "pos"})
+    data = tmp_path / "three.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in THREE_CLASS))
+    for flags, message in (
+        ((), "has label '0', not one of the model's classes ['neg', 'neu', 'pos']; --labels names them"),
+        (("--labels", "a,b"), "--labels 'a,b' names 2 classes; --model"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            run(data, model_dir, tmp_path / "out.jsonl", "--method", "grad_norm", *flags)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    rows = run(data, model_dir, tmp_path / "out.jsonl", "--method", "grad_norm", "--labels", "0,1,2")
+    assert [r["label"] for r in rows] == [label for _, label in THREE_CLASS] and rows[0]["labels"] == ["0", "1", "2"]
+    unlabelled = tmp_path / "named.jsonl"
+    unlabelled.write_text("".join(json.dumps({"sentence": s}) + "\n" for s, _ in THREE_CLASS))
+    rows = run(unlabelled, model_dir, tmp_path / "named_out.jsonl", "--method", "grad_norm")
+    assert {r["predicted"] for r in rows} <= {"neg", "neu", "pos"} and rows[0]["labels"] == ["neg", "neu", "pos"]
 
 
 def test_normalize_flag_scales_rows(data, tiny_model_dir, tmp_path):
@@ -221,7 +307,7 @@ def test_resume_with_another_model_labels_or_data_is_refused(data, tiny_model_di
     other_data.write_bytes(data.read_bytes())
     flags = {
         "model": ("--model", str(other_model)),
-        "labels": ("--labels", "neg,pos"),
+        "labels": ("--labels", "1,0"),  # Same names, another logit order.
         "data": ("--data", str(other_data)),
     }
     argv = [
@@ -271,7 +357,10 @@ def test_batches_are_sorted_longest_first(tokenizer):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--method", "shap"], "choose from 'sig', 'exact_sig', 'ig', 'grad_norm', 'grad_dot_input', 'captum_"),
+        (
+            ["--method", "shap"],
+            "choose from 'sig', 'exact_sig', 'adaptive_sig', 'ig', 'grad_norm', 'grad_dot_input', 'capt",
+        ),
         (["--baseline", "unk"], "choose from 'mask', 'pad', 'zero'"),
         (["--target", "gold"], "choose from 'predicted', 'label'"),
         (["--out", "out.csv"], "accepted: .parquet, .jsonl"),
@@ -280,7 +369,7 @@ def test_batches_are_sorted_longest_first(tokenizer):
         (["--labels", "positive"], "two or more distinct"),
         (["--batch_size", "0"], "--batch_size must be a positive integer"),
         (["--data", "dev.csv"], "accepted: .tsv, .jsonl"),
-        (["--model", "/nonexistent/model"], "can't load its tokenizer"),
+        (["--model", "/nonexistent/model"], "can't load it"),
         (["--text_field", "review"], "GLUE TSV files always use 'sentence'"),
         (["--precision", "fp8"], "choose from 'float32', 'bfloat16', 'float16'"),
     ],

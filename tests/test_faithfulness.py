@@ -12,6 +12,7 @@ from lit_sig import models
 from lit_sig.core import erasure
 from lit_sig.lit import interpreters
 from lit_sig.models import datasets
+from tests.helpers import captum_ig, direct_gradient, occlusion
 
 SENTENCES = [s for s, _ in datasets.BUILTIN_SENTENCES[:3]]
 RAW = {interpreters.NORMALIZATION_KEY: False}
@@ -95,29 +96,45 @@ def _examples(tiny_model, setting):
     return faithfulness.prepare(tiny_model.model, tiny_model.tokenizer, records, range(len(records)), setting)
 
 
+def direct_reference(model, method: str, sentence: str, target: int, steps: int) -> np.ndarray | None:
+    """Word-token salience by direct Hugging Face / captum calls, where the method has a closed form."""
+    if method == "exact_sig":
+        return occlusion(model, (sentence,), target, "mask")
+    if method == "ig":
+        return captum_ig(model, sentence, target, "gausslegendre", steps)
+    if method in ("grad_norm", "grad_dot_input"):
+        grad, embs = direct_gradient(model, (sentence,), target)
+        return np.linalg.norm(grad, axis=-1) if method == "grad_norm" else (grad * embs).sum(-1)
+    return None
+
+
 @pytest.mark.parametrize(
     "method, interpreter, config",
     [
         ("grad_norm", lit_sig.GradientNorm, {}),
         ("grad_dot_input", lit_sig.GradientDotInput, {}),
-        ("integrated_gradients", lit_sig.IntegratedGradients, {interpreters.INTERPOLATION_KEY: 3}),
-        ("sequential_integrated_gradients", lit_sig.SequentialIntegratedGradients, {interpreters.INTERPOLATION_KEY: 3}),
-        (
-            "exact_sequential_integrated_gradients",
-            lit_sig.SequentialIntegratedGradients,
-            {interpreters.METHOD_KEY: interpreters.EXACT_METHOD},
-        ),
+        ("ig", lit_sig.IntegratedGradients, {interpreters.INTERPOLATION_KEY: 3}),
+        ("sig", lit_sig.SequentialIntegratedGradients, {interpreters.INTERPOLATION_KEY: 3}),
+        ("exact_sig", lit_sig.SequentialIntegratedGradients, {interpreters.METHOD_KEY: interpreters.EXACT_METHOD}),
     ],
 )
-def test_ours_equals_the_interpreters(tiny_model, method, interpreter, config):
+def test_ours_equals_the_interpreters_and_direct_references(tiny_model, method, interpreter, config):
+    """The benchmark's own engine calls give the interpreters' salience, and (where the method has
+    one) that of direct Hugging Face / captum calls; SIG is occlusion within its delta."""
     setting = faithfulness.Setting(erasure.OURS, "mask", 3)
     examples = _examples(tiny_model, setting)
     ranked = faithfulness.METHODS[method](faithfulness.HFScorer(tiny_model.model), examples, setting)
     inputs = [{"sentence": e.sentence, "label": tiny_model.labels[e.predicted]} for e in examples]
     expected = interpreter().run(inputs, tiny_model, None, config={**RAW, **config})
-    for (scores, _), result in zip(ranked, expected):
+    for e, (scores, delta), result in zip(examples, ranked, expected):
         reference = np.asarray(result[models.gradients_field("sentence")].salience)
         np.testing.assert_allclose(scores, reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max())
+        direct = direct_reference(tiny_model, method, e.sentence, e.predicted, 3)
+        if direct is not None:
+            np.testing.assert_allclose(scores, direct, rtol=1e-4, atol=1e-5 * np.abs(direct).max())
+        if method == "sig":
+            gaps = np.abs(scores - occlusion(tiny_model, (e.sentence,), e.predicted, "mask"))
+            assert delta == pytest.approx(gaps.max(), abs=1e-5 * np.abs(scores).max())
 
 
 def paper_forward(module):
@@ -129,7 +146,7 @@ def test_paper_ig_equals_captum_with_its_default_zero_baseline(tiny_model):
     captum_attr = pytest.importorskip("captum.attr")
     setting = faithfulness.Setting(erasure.PAPER, "zero", 7)
     examples = _examples(tiny_model, setting)
-    ranked = faithfulness.METHODS["integrated_gradients"](faithfulness.HFScorer(tiny_model.model), examples, setting)
+    ranked = faithfulness.METHODS["ig"](faithfulness.HFScorer(tiny_model.model), examples, setting)
     for e, (scores, _) in zip(examples, ranked):
         theirs = (
             captum_attr.IntegratedGradients(paper_forward(tiny_model.model))
@@ -146,9 +163,7 @@ def test_paper_sig_equals_time_interpret(tiny_model):
     tint_attr = pytest.importorskip("tint.attr")
     setting = faithfulness.Setting(erasure.PAPER, "zero", 5)
     examples = _examples(tiny_model, setting)[:2]
-    ranked = faithfulness.METHODS["sequential_integrated_gradients"](
-        faithfulness.HFScorer(tiny_model.model), examples, setting
-    )
+    ranked = faithfulness.METHODS["sig"](faithfulness.HFScorer(tiny_model.model), examples, setting)
     for e, (scores, _) in zip(examples, ranked):
         theirs = (
             tint_attr.SequentialIntegratedGradients(paper_forward(tiny_model.model))
@@ -190,12 +205,12 @@ def test_runs_all_methods_and_resumes_without_redoing_work(tiny_model, data_file
     for metrics in summary["methods"].values():
         for k in erasure.METRICS:
             assert metrics[k]["low"] <= metrics[k]["mean"] <= metrics[k]["high"]
-    sig = summary["methods"]["sequential_integrated_gradients"]
+    sig = summary["methods"]["sig"]
     positions = [len(tok(s)["input_ids"]) - (2 if protocol == "ours" else 0) for s in SENTENCES]
     assert sig["rows_per_example"] == pytest.approx(np.mean([3 * T for T in positions]))
     assert sig["forward_rows_per_example"] == pytest.approx(np.mean([T + 1 for T in positions]))
     assert "max_completeness_delta" not in summary["methods"]["grad_norm"]
-    pair = "integrated_gradients - sequential_integrated_gradients"
+    pair = "ig - sig"
     assert summary["differences"][pair]["n"] == 3
     cache = tmp_path / "cache.jsonl"
     lines = cache.read_text().splitlines()
@@ -212,7 +227,7 @@ def test_runs_all_methods_and_resumes_without_redoing_work(tiny_model, data_file
     again = faithfulness.run(args(data_file, tmp_path, "--protocol", protocol), module, tok, methods)
     redone = json.loads(cache.read_text().splitlines()[-1])
     assert (redone["index"], redone["method"]) == (2, "random") and [len(c) for c in calls] == [1]
-    assert again["methods"]["sequential_integrated_gradients"] == sig
+    assert again["methods"]["sig"] == sig
 
 
 def test_main_writes_json_and_rejects_bad_flags(tiny_model, data_file, tmp_path, monkeypatch, capsys):
@@ -248,7 +263,7 @@ def test_main_writes_json_and_rejects_bad_flags(tiny_model, data_file, tmp_path,
         ["--steps", "0"],
         ["--limit", "-1"],
         ["--baseline", "unk"],
-        ["--protocol", "paper", "--methods", "lit_integrated_gradients"],
+        ["--protocol", "paper", "--methods", "lit_ig"],
     )
     for bad in bad_flags:
         with pytest.raises(SystemExit):

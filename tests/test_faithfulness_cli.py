@@ -1,7 +1,7 @@
 """The user-facing faithfulness command on a `from_pretrained` model: rows against direct forwards, resuming."""
 
+import itertools
 import json
-import zlib
 
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ from lit_sig import models
 from lit_sig.cli import explain, faithfulness
 from lit_sig.core import erasure
 from lit_sig.lit import interpreters
+from tests.helpers import occlusion
 
 SENTENCES = [
     ("a charming and often affecting journey .", "1"),
@@ -51,11 +52,7 @@ def run(data, model_dir, out, *flags):
 
 
 def reference_salience(model, method: str, sentence: str, label: str) -> np.ndarray:
-    """The interpreter on this one example alone (the random ranking: seeded by the sentence)."""
-    if method == "random":
-        return np.random.default_rng(zlib.crc32(sentence.encode("utf-8"))).random(
-            len(model.tokenizer.tokenize(sentence))
-        )
+    """The interpreter on this one example alone."""
     config = faithfulness.Settings(4, "mask").config(method)
     result = faithfulness._interpreter(method).run([{"sentence": sentence, "label": label}], model, None, config=config)
     return np.asarray(result[0][models.gradients_field("sentence")].salience)
@@ -63,9 +60,14 @@ def reference_salience(model, method: str, sentence: str, label: str) -> np.ndar
 
 def direct_metrics(module, tokenizer, sentence: str, scores: np.ndarray) -> dict[str, float]:
     """The three metrics from plain Hugging Face forwards of token-id lists, one unpadded sequence each."""
+    k = max(1, round(0.2 * len(scores)))
+    return erased_metrics(module, tokenizer, sentence, set(np.argsort(-scores, kind="stable")[:k].tolist()))
+
+
+def erased_metrics(module, tokenizer, sentence: str, top: set[int]) -> dict[str, float]:
+    """The metrics of erasing the word tokens at positions `top` (0-based), by direct forwards."""
     words = tokenizer(sentence)["input_ids"][1:-1]
-    k = max(1, round(0.2 * len(words)))
-    top = set(np.argsort(-scores, kind="stable")[:k].tolist())
+    k = len(top)
 
     def p(ids):
         with torch.no_grad():
@@ -86,6 +88,19 @@ def direct_metrics(module, tokenizer, sentence: str, scores: np.ndarray) -> dict
     }
 
 
+def direct_completeness_delta(model, method: str, sentence: str, target: int, scores: np.ndarray) -> float:
+    """|completeness error| of salience `scores` against the scores of direct Hugging Face calls: IG's
+    |F(x) - F(every word at [MASK]) - sum|, SIG's largest per-token |occlusion_i - salience_i|."""
+    if method == "sig":
+        return float(np.abs(occlusion(model, (sentence,), target, "mask") - scores).max())
+    tok = model.tokenizer
+    ids = tok(sentence)["input_ids"]
+    masked = [ids[0], *[tok.mask_token_id] * (len(ids) - 2), ids[-1]]
+    with torch.no_grad():
+        logits = model.model(input_ids=torch.tensor([ids, masked])).logits[:, target]
+    return abs(float(logits[0] - logits[1]) - float(scores.sum()))
+
+
 def test_rows_equal_direct_forwards_of_the_erased_tokens(data, tiny_model_dir, tmp_path):
     out = tmp_path / "f.jsonl"
     rows = run(data, tiny_model_dir, out, "--methods", ",".join(METHODS))
@@ -96,15 +111,45 @@ def test_rows_equal_direct_forwards_of_the_erased_tokens(data, tiny_model_dir, t
         sentence, label = SENTENCES[row["id"]]
         assert (row["sentence"], row["label"], row["steps"], row["baseline"]) == (sentence, label, 4, "mask")
         assert row["model"] == str(tiny_model_dir.resolve()) and row["data"] == str(data.resolve())
+        if row["method"] == "random":
+            continue  # test_random_ranking_erases_a_fixed_subset_of_the_words
         scores = reference_salience(model, row["method"], sentence, row["predicted"])
         expected = direct_metrics(model.model, model.tokenizer, sentence, scores)
         assert row["k"] == expected["k"] and row["p"] == pytest.approx(expected["p"], abs=1e-6)
         for metric in erasure.METRICS:
             assert row[metric] == pytest.approx(expected[metric], abs=1e-5), (row["method"], metric)
         if row["method"] in ("sig", "ig"):
-            assert row["completeness_delta"] >= 0
+            target = model.labels.index(row["predicted"])
+            delta = direct_completeness_delta(model, row["method"], sentence, target, scores)
+            assert row["completeness_delta"] == pytest.approx(delta, abs=1e-5), row["method"]
         elif row["method"] == "exact_sig":
             assert row["completeness_delta"] == 0
+        else:
+            assert row["completeness_delta"] is None
+
+
+def test_random_ranking_erases_a_fixed_subset_of_the_words(data, tiny_model_dir, tmp_path):
+    """The control: each row's metrics are those of erasing one k-subset of the words (found among all
+    of them by direct forwards), the same subset whatever the batch and method list."""
+    rows = run(data, tiny_model_dir, tmp_path / "f.jsonl", "--methods", "random")
+    again = run(data, tiny_model_dir, tmp_path / "g.jsonl", "--methods", "grad_norm,random", "--batch_size", "3")
+    model = models.HFSequenceClassifier.from_pretrained(str(tiny_model_dir), device="cpu")
+    subsets = []
+    for row, other in zip(rows, [r for r in again if r["method"] == "random"]):
+        assert (row["id"], row["k"]) == (other["id"], other["k"])
+        for m in erasure.METRICS:  # Other batches pad differently: float32 rounding apart.
+            assert row[m] == pytest.approx(other[m], abs=1e-6)
+        count = len(model.tokenizer.tokenize(row["sentence"]))
+        assert row["k"] == max(1, round(0.2 * count)) and row["completeness_delta"] is None
+        matches = []
+        for top in itertools.combinations(range(count), row["k"]):
+            expected = erased_metrics(model.model, model.tokenizer, row["sentence"], set(top))
+            if all(abs(row[m] - expected[m]) < 1e-5 for m in erasure.METRICS):
+                matches.append(top)
+        assert matches, row["sentence"]  # Some subset of k words was erased, by every metric alike.
+        subsets.append(matches)
+    # Not a fixed rule such as "the first k words": some sentence's erased words are not the first ones.
+    assert any(tuple(range(row["k"])) not in m for row, m in zip(rows, subsets))
 
 
 def test_summary_means_intervals_and_pairs(data, tiny_model_dir, tmp_path, capsys):

@@ -41,11 +41,11 @@ from lit_sig.lit import interpreters, registry
 from lit_sig.models import datasets, sst2_model
 
 EMBEDDED_MODEL = "minilm_sst2"
-METHODS = registry.METHODS  # sig, exact_sig, ig, grad_norm, grad_dot_input, captum_*.
 TARGETS = ("predicted", "label")
 OUTPUT_SUFFIXES = (".parquet", ".jsonl")
 DATA_SUFFIXES = (".tsv", ".jsonl")
 PARTIAL_SUFFIX = ".partial.jsonl"
+LABELS_HELP = "Comma-separated class names in logit order (default: the model's id2label, or 0,1,...)."
 # Row fields that record how a row was made; a resumed run must match them.
 SETTINGS_FIELDS = ("method", "steps", "baseline", "normalize", "target", "precision")
 # Settings that rows written before them lack, as those rows were made.
@@ -84,8 +84,8 @@ class Job:
     model: str  # EMBEDDED_MODEL, or a Hugging Face path or name for from_pretrained
     labels: tuple[str, ...]
     method: str
-    steps: int | None  # IG and SIG only
-    baseline: str | None  # IG and SIG only
+    steps: int | None  # methods with steps only
+    baseline: str | None  # methods with a baseline only
     normalize: bool
     target: str
     device: str | None
@@ -140,7 +140,7 @@ class Explainer:
         # The predicted class. The gradient methods explaining it read predict's gradients (no
         # label given: the predicted class's); every other run makes passes of its own, and a
         # forward-only prediction fills the row's columns.
-        reuse = METHODS[self._job.method].reads_model_gradients and self._job.target == "predicted"
+        reuse = registry.get(self._job.method).reads_model_gradients and self._job.target == "predicted"
         outputs = self._model.predict(texts) if reuse else self._model.classify(texts)
         if self._job.target == "predicted":
             inputs = [dict(t, label=o["label"]) for t, o in zip(texts, outputs)]
@@ -176,16 +176,21 @@ class Explainer:
         return pa.Table.from_pylist(self.explain(examples), schema=SCHEMA)
 
 
-def read_examples(path: pathlib.Path, text_field: str, limit: int | None) -> list[dict[str, Any]]:
+def read_examples(
+    path: pathlib.Path, text_field: str, limit: int | None, labels: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """`{"id", "sentence", "label"}` per example of a GLUE-style TSV or a JSONL file.
 
+    Args:
+        labels: the model's classes; every gold label given must be one of them (None: any).
+
     Raises:
-        ValueError: an unknown suffix, a malformed file, or an empty sentence.
+        ValueError: an unknown suffix, a malformed file, an empty sentence, or a label not in `labels`.
     """
     if path.suffix == ".tsv":
         if text_field != "sentence":
             raise ValueError(f"--text_field {text_field!r}: GLUE TSV files always use 'sentence'.")
-        records = datasets.read_glue_tsv(path, limit)
+        records = [r | {"label": r["label"] or None} for r in datasets.read_glue_tsv(path, limit, labels=None)]
     elif path.suffix == ".jsonl":
         records = _read_jsonl_data(path, text_field, limit)
     else:
@@ -194,6 +199,11 @@ def read_examples(path: pathlib.Path, text_field: str, limit: int | None) -> lis
     for i, record in enumerate(records):
         if not record["sentence"].strip():
             raise ValueError(f"{path}: example {i} has an empty {text_field!r}.")
+        if labels is not None and record["label"] is not None and record["label"] not in labels:
+            raise ValueError(
+                f"{path}: example {i} has label {record['label']!r}, not one of the model's classes"
+                f" {list(labels)}; --labels names them in logit order."
+            )
         examples.append({"id": i, "sentence": record["sentence"], "label": record["label"]})
     return examples
 
@@ -369,9 +379,12 @@ def _parser() -> argparse.ArgumentParser:
         default=EMBEDDED_MODEL,
         help=f"{EMBEDDED_MODEL!r} (the embedded SST-2 model), or a Hugging Face classifier path or name.",
     )
-    parser.add_argument("--labels", default=None, help="Comma-separated class names in logit order (default 0,1).")
+    parser.add_argument("--labels", default=None, help=LABELS_HELP)
     parser.add_argument(
-        "--method", default="sig", choices=list(METHODS), help="Salience method (captum_*: captum's, see the README)."
+        "--method",
+        default="sig",
+        choices=registry.list_methods(),
+        help="Salience method (captum_*: captum's, see the README).",
     )
     parser.add_argument(
         "--steps",
@@ -415,13 +428,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_labels(value: str | None) -> tuple[str, ...]:
-    """`--labels`: comma-separated class names in logit order (default: SST-2's)."""
+def parse_labels(value: str | None) -> tuple[str, ...] | None:
+    """`--labels`: comma-separated class names in logit order (None: not given)."""
     if value is None:
-        return datasets.LABELS
+        return None
     labels = tuple(label.strip() for label in value.split(","))
     if len(labels) < 2 or not all(labels) or len(set(labels)) != len(labels):
         raise ValueError(f"--labels {value!r}: give two or more distinct comma-separated class names.")
+    return labels
+
+
+def model_labels(model: str) -> tuple[str, ...]:
+    """The classes of `--model` in logit order: the embedded model's, else the config's `id2label`
+    names, or "0", "1", ... where those are transformers' placeholders (LABEL_0, LABEL_1, ...)."""
+    if model == EMBEDDED_MODEL:
+        return datasets.LABELS
+    try:
+        config = transformers.AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--model {model!r}: can't load it ({error}).") from None
+    count = config.num_labels
+    if count < 2:
+        raise ValueError(f"--model {model!r} has {count} output; the command lines explain classifiers.")
+    names = [str(config.id2label.get(i, i)) for i in range(count)]
+    return tuple(str(i) for i in range(count)) if names == [f"LABEL_{i}" for i in range(count)] else tuple(names)
+
+
+def resolve_labels(model: str, value: str | None) -> tuple[str, ...]:
+    """The classes a run uses: `--labels` where given (checked against the model's count), else the model's."""
+    labels, own = parse_labels(value), model_labels(model)
+    if labels is None:
+        return own
+    if model == EMBEDDED_MODEL and labels != own:
+        raise ValueError(f"--labels: the embedded model's classes are {','.join(own)}.")
+    if len(labels) != len(own):
+        raise ValueError(f"--labels {value!r} names {len(labels)} classes; --model {model!r} has {len(own)}.")
     return labels
 
 
@@ -451,10 +492,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for flag, value in counts.items():
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be a positive integer, got {value}.")
-        labels = parse_labels(args.labels)
-        if args.model == EMBEDDED_MODEL and labels != datasets.LABELS:
-            raise ValueError(f"--labels: the embedded model's classes are {','.join(datasets.LABELS)}.")
-        method = METHODS[args.method]
+        labels = resolve_labels(args.model, args.labels)
+        method = registry.get(args.method)
         job = Job(
             model=args.model,
             labels=labels,
@@ -487,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             tokenizer = job.load_tokenizer()
         except OSError as error:
             raise ValueError(f"--model {args.model!r}: can't load its tokenizer ({error}).") from None
-        examples = read_examples(pathlib.Path(args.data), args.text_field, args.limit)
+        examples = read_examples(pathlib.Path(args.data), args.text_field, args.limit, labels)
         if args.target == "label" and any(e["label"] is None for e in examples):
             raise ValueError("--target label: some examples have no label.")
         count = explain_dataset(examples, out, job, tokenizer, args.ray, args.ray_workers)

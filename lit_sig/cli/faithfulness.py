@@ -21,7 +21,6 @@ import dataclasses
 import json
 import pathlib
 import sys
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,10 +32,9 @@ from lit_sig import models, storage
 from lit_sig.cli import explain
 from lit_sig.core import erasure, quadrature
 from lit_sig.lit import interpreters, registry
-from lit_sig.models import datasets
 
-METHODS = (*registry.METHODS, "random")  # sig, exact_sig, ig, grad_norm, grad_dot_input, captum_*, random
-DEFAULT_METHODS = ("sig", "ig", "grad_norm", "grad_dot_input", "random")
+METHODS = (*registry.list_methods(), erasure.RANDOM)  # The registry's, and the random control.
+DEFAULT_METHODS = ("sig", "ig", "grad_norm", "grad_dot_input", erasure.RANDOM)
 SETTINGS_FIELDS = ("steps", "baseline", "top_fraction")
 SOURCE_FIELDS = explain.SOURCE_FIELDS
 SUMMARY_SUFFIX = ".summary.json"
@@ -56,11 +54,11 @@ class Settings:
 
     def config(self, method: str) -> dict[str, Any]:
         """The interpreter config of a method (raw salience)."""
-        return registry.METHODS[method].config(self.steps, self.baseline, normalize=False)
+        return registry.get(method).config(self.steps, self.baseline, normalize=False)
 
 
 def _interpreter(method: str) -> lit_components.Interpreter:
-    return registry.METHODS[method].make()
+    return registry.get(method).make()
 
 
 def salience(
@@ -72,10 +70,9 @@ def salience(
 ) -> list[tuple[np.ndarray, float | None]]:
     """Per example: raw word-token salience for its predicted class, and the completeness delta (or None)."""
     field = model.text_fields[0]
-    if method == "random":
+    if method == erasure.RANDOM:
         return [
-            (np.random.default_rng(zlib.crc32(e["sentence"].encode("utf-8"))).random(len(o[f"tokens_{field}"])), None)
-            for e, o in zip(examples, outputs)
+            (erasure.random_scores(e["sentence"], len(o[f"tokens_{field}"])), None) for e, o in zip(examples, outputs)
         ]
     inputs = [{field: e["sentence"], "label": o["label"]} for e, o in zip(examples, outputs)]
     results = _interpreter(method).run(inputs, model, model_outputs=outputs, config=settings.config(method))
@@ -127,32 +124,7 @@ def summarize(
 ) -> dict[str, Any]:
     """Each method's means with intervals, and every pair's differences on the examples both cover."""
     by_method = {m: {r["id"]: r for r in rows if r["method"] == m} for m in methods}
-    summary: dict[str, Any] = {"resamples": resamples, "seed": seed, "methods": {}, "differences": {}}
-    for m, got in by_method.items():
-        if got:
-            boot = erasure.bootstrap(
-                {k: np.array([r[k] for r in got.values()]) for k in erasure.METRICS}, resamples, seed
-            )["means"]
-            summary["methods"][m] = {"n": len(got), **boot}
-    present = [m for m in methods if by_method[m]]
-    for i, a in enumerate(present):
-        for b in present[i + 1 :]:
-            shared = sorted(by_method[a].keys() & by_method[b].keys())
-            entry = {"n": len(shared)}
-            for k in erasure.METRICS:
-                values = {m: np.array([by_method[m][j][k] for j in shared]) for m in (a, b)}
-                entry[k] = erasure.bootstrap(values, resamples, seed)["differences"][f"{a} - {b}"]
-            summary["differences"][f"{a} - {b}"] = entry
-    return summary
-
-
-def markdown(summary: dict[str, Any]) -> str:
-    """The summary as a Markdown table (mean [low, high])."""
-    lines = ["| method | n | log-odds ↓ | comprehensiveness ↑ | sufficiency ↓ |", "|---|---|---|---|---|"]
-    for m, s in summary["methods"].items():
-        cells = " | ".join(f"{s[k]['mean']:.3f} [{s[k]['low']:.3f}, {s[k]['high']:.3f}]" for k in erasure.METRICS)
-        lines.append(f"| {m} | {s['n']} | {cells} |")
-    return "\n".join(lines)
+    return {"resamples": resamples, "seed": seed, **erasure.summarize(by_method, resamples, seed)}
 
 
 def _read_done(
@@ -218,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
         default=explain.EMBEDDED_MODEL,
         help=f"{explain.EMBEDDED_MODEL!r} (the embedded SST-2 model), or a Hugging Face classifier path or name.",
     )
-    parser.add_argument("--labels", default=None, help="Comma-separated class names in logit order (default 0,1).")
+    parser.add_argument("--labels", default=None, help=explain.LABELS_HELP)
     parser.add_argument(
         "--methods", default=",".join(DEFAULT_METHODS), help=f"Comma-separated, from {', '.join(METHODS)}."
     )
@@ -272,11 +244,8 @@ def _check_flags(args: argparse.Namespace, out: pathlib.Path) -> None:
         raise ValueError(f"--steps must be in [{quadrature.MIN_STEPS}, {quadrature.MAX_STEPS}], got {args.steps}.")
 
 
-def _load(args: argparse.Namespace) -> tuple[models.HFSequenceClassifier, dict[str, Any]]:
+def _load(args: argparse.Namespace, labels: tuple[str, ...]) -> tuple[models.HFSequenceClassifier, dict[str, Any]]:
     """The model and what identifies it in rows (model, labels, data)."""
-    labels = explain.parse_labels(args.labels)
-    if args.model == explain.EMBEDDED_MODEL and labels != datasets.LABELS:
-        raise ValueError(f"--labels: the embedded model's classes are {','.join(datasets.LABELS)}.")
     job = explain.Job(
         model=args.model,
         labels=labels,
@@ -304,8 +273,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         _check_flags(args, out)
         methods = _parse_methods(args.methods)
-        examples = explain.read_examples(pathlib.Path(args.data), args.text_field, args.limit)
-        model, source = _load(args)
+        labels = explain.resolve_labels(args.model, args.labels)
+        examples = explain.read_examples(pathlib.Path(args.data), args.text_field, args.limit, labels)
+        model, source = _load(args, labels)
         settings = Settings(args.steps, args.baseline, args.top_fraction)
         rows = evaluate(examples, out, model, methods, settings, source, args.batch_size)
     except ValueError as error:
@@ -317,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         **summarize(rows, methods, args.resamples, args.seed),
     }
     storage.write_atomically(summary_path, json.dumps(summary, indent=2) + "\n")
-    print(markdown(summary))
+    print(erasure.markdown(summary["methods"]))
     print(f"Wrote {len(rows)} rows to {out} and the summary to {summary_path}.", file=sys.stderr)
 
 

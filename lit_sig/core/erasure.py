@@ -13,7 +13,8 @@ Pure torch and numpy over a Hugging Face classifier: nothing here needs LIT.
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 METRICS = ("log_odds", "comprehensiveness", "sufficiency")
 LOWER_IS_BETTER = {"log_odds": True, "comprehensiveness": False, "sufficiency": True}
 REPLACEMENTS = ("mask", "pad")
+RANDOM = "random"  # The control ranking every method should beat (`random_scores`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,3 +188,59 @@ def bootstrap(
             "significant": bool(low > 0 or high < 0),
         }
     return summary
+
+
+def random_scores(text: str, count: int) -> np.ndarray:
+    """The control ranking of `count` positions of `text`: uniform scores seeded by the text alone,
+    so every run, batch and method list ranks it the same way."""
+    return np.random.default_rng(zlib.crc32(text.encode("utf-8"))).random(count)
+
+
+def summarize(
+    by_method: Mapping[str, Mapping[Hashable, Mapping[str, float]]], resamples: int = 2000, seed: int = 0
+) -> dict[str, dict]:
+    """Each method's metric means with paired bootstrap intervals, and every pair's differences.
+
+    Args:
+        by_method: per method (in table order), its rows by example id; each row holds `METRICS`.
+        resamples, seed: of the bootstrap.
+
+    Returns:
+        `{"methods": {m: {"n", metric: {"mean", "low", "high"}}}, "differences": {"a - b": {"n",
+        metric: {"mean", "low", "high", "significant"}}}}` over the examples each method (each
+        pair) covers, in id order; methods without rows and pairs without shared examples are left out.
+    """
+    summary: dict[str, dict] = {"methods": {}, "differences": {}}
+    present = [m for m, rows in by_method.items() if rows]
+    for m in present:
+        rows = [by_method[m][i] for i in sorted(by_method[m])]
+        means = bootstrap({k: np.array([r[k] for r in rows]) for k in METRICS}, resamples, seed)["means"]
+        summary["methods"][m] = {"n": len(rows), **means}
+    for a, b in itertools.combinations(present, 2):
+        shared = sorted(by_method[a].keys() & by_method[b].keys())
+        if not shared:
+            continue
+        entry: dict[str, Any] = {"n": len(shared)}
+        for k in METRICS:
+            values = {m: np.array([by_method[m][i][k] for i in shared]) for m in (a, b)}
+            entry[k] = bootstrap(values, resamples, seed)["differences"][f"{a} - {b}"]
+        summary["differences"][f"{a} - {b}"] = entry
+    return summary
+
+
+def interval(x: Mapping[str, float]) -> str:
+    """`mean [low, high]` to three decimals."""
+    return f"{x['mean']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
+
+
+def markdown(
+    methods: Mapping[str, Mapping[str, Any]], extra: Mapping[str, Callable[[Mapping], str]] | None = None
+) -> str:
+    """A summary's methods as a Markdown table: n, each metric's interval, then `extra` columns."""
+    extra = extra or {}
+    header = ["method", "n", "log-odds ↓", "comprehensiveness ↑", "sufficiency ↓", *extra]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, m in methods.items():
+        cells = [name, str(m["n"]), *(interval(m[k]) for k in METRICS), *(cell(m) for cell in extra.values())]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

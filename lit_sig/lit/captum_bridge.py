@@ -364,8 +364,3 @@ def _cuda_devices(x: torch.Tensor) -> list[int]:
 def _forward_model(model: lit_model.Model) -> Any | None:
     device_model = protocol.find_device_path(model)
     return device_model if device_model is not None and hasattr(device_model, "forward_rows") else None
-
-
-def captum_interpreters(names: list[str] | None = None, **kwargs) -> dict[str, CaptumInterpreter]:
-    """`{"captum NAME": interpreter}` for the named methods (all by default), as the demo serves them."""
-    return {f"captum {name}": CaptumInterpreter(name, **kwargs) for name in (names or METHODS)}

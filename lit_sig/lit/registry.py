@@ -1,9 +1,17 @@
-"""Salience methods by name, as the command lines and benchmarks take them.
+"""Every salience method lit_sig offers, by one name: the command lines, benchmarks, JSON rows and the demo.
 
-`sig`, `exact_sig`, `ig`, `grad_norm`, `grad_dot_input`, and every bridged captum
-method as `captum_<name>` (lower case, spaces as underscores: `captum_kernelshap`,
-`captum_noisetunnel_ig`). Each name gives an interpreter and its config for a
-number of steps, a baseline and normalization.
+    >>> from lit_sig.lit import registry
+    >>> registry.list_methods()[:6]
+    ['sig', 'exact_sig', 'adaptive_sig', 'ig', 'grad_norm', 'grad_dot_input']
+    >>> registry.METHODS["sig"].display_name  # Its name in the LIT UI.
+    'Sequential Integrated Gradients'
+
+`sig`, `exact_sig`, `adaptive_sig`, `ig`, `grad_norm`, `grad_dot_input`, and every bridged
+captum method as `captum_<name>` (lower case, spaces as underscores: `captum_kernelshap`,
+`captum_noisetunnel_ig`). Each name gives an interpreter and its config for a number of steps, a
+baseline and normalization, and the name the demo serves it under. Files written before the
+names were unified (benchmark summaries with `sequential_integrated_gradients`, `captum:KernelShap`
+...) read through `canonical`.
 """
 
 import dataclasses
@@ -19,54 +27,147 @@ CAPTUM_PREFIX = "captum_"
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A salience method the command lines offer."""
+    """A salience method: its interpreter, how settings become its config, and its names.
 
-    make: Callable[[], lit_components.Interpreter]
-    steps_key: str | None = None  # The config key of its steps: `Interpolation steps`, captum's `n_steps`.
+    Attributes:
+        name: the one name of the method in flags, rows and benchmark files.
+        display_name: the interpreter's name in the LIT UI.
+        description: one line for `--help` and tables.
+        make: builds the interpreter (keyword arguments: the interpreter's own, e.g. `autorun`).
+        steps_key: the config key of its steps (`Interpolation steps`, captum's `n_steps`), or None.
+        takes_baseline: its config takes a baseline.
+        extra: fixed config entries (exact SIG's integration method, adaptive steps).
+        reads_model_gradients: its salience comes from `predict`'s gradients (no passes of its own).
+    """
+
+    name: str
+    display_name: str
+    description: str
+    make: Callable[..., lit_components.Interpreter]
+    steps_key: str | None = None
     takes_baseline: bool = False
-    extra: tuple[tuple[str, Any], ...] = ()  # Fixed config entries.
-    reads_model_gradients: bool = False  # Its salience comes from `predict`'s gradients (no passes of its own).
+    extra: tuple[tuple[str, Any], ...] = ()
+    reads_model_gradients: bool = False
 
-    def config(self, steps: int, baseline: str, normalize: bool) -> dict[str, Any]:
+    def config(self, steps: int | None, baseline: str | None, normalize: bool) -> dict[str, Any]:
         """The interpreter config for these settings (validate it with the interpreter's `parse_config`)."""
         config: dict[str, Any] = {interpreters.NORMALIZATION_KEY: normalize, **dict(self.extra)}
-        if self.takes_baseline:
+        if self.takes_baseline and baseline is not None:
             config[interpreters.BASELINE_KEY] = baseline
-        if self.steps_key:
+        if self.steps_key and steps is not None:
             config[self.steps_key] = steps
         return config
 
 
 def captum_name(name: str) -> str:
-    """The command-line name of a captum method: "NoiseTunnel IG" -> "captum_noisetunnel_ig"."""
+    """The registry name of a captum method: "NoiseTunnel IG" -> "captum_noisetunnel_ig"."""
     return CAPTUM_PREFIX + name.lower().replace(" ", "_")
 
 
 def _captum(name: str) -> Method:
-    steps = "n_steps" if any(p.key == "n_steps" for p in captum_bridge.METHODS[name].params) else None
-    return Method(lambda: captum_bridge.CaptumInterpreter(name), steps_key=steps, takes_baseline=True)
-
-
-METHODS: dict[str, Method] = {
-    "sig": Method(interpreters.SequentialIntegratedGradients, interpreters.INTERPOLATION_KEY, takes_baseline=True),
-    "exact_sig": Method(
-        interpreters.SequentialIntegratedGradients,
+    method = captum_bridge.METHODS[name]
+    steps = "n_steps" if any(p.key == "n_steps" for p in method.params) else None
+    return Method(
+        captum_name(name),
+        f"captum {name}",
+        method.description,
+        lambda **kwargs: captum_bridge.CaptumInterpreter(name, **kwargs),
+        steps_key=steps,
         takes_baseline=True,
-        extra=((interpreters.METHOD_KEY, interpreters.EXACT_METHOD),),
-    ),
-    "ig": Method(interpreters.IntegratedGradients, interpreters.INTERPOLATION_KEY, takes_baseline=True),
-    "grad_norm": Method(interpreters.GradientNorm, reads_model_gradients=True),
-    "grad_dot_input": Method(interpreters.GradientDotInput, reads_model_gradients=True),
+    )
+
+
+_SIG = interpreters.SequentialIntegratedGradients
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "sig",
+            "Sequential Integrated Gradients",
+            "SIG: one IG path per token, the others fixed (T x steps gradient rows).",
+            _SIG,
+            interpreters.INTERPOLATION_KEY,
+            takes_baseline=True,
+        ),
+        Method(
+            "exact_sig",
+            "Sequential Integrated Gradients (exact)",
+            "SIG in closed form: occlusion of each token (T + 1 forward rows).",
+            _SIG,
+            takes_baseline=True,
+            extra=((interpreters.METHOD_KEY, interpreters.EXACT_METHOD),),
+        ),
+        Method(
+            "adaptive_sig",
+            "Sequential Integrated Gradients (adaptive steps)",
+            "SIG with steps refined per token until its completeness error is under the tolerance.",
+            _SIG,
+            takes_baseline=True,
+            extra=((interpreters.ADAPTIVE_KEY, True),),
+        ),
+        Method(
+            "ig",
+            "lit_sig Integrated Gradients",
+            "Integrated Gradients over every word token at once (steps gradient rows).",
+            interpreters.IntegratedGradients,
+            interpreters.INTERPOLATION_KEY,
+            takes_baseline=True,
+        ),
+        Method(
+            "grad_norm",
+            "lit_sig Gradient Norm",
+            "L2 norm of the gradient at each token (from predict's gradients).",
+            interpreters.GradientNorm,
+            reads_model_gradients=True,
+        ),
+        Method(
+            "grad_dot_input",
+            "lit_sig Gradient x Input",
+            "gradient . embedding at each token (from predict's gradients).",
+            interpreters.GradientDotInput,
+            reads_model_gradients=True,
+        ),
+    )
 } | {captum_name(name): _captum(name) for name in captum_bridge.METHODS}
+
+# Names used before there was one registry (benchmark files, caches), and the name each is now.
+LEGACY_NAMES: dict[str, str] = {
+    "integrated_gradients": "ig",
+    "sequential_integrated_gradients": "sig",
+    "exact_sequential_integrated_gradients": "exact_sig",
+    "adaptive_sequential_integrated_gradients": "adaptive_sig",
+    "integrated_gradients_batch": "ig_batch",  # benchmarks.speed: IG over many sentences in one run.
+    "lit_integrated_gradients": "lit_ig",  # benchmarks.faithfulness: LIT's own IG.
+} | {f"captum:{name}": captum_name(name) for name in captum_bridge.METHODS}
+
+
+def list_methods() -> list[str]:
+    """Every method's name, in the order the command lines list them."""
+    return list(METHODS)
+
+
+def get(name: str) -> Method:
+    """The method called `name`; raises ValueError naming the accepted names."""
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; accepted: {', '.join(METHODS)}.")
+    return METHODS[name]
+
+
+def display_name(name: str) -> str:
+    """The name the LIT UI shows for method `name` (the demo's interpreter name)."""
+    return get(name).display_name
+
+
+def canonical(name: str) -> str:
+    """`name` as it is called now (a name from before the registry is mapped; others pass through)."""
+    return LEGACY_NAMES.get(name, name)
 
 
 def interpreter_and_config(
-    name: str, steps: int, baseline: str, normalize: bool
+    name: str, steps: int | None, baseline: str | None, normalize: bool
 ) -> tuple[lit_components.Interpreter, dict[str, Any]]:
     """The interpreter of method `name` and its validated config; raises ValueError naming what is accepted."""
-    if name not in METHODS:
-        raise ValueError(f"Unknown method {name!r}; accepted: {', '.join(METHODS)}.")
-    method = METHODS[name]
+    method = get(name)
     interpreter = method.make()
     config = method.config(steps, baseline, normalize)
     if hasattr(interpreter, "parse_config"):  # Gradient Norm and Gradient x Input check at `run`.

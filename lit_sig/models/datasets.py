@@ -3,6 +3,7 @@
 import csv
 import os
 import pathlib
+from collections.abc import Sequence
 
 from lit_nlp.api import dataset as lit_dataset
 from lit_nlp.api import types as lit_types
@@ -83,11 +84,16 @@ def builtin(max_examples: int | None = None) -> SentimentData:
     return SentimentData(examples, f"{len(examples)} sentences written for lit_sig (negation, contrast)")
 
 
-def read_glue_tsv(path: str | os.PathLike, max_examples: int | None = None) -> list[dict[str, str]]:
-    """Reads a GLUE SST-2 style TSV: a header with `sentence` and `label` columns.
+def read_glue_tsv(
+    path: str | os.PathLike, max_examples: int | None = None, labels: Sequence[str] | None = LABELS
+) -> list[dict[str, str]]:
+    """Reads a GLUE-style TSV: a header with `sentence` and `label` columns.
+
+    Args:
+      labels: the accepted labels (SST-2's "0" and "1" by default); None accepts any.
 
     Raises:
-      ValueError: the file lacks those columns, or a label is not "0" or "1".
+      ValueError: the file lacks those columns, or a label is not one of `labels`.
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -102,8 +108,8 @@ def read_glue_tsv(path: str | os.PathLike, max_examples: int | None = None) -> l
             if max_examples is not None and len(examples) >= max_examples:
                 break
             label = (row["label"] or "").strip()
-            if label not in LABELS:
-                raise ValueError(f"{path}:{line}: label {label!r} is not one of {list(LABELS)}")
+            if labels is not None and label not in labels:
+                raise ValueError(f"{path}:{line}: label {label!r} is not one of {list(labels)}")
             examples.append({"sentence": (row["sentence"] or "").strip(), "label": label})
     return examples
 

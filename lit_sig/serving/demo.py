@@ -24,7 +24,7 @@ from lit_nlp.api import layout
 from lit_nlp.components import core
 
 from lit_sig import models
-from lit_sig.lit import captum_bridge, interpreters
+from lit_sig.lit import interpreters, registry
 from lit_sig.models import datasets
 from lit_sig.serving import server
 
@@ -154,14 +154,13 @@ def lit_sig_interpreters() -> dict[str, lit_components.Interpreter]:
     request. Completeness deltas go to the server log: LIT's salience module
     can't show them.
     """
+    ui = registry.display_name
     return {
-        "lit_sig Gradient Norm": interpreters.GradientNorm(),
-        "lit_sig Gradient x Input": interpreters.GradientDotInput(),
-        "lit_sig Integrated Gradients": interpreters.IntegratedGradients(autorun=True, report_completeness=False),
-        "Sequential Integrated Gradients": interpreters.SequentialIntegratedGradients(
-            autorun=False, report_completeness=False
-        ),
-    } | captum_bridge.captum_interpreters()
+        ui("grad_norm"): interpreters.GradientNorm(),
+        ui("grad_dot_input"): interpreters.GradientDotInput(),
+        ui("ig"): interpreters.IntegratedGradients(autorun=True, report_completeness=False),
+        ui("sig"): interpreters.SequentialIntegratedGradients(autorun=False, report_completeness=False),
+    } | {m.display_name: m.make() for m in registry.METHODS.values() if m.name.startswith(registry.CAPTUM_PREFIX)}
 
 
 def serve(demo_flags: _Flags, argv: Sequence[str]) -> None:
