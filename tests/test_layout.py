@@ -51,3 +51,9 @@ def test_layer_imports_only_lower_layers(layer):
         if layer == "core":
             heavy = [m for m in imported_modules(path) if m.split(".")[0] in FORBIDDEN_IN_CORE]
             assert not heavy, f"core/{path.name} imports {heavy}"
+
+
+def test_no_modules_at_the_top_but_the_helpers():
+    """Every module lives in its layer; the old top-level aliases (explain, protocol, ...) are gone."""
+    top = {path.stem for path in PACKAGE.glob("*.py")}
+    assert top == {"__init__"} | TOP_LEVEL_HELPERS

@@ -100,6 +100,7 @@ def test_wheel_ships_the_library_and_its_weights_only(wheel):
         "lit_sig/cli/explain.py",
         "lit_sig/core/quadrature.py",
     } <= set(names)
+    assert not {f"lit_sig/{m}.py" for m in ("explain", "faithfulness", "interpreters", "protocol")} & set(names)
     assert "lit-sig-explain = lit_sig.cli.explain:main" in entry_points
     assert "lit-sig-demo = lit_sig.serving.demo:main" in entry_points
 
