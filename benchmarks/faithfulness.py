@@ -36,6 +36,7 @@ from lit_sig import storage
 from lit_sig.core import adaptive, attribution, engine, erasure, quadrature
 from lit_sig.lit import registry
 from lit_sig.models import datasets
+from lit_sig.models.rows import piece_slices
 
 BASELINES = ("mask", "pad", "zero")
 DEFAULT_BASELINE = {"ours": "mask", "paper": "zero"}
@@ -106,7 +107,7 @@ class HFScorer:
         with torch.enable_grad() if with_grads else torch.no_grad():
             embs = embs.detach().requires_grad_(with_grads)
             logits = self.module(inputs_embeds=embs, attention_mask=mask).logits.float()  # [R, C]
-            scores = torch.cat([_target(logits[part], key) for (key, _), part in zip(pieces, _slices(pieces))])
+            scores = torch.cat([_target(logits[part], key) for (key, _), part in zip(pieces, piece_slices(pieces))])
             grads = torch.autograd.grad(scores.sum(), embs)[0] if with_grads else None  # [R, L, D]
         count = len(embs)
         if with_grads:
@@ -115,17 +116,12 @@ class HFScorer:
             self.forward_rows += count
         return [
             (scores[part].detach(), None if grads is None else grads[part, : rows.shape[1]])
-            for (_, rows), part in zip(pieces, _slices(pieces))
+            for (_, rows), part in zip(pieces, piece_slices(pieces))
         ]
 
 
 def _target(logits: torch.Tensor, key: int | None) -> torch.Tensor:
     return logits.max(-1).values if key is None else logits[:, key]
-
-
-def _slices(pieces: Sequence[engine.Piece]) -> list[slice]:
-    bounds = np.cumsum([0] + [len(rows) for _, rows in pieces])
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def prepare(
