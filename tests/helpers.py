@@ -55,6 +55,20 @@ def untrimmed(model: models.HFSequenceClassifier) -> models.HFSequenceClassifier
     )
 
 
+# Passes composed differently (other batch mates, padding, rows per pass, another pass for F(x)) sum
+# float32 in another order: their results differ in the last bits, by amounts that depend on the CPU's
+# kernels. A test demands only what float32 guarantees, relative to the result's scale (2^-23 per
+# operation, grown through a few layers and a sum over rows): 1e-5 of the largest |value|.
+FLOAT32_COMPOSED = 1e-5
+
+
+def assert_close_in_float32(ours, theirs, scale: float | None = None) -> None:
+    """`ours` equals `theirs` up to the float32 rounding of differently composed passes."""
+    theirs = np.asarray(theirs, dtype=np.float64)
+    scale = float(np.abs(theirs).max()) if scale is None else scale
+    np.testing.assert_allclose(np.asarray(ours, dtype=np.float64), theirs, rtol=0, atol=FLOAT32_COMPOSED * scale)
+
+
 def salience(result: dict, field: str = "token_grad_sentence") -> np.ndarray:
     return np.asarray(result[field].salience, dtype=np.float64)
 

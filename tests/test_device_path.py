@@ -11,7 +11,18 @@ import lit_sig
 from lit_sig import models
 from lit_sig.core import cancellation, engine
 from lit_sig.lit import interpreters, protocol
-from tests.helpers import CASES, PAIR, SENTENCE, occlusion, run, salience, salience_fields, tiny_bert, untrimmed
+from tests.helpers import (
+    CASES,
+    PAIR,
+    SENTENCE,
+    assert_close_in_float32,
+    occlusion,
+    run,
+    salience,
+    salience_fields,
+    tiny_bert,
+    untrimmed,
+)
 
 EXACT = {interpreters.METHOD_KEY: interpreters.EXACT_METHOD}
 
@@ -67,7 +78,7 @@ def test_several_examples_in_one_run_equal_one_at_a_time(tiny_model):
         together = run(interpreter, tiny_model, examples, **{interpreters.INTERPOLATION_KEY: 6})
         for example, result in zip(examples, together):
             alone = run(interpreter, tiny_model, [example], **{interpreters.INTERPOLATION_KEY: 6})[0]
-            np.testing.assert_allclose(salience(result), salience(alone), rtol=1e-6, atol=1e-7)
+            assert_close_in_float32(salience(result), salience(alone))  # Other batch mates, padding.
 
 
 class PassRecorder:
@@ -98,7 +109,7 @@ def test_rows_of_several_examples_share_passes(tiny_model):
     # 2 x 10 gradient rows in passes of at most 16, the first holding both examples; then 2 endpoint rows.
     assert recorder.passes == [(2, 16, True), (1, 4, True), (2, 2, False)]
     alone = engine.path_attributions(problems[1:], tiny_model, *lit_sig.core.quadrature.quadrature("gausslegendre", 10))
-    np.testing.assert_allclose(results[1].token_attributions, alone[0].token_attributions, rtol=1e-6)
+    assert_close_in_float32(results[1].token_attributions.numpy(), alone[0].token_attributions.numpy())
 
 
 def test_protocol_found_through_caching_model_wrapper(tiny_model, monkeypatch):
@@ -214,7 +225,7 @@ def test_a_known_class_saves_the_input_pass(request, model_name):
             (rows, _), *rest = reversed(expected)  # The input's row moves to a pass of its own.
             assert passes == [(1, False)] + list(reversed(rest)) + [(rows - 1, False)]
             # F(x) in another pass: the same up to float32 rounding of scores of order 1.
-            np.testing.assert_allclose(salience(known), salience(guessed), rtol=1e-6, atol=1e-7)
+            assert_close_in_float32(salience(known), salience(guessed))
             assert known[interpreters.COMPLETENESS_KEY] == pytest.approx(
                 guessed[interpreters.COMPLETENESS_KEY], abs=1e-6
             )
@@ -301,7 +312,7 @@ def test_out_of_memory_in_a_pass_retries_halves(tiny_model, monkeypatch):
 
     monkeypatch.setattr(tiny_model, "_score_pass", flaky)
     result = run(lit_sig.SequentialIntegratedGradients(), tiny_model, [example], **config)[0]
-    np.testing.assert_allclose(salience(result), salience(reference), rtol=1e-6, atol=1e-7)
+    assert_close_in_float32(salience(result), salience(reference))  # Halved passes.
     assert max(sizes) > 5 and any(s <= 5 for s in sizes)
 
 
@@ -395,4 +406,4 @@ def test_passes_without_padding_carry_no_attention_mask(tokenizer):
     # The gradient pass and the endpoint pass each hold both examples' rows: padded, so masked.
     assert len(masks) == 3 and all(m is not None for m in masks)
     assert masks[1].sum(-1).tolist() == [8] * 4 + [4] * 4  # [CLS] + tokens + [SEP], per row.
-    np.testing.assert_allclose(salience(together[0]), salience(alone[0]), rtol=1e-6, atol=1e-9)
+    assert_close_in_float32(salience(together[0]), salience(alone[0]))
