@@ -13,6 +13,7 @@ from lit_sig.core import cancellation, engine
 from lit_sig.lit import interpreters, protocol
 from tests.helpers import (
     CASES,
+    FLOAT32_COMPOSED,
     PAIR,
     SENTENCE,
     assert_close_in_float32,
@@ -227,7 +228,8 @@ def test_a_known_class_saves_the_input_pass(request, model_name):
             # F(x) in another pass: the same up to float32 rounding of scores of order 1.
             assert_close_in_float32(salience(known), salience(guessed))
             assert known[interpreters.COMPLETENESS_KEY] == pytest.approx(
-                guessed[interpreters.COMPLETENESS_KEY], abs=1e-6
+                guessed[interpreters.COMPLETENESS_KEY],
+                abs=FLOAT32_COMPOSED,  # Scores of order 1.
             )
     # 'Class to explain' decides as the label field does: the other class, still one pass fewer.
     other = "0" if prediction.get("label") == "1" else "1"

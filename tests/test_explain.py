@@ -13,7 +13,7 @@ import torch
 from lit_sig import models
 from lit_sig.cli import explain
 from lit_sig.lit import interpreters, registry
-from tests.helpers import captum_ig, direct_gradient, occlusion, tiny_bert
+from tests.helpers import assert_close_in_float32, captum_ig, direct_gradient, occlusion, tiny_bert
 
 SENTENCES = [
     ("a charming and often affecting journey .", "1"),
@@ -241,7 +241,7 @@ def test_a_crash_leaves_no_output_and_the_rerun_finishes(data, tiny_model_dir, t
     assert not partial.exists()
     assert [r["id"] for r in rows] == [r["id"] for r in expected]
     for row, want in zip(rows, expected):
-        np.testing.assert_allclose(row["salience"], want["salience"], rtol=1e-5, atol=1e-7)
+        assert_close_in_float32(row["salience"], want["salience"])  # Resumed batches may hold other rows.
 
 
 def test_resume_with_other_settings_is_refused(data, tiny_model_dir, tmp_path, capsys):
