@@ -11,8 +11,9 @@ stays light (no torch, LIT, matplotlib or pandas until you use them)::
 
 Interpreters (LIT components): `GradientNorm`, `GradientDotInput`,
 `IntegratedGradients`, `SequentialIntegratedGradients`. Models:
-`HFSequenceClassifier` (any Hugging Face PyTorch sequence classifier) and
-`minilm_sst2` (the embedded SST-2 sentiment model). Figures: `render` (an
+`HFSequenceClassifier` (any Hugging Face PyTorch sequence classifier),
+`HFCausalLM` (any Hugging Face causal LM: generation, and salience of a target's
+log-probability) and `minilm_sst2` (the embedded SST-2 sentiment model). Figures: `render` (an
 HTML heatmap) and `plot` (a matplotlib figure).
 """
 
@@ -34,12 +35,14 @@ _LAZY = {
     "IntegratedGradients": "lit_sig.lit.interpreters",
     "SequentialIntegratedGradients": "lit_sig.lit.interpreters",
     "HFSequenceClassifier": "lit_sig.models",
+    "HFCausalLM": "lit_sig.models",
     "minilm_sst2": "lit_sig.models",
 }
 
 __all__ = [
     "GradientDotInput",
     "GradientNorm",
+    "HFCausalLM",
     "HFSequenceClassifier",
     "IntegratedGradients",
     "SequentialIntegratedGradients",
@@ -56,7 +59,7 @@ if TYPE_CHECKING:  # For type checkers and IDEs; at run time these load on first
         IntegratedGradients,
         SequentialIntegratedGradients,
     )
-    from lit_sig.models import HFSequenceClassifier, minilm_sst2
+    from lit_sig.models import HFCausalLM, HFSequenceClassifier, minilm_sst2
 
 
 def __getattr__(name: str) -> Any:

@@ -148,10 +148,13 @@ class PathInterpreter(lit_components.Interpreter):
     def _problem(
         self, model: lit_model.Model, fields: list[fields_lib.GradField], kind: str, prepared: protocol.PathInput
     ) -> engine.PathProblem:
-        """One example's paths: x `[T, D]`, its baseline, and the groups of its movable tokens."""
+        """One example's paths: x `[T, D]`, its baseline, and the groups of its movable tokens (the
+        model's `PathInput.movable` where it says, else every token but `SPECIAL_TOKENS`)."""
         x = prepared.x
-        flat = [t for field_tokens in prepared.tokens for t in field_tokens]
-        movable = torch.tensor([t not in SPECIAL_TOKENS for t in flat], dtype=torch.bool, device=x.device)  # [T]
+        movable = prepared.movable
+        if movable is None:
+            flat = [t for field_tokens in prepared.tokens for t in field_tokens]
+            movable = torch.tensor([t not in SPECIAL_TOKENS for t in flat], dtype=torch.bool, device=x.device)  # [T]
         lengths = [len(field_tokens) for field_tokens in prepared.tokens]
         baseline = fields_lib.baseline_embeddings(model, fields, kind, lengths, x)  # [T, D]
         baseline = torch.where(movable[:, None], baseline, x)

@@ -43,12 +43,15 @@ class PathInput:
         input_score: `[]` that score at x (float32, on the device), or None where the
             model did not score x (it needed no prediction to know the class); the
             engine then scores x beside its other rows.
+        movable: `[T]` bool, which tokens may move along a path (special tokens, a chat
+            template's markers never do); None: every token but the interpreters' special ones.
     """
 
     tokens: list[list[str]]
     x: torch.Tensor
     target: str | None
     input_score: torch.Tensor | None
+    movable: torch.Tensor | None = None
 
 
 @runtime_checkable

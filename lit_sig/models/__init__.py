@@ -1,16 +1,19 @@
-"""Models: the family adapters (Hugging Face classifiers), their shared pieces, the embedded SST-2 model.
+"""Models: the family adapters (Hugging Face classifiers and causal LMs), their shared pieces, the embedded SST-2 model.
 
-`hf_classifier` wraps any Hugging Face PyTorch sequence classifier for LIT, built
-from pieces every family shares: `encoding` (tokenization), `forward` (the pass at
-a precision), `padding` (how inputs of different lengths share a pass, chosen at
-load), `device_path` and `rows` (the engine's rows on the device), `backoff`
-(out-of-memory halving), `first_token` (a cheaper view of BERT-style models) and
-`fields` (the LIT field names). `sst2_model`, `train_sst2`, `datasets` and
-`weights/` are the embedded SST-2 model, its training and its data. The public
-names are re-exported here, so `from lit_sig import models; models.HFSequenceClassifier`
-works.
+`hf_classifier` wraps any Hugging Face PyTorch sequence classifier for LIT and
+`causal_lm` any causal LM (with `lm_encoding`, its prompts and targets, and
+`lm_score`, the target's log-probability with the head at the targets only), both
+built from pieces every family shares: `encoding` (tokenization), `forward` (the
+pass at a precision), `padding` (how inputs of different lengths share a pass,
+chosen at load), `device_path` and `rows` (the engine's rows on the device),
+`backoff` (out-of-memory halving), `first_token` (a cheaper view of BERT-style
+models) and `fields` (the LIT field names). `sst2_model`, `train_sst2`,
+`datasets` and `weights/` are the embedded SST-2 model, its training and its data.
+The public names are re-exported here, so `from lit_sig import models;
+models.HFSequenceClassifier` works.
 """
 
+from lit_sig.models.causal_lm import HFCausalLM
 from lit_sig.models.class_score import GRAD_WRT_OPTIONS
 from lit_sig.models.fields import LABEL_FIELD, POOLED_FIELD, embeddings_field, gradients_field, tokens_field
 from lit_sig.models.forward import PRECISIONS, default_device
@@ -25,6 +28,7 @@ __all__ = [
     "POOLED_FIELD",
     "PRECISIONS",
     "DeviceRowBudget",
+    "HFCausalLM",
     "HFSequenceClassifier",
     "default_device",
     "embeddings_field",
