@@ -331,3 +331,53 @@ def test_no_class_and_no_mask_token():
     assert lm.baseline_embedding(causal_lm.EMBEDDINGS_FIELD, "mask") is None
     eos = lm.baseline_embedding(causal_lm.EMBEDDINGS_FIELD, "eos")
     np.testing.assert_array_equal(eos, lm.model.get_input_embeddings().weight[lm.tokenizer.eos_token_id].detach())
+
+
+# captum's methods through the bridge.
+
+
+def test_captum_feature_ablation_equals_exact_sig(chat_lm):
+    from lit_sig.lit import captum_bridge  # pylint: disable=import-outside-toplevel
+
+    config = {**RAW}
+    (ablation,) = captum_bridge.CaptumInterpreter("FeatureAblation").run([EXAMPLE], chat_lm, None, config=config)
+    (exact,) = run(
+        lit_sig.SequentialIntegratedGradients(),
+        chat_lm,
+        [EXAMPLE],
+        **{interpreters.METHOD_KEY: interpreters.EXACT_METHOD},
+    )
+    expected = salience(exact)
+    np.testing.assert_allclose(salience(ablation), expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("method", ["KernelShap", "Lime"])
+def test_captum_surrogates_equal_captum_on_a_direct_forward(lm, method):
+    """The bridge against captum run here on the movable tokens, same samples and seed."""
+    from lit_sig.lit import captum_bridge  # pylint: disable=import-outside-toplevel
+
+    direct = Direct(lm, EXAMPLE)
+    movable = direct.movable
+    M = int(movable.sum())
+
+    def forward(moving: torch.Tensor) -> torch.Tensor:  # [N, M, D] -> [N]
+        embs = direct.x.expand(len(moving), -1, -1).clone()
+        embs[:, movable] = moving
+        return direct.forward(embs)
+
+    samples = 40
+    torch.manual_seed(3)
+    np.random.seed(3)
+    theirs = getattr(captum.attr, method)(forward).attribute(
+        direct.x[movable][None],
+        baselines=torch.zeros(1, M, direct.x.shape[1]),
+        feature_mask=torch.arange(M)[None, :, None].expand(1, M, direct.x.shape[1]),
+        n_samples=samples,
+        perturbations_per_eval=8,
+    )[0, :, 0]
+    config = {**RAW, "n_samples": samples, captum_bridge.SEED_KEY: 3}
+    (ours,) = captum_bridge.CaptumInterpreter(method).run([EXAMPLE], lm, None, config=config)
+    scores = salience(ours)
+    assert np.all(scores[~movable.numpy()] == 0)
+    expected = theirs.detach().double().numpy()
+    np.testing.assert_allclose(scores[movable.numpy()], expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())

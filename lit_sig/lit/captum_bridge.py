@@ -4,7 +4,8 @@ Each `CaptumInterpreter` explains the word tokens of a model that offers the
 device path (`lit_sig.lit.protocol.DevicePathModel`) and `forward_rows`: the forward
 function captum sees maps word-embedding rows `[N, T, D]`, built on the model's
 device, to the explained score `[N]` (the logit of the class to explain by
-default; [CLS]/[SEP] keep their own embeddings, as in IG and SIG). captum then
+default; tokens that never move, such as [CLS]/[SEP], a causal LM's BOS and chat-template
+markers (`PathInput.movable`), keep their own embeddings and get 0, as in IG and SIG). captum then
 batches its rows itself (`internal_batch_size`, `perturbations_per_eval`) on that
 device; nothing goes through per-row `predict` calls.
 
@@ -324,21 +325,29 @@ class CaptumInterpreter(lit_components.Interpreter):
         prepared: protocol.PathInput,
         settings: dict[str, Any],
     ) -> JsonDict:
+        """One input: captum sees its movable tokens only (`PathInput.movable`; all where None)."""
         baseline = interpreters.baseline_embeddings(
             model, fields, settings[interpreters.BASELINE_KEY], [len(t) for t in prepared.tokens], prepared.x
         )
         T, D = prepared.x.shape
-        target = Target(
-            forward=lambda rows: device_model.forward_rows([(prepared, rows)])[0],
-            x=prepared.x[None],
-            baseline=baseline[None],
-            feature_mask=torch.arange(T, device=prepared.x.device)[None, :, None].expand(1, T, D),
-            rows_per_pass=device_model.rows_per_pass(T, True),
-        )
-        attributions = self._attribute(target, settings)[0].detach()  # [T, D]
-        scores = attributions[:, 0] if self.method.per_token else attributions.sum(-1)  # [T]
+        movable = prepared.movable
+        if movable is None:
+            movable = torch.ones(T, dtype=torch.bool, device=prepared.x.device)  # [T]
+        M = int(movable.sum())
+        scores = torch.zeros(T, dtype=torch.float64)  # [T]
+        if M:
+            target = Target(
+                forward=_MovableForward(device_model, prepared, movable),
+                x=prepared.x[movable][None],
+                baseline=baseline[movable][None],
+                feature_mask=torch.arange(M, device=prepared.x.device)[None, :, None].expand(1, M, D),
+                rows_per_pass=device_model.rows_per_pass(T, True),
+            )
+            attributions = self._attribute(target, settings)[0].detach()  # [M, D]
+            moved = attributions[:, 0] if self.method.per_token else attributions.sum(-1)  # [M]
+            scores[movable.cpu()] = moved.double().cpu()
         return interpreters.scores_to_salience(
-            fields, prepared.tokens, scores.double().cpu().numpy(), settings[interpreters.NORMALIZATION_KEY]
+            fields, prepared.tokens, scores.numpy(), settings[interpreters.NORMALIZATION_KEY]
         )
 
     def _attribute(self, target: Target, settings: dict[str, Any]) -> torch.Tensor:
@@ -355,6 +364,22 @@ class CaptumInterpreter(lit_components.Interpreter):
                 return self.method.attribute(target, settings)
             finally:
                 np.random.set_state(numpy_state)
+
+
+class _MovableForward:
+    """captum's forward function: rows of the movable tokens `[N, M, D]` -> scores `[N]`, the other
+    tokens at their input embeddings."""
+
+    def __init__(self, device_model: Any, prepared: protocol.PathInput, movable: torch.Tensor):
+        self._model, self._prepared, self._movable = device_model, prepared, movable
+        self._all = bool(movable.all())
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        if not self._all:
+            full = self._prepared.x.to(rows.dtype).expand(len(rows), -1, -1).clone()  # [N, T, D]
+            full[:, self._movable] = rows
+            rows = full
+        return self._model.forward_rows([(self._prepared, rows)])[0]
 
 
 def _cuda_devices(x: torch.Tensor) -> list[int]:
