@@ -66,7 +66,9 @@ def tiny_lm_tokenizer(
     return fast
 
 
-def tiny_llama(tokenizer: transformers.PreTrainedTokenizerBase, seed: int = 0, layers: int = 2):
+def tiny_llama(
+    tokenizer: transformers.PreTrainedTokenizerBase, seed: int = 0, layers: int = 2, max_positions: int = 512
+):
     """A random Llama (grouped-query attention, untied head) in float32."""
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
@@ -76,7 +78,7 @@ def tiny_llama(tokenizer: transformers.PreTrainedTokenizerBase, seed: int = 0, l
         num_attention_heads=4,
         num_key_value_heads=2,
         intermediate_size=64,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         initializer_range=0.1,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,

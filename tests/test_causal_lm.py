@@ -381,3 +381,45 @@ def test_captum_surrogates_equal_captum_on_a_direct_forward(lm, method):
     assert np.all(scores[~movable.numpy()] == 0)
     expected = theirs.detach().double().numpy()
     np.testing.assert_allclose(scores[movable.numpy()], expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+
+
+# Long prompts and progress.
+
+
+class _Recorder:
+    def __init__(self):
+        self.phases: list[list] = []
+
+    def begin(self, phase, rows):
+        self.phases.append([phase, rows, 0])
+
+    def advance(self, rows):
+        self.phases[-1][2] += rows
+
+    def close(self):
+        pass
+
+
+def test_progress_reports_every_row_of_each_phase(lm):
+    from lit_sig.core import progress  # pylint: disable=import-outside-toplevel
+
+    steps = 4
+    with progress.scope(_Recorder()) as recorder:
+        run(lit_sig.IntegratedGradients(), lm, EXAMPLES, **{interpreters.INTERPOLATION_KEY: steps})
+    # Gradient rows: `steps` per example; score rows: each example's input and all-baseline row.
+    assert recorder.phases == [["gradient rows", 3 * steps, 3 * steps], ["score rows", 6, 6]]
+
+
+def test_a_2048_token_prompt_runs_in_passes_of_bounded_rows():
+    tokenizer = lm_helpers.tiny_lm_tokenizer()
+    lm = causal_lm.HFCausalLM(
+        lm_helpers.tiny_llama(tokenizer, max_positions=4096), tokenizer, device="cpu", max_minibatch_tokens=8192
+    )
+    words = "the movie was wonderful and the acting was great".split()
+    prompt = " ".join(words[i % len(words)] for i in range(1320))
+    example = {"prompt": prompt, "target": " great"}
+    L = len(lm.tokenize([example])[0])
+    assert 2048 <= L <= 2300, L
+    assert lm.rows_per_pass(L, True) == 8192 // L
+    (result,) = run(lit_sig.IntegratedGradients(), lm, [example], **{interpreters.INTERPOLATION_KEY: 2})
+    assert np.isfinite(salience(result)).all() and salience(result)[0] == 0  # BOS never moves.

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from lit_sig.core import cancellation
+from lit_sig.core import cancellation, progress
 
 Piece = tuple[Any, torch.Tensor]
 """`(key, rows [r, T_key, D])`: rows of one example, `key` as given in its `PathProblem`."""
@@ -201,14 +201,17 @@ def _evaluate(
 ) -> Iterator[tuple[int, _RowPlan, slice, tuple[torch.Tensor, torch.Tensor | None]]]:
     """Scores every planned row, longest examples first, in passes sized by the scorer.
 
-    Yields `(problem index, its plan, the slice of its rows, (scores, grads))` per piece.
+    Yields `(problem index, its plan, the slice of its rows, (scores, grads))` per piece; tells
+    `progress` the phase's rows and each pass's.
     """
     order = sorted(range(len(problems)), key=lambda i: -problems[i].x.shape[0])
+    progress.begin("gradient rows" if with_grads else "score rows", sum(len(plan.group) for plan in plans))
     for pass_pieces in _passes(order, problems, plans, scorer, with_grads):
         cancellation.check()
         pieces = [(problems[i].key, _build_rows(problems[i], plans[i], rows)) for i, rows in pass_pieces]
         for (i, rows), result in zip(pass_pieces, scorer.score_rows(pieces, with_grads)):
             yield i, plans[i], rows, result
+        progress.advance(sum(rows.stop - rows.start for _, rows in pass_pieces))
 
 
 def _passes(
