@@ -17,7 +17,7 @@ from lit_nlp.lib import caching
 import lit_sig
 from lit_sig.lit import interpreters, protocol
 from lit_sig.models import causal_lm, lm_encoding, lm_score
-from tests import lm_helpers
+from tests import helpers
 
 RAW = {interpreters.NORMALIZATION_KEY: False, interpreters.BASELINE_KEY: "zero"}
 EXAMPLE = {"prompt": "The capital of France is", "target": " Paris."}
@@ -30,8 +30,8 @@ FAMILIES = ("llama", "gpt2")
 
 
 def build(family: str, chat: bool = False, seed: int = 0, **kwargs) -> causal_lm.HFCausalLM:
-    tokenizer = lm_helpers.tiny_lm_tokenizer(bos=family == "llama", chat=chat)
-    make = lm_helpers.tiny_llama if family == "llama" else lm_helpers.tiny_gpt2
+    tokenizer = helpers.tiny_lm_tokenizer(bos=family == "llama", chat=chat)
+    make = helpers.tiny_llama if family == "llama" else helpers.tiny_gpt2
     return causal_lm.HFCausalLM(make(tokenizer, seed), tokenizer, device="cpu", chat_template=chat, **kwargs)
 
 
@@ -107,15 +107,15 @@ class _ScaledLogits(transformers.LlamaForCausalLM):
 
 
 def test_head_at_targets_falls_back_where_the_model_changes_its_logits():
-    tokenizer = lm_helpers.tiny_lm_tokenizer()
-    model = _ScaledLogits(lm_helpers.tiny_llama(tokenizer).config).eval()
+    tokenizer = helpers.tiny_lm_tokenizer()
+    model = _ScaledLogits(helpers.tiny_llama(tokenizer).config).eval()
     lm = causal_lm.HFCausalLM(model, tokenizer, device="cpu")
     assert not lm.head_at_targets
     direct = Direct(lm, EXAMPLE)
     with torch.no_grad():
         expected = float(direct.forward(direct.x[None])[0])
     assert lm.predict([EXAMPLE])[0][protocol.TARGET_SCORE_FIELD] == pytest.approx(expected, rel=1e-5)
-    view = lm_score.target_log_probs_view(lm_helpers.tiny_llama(tokenizer))
+    view = lm_score.target_log_probs_view(helpers.tiny_llama(tokenizer))
     assert view.head_at_targets
 
 
@@ -411,9 +411,9 @@ def test_progress_reports_every_row_of_each_phase(lm):
 
 
 def test_a_2048_token_prompt_runs_in_passes_of_bounded_rows():
-    tokenizer = lm_helpers.tiny_lm_tokenizer()
+    tokenizer = helpers.tiny_lm_tokenizer()
     lm = causal_lm.HFCausalLM(
-        lm_helpers.tiny_llama(tokenizer, max_positions=4096), tokenizer, device="cpu", max_minibatch_tokens=8192
+        helpers.tiny_llama(tokenizer, max_positions=4096), tokenizer, device="cpu", max_minibatch_tokens=8192
     )
     words = "the movie was wonderful and the acting was great".split()
     prompt = " ".join(words[i % len(words)] for i in range(1320))
