@@ -3,6 +3,8 @@
     python -m lit_sig.cli.faithfulness --data dev.tsv --out faithfulness.jsonl
     python -m lit_sig.cli.faithfulness --data reviews.jsonl --text_field review --model path/to/checkpoint \\
         --labels negative,positive --methods exact_sig,ig,grad_norm,random --out faithfulness.jsonl
+    python -m lit_sig.cli.faithfulness --model smollm2 --chat_template --data prompts.jsonl \\
+        --methods exact_sig,ig,grad_norm,grad_dot_input,random --out lm_faithfulness.jsonl
 
 For every example and method: the word tokens ranked by the method's salience for the predicted
 class c, and the top k = max(1, round(0.2 T)) of them erased (lit_sig.core.erasure): log-odds (replaced
@@ -14,6 +16,11 @@ Writes one row per (example, method) to OUT (JSON Lines) and a summary (OUT.summ
 difference with its interval and whether it excludes 0. Rows go to OUT.partial.jsonl after every
 batch; a restart with the same flags skips the rows already there or in OUT, which is only ever
 written whole (temporary file, then rename).
+
+On a causal LM (`--model smollm2` or a `*ForCausalLM` checkpoint; JSON Lines of `prompt` and an
+optional `target`) the metrics are the change of the target's log-probability when the top
+20% of the prompt's movable tokens are replaced by the baseline, deleted, or alone kept
+(`lit_sig.cli.faithfulness_lm`).
 """
 
 import argparse
@@ -29,7 +36,7 @@ import tqdm
 from lit_nlp.api import components as lit_components
 
 from lit_sig import models, storage
-from lit_sig.cli import explain
+from lit_sig.cli import explain, explain_lm, faithfulness_lm
 from lit_sig.core import erasure, quadrature
 from lit_sig.lit import interpreters, registry
 
@@ -120,20 +127,24 @@ def score_batch(
 
 
 def summarize(
-    rows: Sequence[dict[str, Any]], methods: Sequence[str], resamples: int = 2000, seed: int = 0
+    rows: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    resamples: int = 2000,
+    seed: int = 0,
+    metrics: Sequence[str] = erasure.METRICS,
 ) -> dict[str, Any]:
     """Each method's means with intervals, and every pair's differences on the examples both cover."""
     by_method = {m: {r["id"]: r for r in rows if r["method"] == m} for m in methods}
-    return {"resamples": resamples, "seed": seed, **erasure.summarize(by_method, resamples, seed)}
+    return {"resamples": resamples, "seed": seed, **erasure.summarize(by_method, resamples, seed, metrics)}
 
 
 def _read_done(
-    out: pathlib.Path, examples: list[dict[str, Any]], wanted: dict[str, Any]
+    out: pathlib.Path, examples: list[dict[str, Any]], wanted: dict[str, Any], text_key: str = "sentence"
 ) -> dict[tuple[int, str], dict]:
     done: dict[tuple[int, str], dict] = {}
     for path in (out, explain.partial_path(out)):
         rows = list(storage.read_jsonl(path))
-        explain.check_resumable(rows, examples, wanted, path)
+        explain.check_resumable(rows, examples, wanted, path, text_key)
         done.update(((r["id"], r["method"]), r) for r in rows)
     return done
 
@@ -141,7 +152,7 @@ def _read_done(
 def evaluate(
     examples: list[dict[str, Any]],
     out: pathlib.Path,
-    model: models.HFSequenceClassifier,
+    model: models.HFSequenceClassifier | models.HFCausalLM,
     methods: Sequence[str],
     settings: Settings,
     source: dict[str, Any],
@@ -156,7 +167,10 @@ def evaluate(
         ValueError: `out` or its sidecar holds rows of other settings, model, labels or data.
     """
     partial = explain.partial_path(out)
-    done = _read_done(out, examples, dataclasses.asdict(settings) | source)
+    is_lm = isinstance(model, models.HFCausalLM)
+    text_key = explain_lm.TEXT_FIELD if is_lm else "sentence"
+    done = _read_done(out, examples, dataclasses.asdict(settings) | source, text_key)
+    scorer = faithfulness_lm.score_batch if is_lm else score_batch
     pending = {m: [e for e in examples if (e["id"], m) not in done] for m in methods}
     total = sum(map(len, pending.values()))
     with tqdm.tqdm(total=total, unit="explanation", desc="faithfulness", dynamic_ncols=True) as progress:
@@ -165,7 +179,7 @@ def evaluate(
                 explain.length_batches(pending[method], model.tokenizer, batch_size) if pending[method] else []
             ):
                 progress.set_postfix_str(method)
-                rows = score_batch(model, method, settings, batch, source)
+                rows = scorer(model, method, settings, batch, source)
                 storage.append_jsonl(partial, rows)
                 done.update(((r["id"], r["method"]), r) for r in rows)
                 progress.update(len(rows))
@@ -188,7 +202,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=explain.EMBEDDED_MODEL,
-        help=f"{explain.EMBEDDED_MODEL!r} (the embedded SST-2 model), or a Hugging Face classifier path or name.",
+        help=f"{explain.EMBEDDED_MODEL!r} (the embedded SST-2 model), a Hugging Face classifier path or name,"
+        f" or a causal LM: {explain_lm.SMOLLM2!r} or a *ForCausalLM checkpoint (JSON Lines of prompt, target).",
     )
     parser.add_argument("--labels", default=None, help=explain.LABELS_HELP)
     parser.add_argument(
@@ -202,9 +217,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--baseline",
-        default=interpreters.DEFAULT_BASELINE,
+        default=None,
         choices=list(interpreters.BASELINES),
-        help="Baseline embedding of sig, exact_sig and ig.",
+        help="Baseline embedding of sig, exact_sig and ig (default: mask for a classifier, zero for an LM).",
     )
     parser.add_argument(
         "--top_fraction",
@@ -216,6 +231,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="Only the first N examples.")
     parser.add_argument("--batch_size", type=int, default=32, help="Examples per batch (and per model pass).")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps; default: CUDA when available.")
+    parser.add_argument(
+        "--chat_template", action="store_true", help="LM: wrap each prompt in the tokenizer's chat template."
+    )
+    parser.add_argument("--max_new_tokens", type=int, default=32, help="LM: the longest generated target.")
     parser.add_argument("--resamples", type=int, default=2000, help="Bootstrap resamples of the intervals.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap.")
     return parser
@@ -244,8 +263,10 @@ def _check_flags(args: argparse.Namespace, out: pathlib.Path) -> None:
         raise ValueError(f"--steps must be in [{quadrature.MIN_STEPS}, {quadrature.MAX_STEPS}], got {args.steps}.")
 
 
-def _load(args: argparse.Namespace, labels: tuple[str, ...]) -> tuple[models.HFSequenceClassifier, dict[str, Any]]:
-    """The model and what identifies it in rows (model, labels, data)."""
+def _load(
+    args: argparse.Namespace, labels: tuple[str, ...], is_lm: bool = False
+) -> tuple[models.HFSequenceClassifier | models.HFCausalLM, dict[str, Any]]:
+    """The model and what identifies it in rows (model, labels, data; an LM's generation settings)."""
     job = explain.Job(
         model=args.model,
         labels=labels,
@@ -257,12 +278,25 @@ def _load(args: argparse.Namespace, labels: tuple[str, ...]) -> tuple[models.HFS
         device=explain.parse_device(args.device, local=True),
         batch_size=args.batch_size,
         data=str(pathlib.Path(args.data).resolve()),
+        kind="lm" if is_lm else "classifier",
+        chat_template=args.chat_template,
+        max_new_tokens=args.max_new_tokens,
     )
     try:
         model = job.build_model()
     except OSError as error:
         raise ValueError(f"--model {args.model!r}: can't load it ({error}).") from None
-    return model, job.source()
+    source = job.source()
+    if is_lm:
+        source |= {"chat_template": args.chat_template, "max_new_tokens": args.max_new_tokens}
+    return model, source
+
+
+def _check_kind_flags(args: argparse.Namespace, is_lm: bool) -> None:
+    if is_lm and (args.labels is not None or args.text_field != "sentence"):
+        raise ValueError("--labels, --text_field: not for a causal LM, which reads 'prompt' and 'target'.")
+    if not is_lm and (args.chat_template or args.max_new_tokens != 32):
+        raise ValueError("--chat_template and --max_new_tokens are for causal LMs; --model is a classifier.")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -273,9 +307,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         _check_flags(args, out)
         methods = _parse_methods(args.methods)
-        labels = explain.resolve_labels(args.model, args.labels)
-        examples = explain.read_examples(pathlib.Path(args.data), args.text_field, args.limit, labels)
-        model, source = _load(args, labels)
+        is_lm = explain_lm.is_causal_lm(args.model)
+        _check_kind_flags(args, is_lm)
+        if is_lm:
+            labels: tuple[str, ...] = ()
+            examples = explain_lm.read_prompts(pathlib.Path(args.data), args.limit)
+        else:
+            labels = explain.resolve_labels(args.model, args.labels)
+            examples = explain.read_examples(pathlib.Path(args.data), args.text_field, args.limit, labels)
+        model, source = _load(args, labels, is_lm)
+        if args.baseline is None:
+            args.baseline = explain_lm.DEFAULT_BASELINE if is_lm else interpreters.DEFAULT_BASELINE
         settings = Settings(args.steps, args.baseline, args.top_fraction)
         rows = evaluate(examples, out, model, methods, settings, source, args.batch_size)
     except ValueError as error:
@@ -284,10 +326,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         **dataclasses.asdict(settings),
         **source,
         "n_examples": len(examples),
-        **summarize(rows, methods, args.resamples, args.seed),
+        **summarize(rows, methods, args.resamples, args.seed, faithfulness_lm.METRICS if is_lm else erasure.METRICS),
     }
     storage.write_atomically(summary_path, json.dumps(summary, indent=2) + "\n")
-    print(erasure.markdown(summary["methods"]))
+    print(erasure.markdown(summary["methods"], headers=faithfulness_lm.HEADERS if is_lm else erasure.HEADERS))
     print(f"Wrote {len(rows)} rows to {out} and the summary to {summary_path}.", file=sys.stderr)
 
 

@@ -197,13 +197,17 @@ def random_scores(text: str, count: int) -> np.ndarray:
 
 
 def summarize(
-    by_method: Mapping[str, Mapping[Hashable, Mapping[str, float]]], resamples: int = 2000, seed: int = 0
+    by_method: Mapping[str, Mapping[Hashable, Mapping[str, float]]],
+    resamples: int = 2000,
+    seed: int = 0,
+    metrics: Sequence[str] = METRICS,
 ) -> dict[str, dict]:
     """Each method's metric means with paired bootstrap intervals, and every pair's differences.
 
     Args:
-        by_method: per method (in table order), its rows by example id; each row holds `METRICS`.
+        by_method: per method (in table order), its rows by example id; each row holds `metrics`.
         resamples, seed: of the bootstrap.
+        metrics: the row fields summarized (a causal LM's differ: see `lit_sig.cli.faithfulness_lm`).
 
     Returns:
         `{"methods": {m: {"n", metric: {"mean", "low", "high"}}}, "differences": {"a - b": {"n",
@@ -214,14 +218,14 @@ def summarize(
     present = [m for m, rows in by_method.items() if rows]
     for m in present:
         rows = [by_method[m][i] for i in sorted(by_method[m])]
-        means = bootstrap({k: np.array([r[k] for r in rows]) for k in METRICS}, resamples, seed)["means"]
+        means = bootstrap({k: np.array([r[k] for r in rows]) for k in metrics}, resamples, seed)["means"]
         summary["methods"][m] = {"n": len(rows), **means}
     for a, b in itertools.combinations(present, 2):
         shared = sorted(by_method[a].keys() & by_method[b].keys())
         if not shared:
             continue
         entry: dict[str, Any] = {"n": len(shared)}
-        for k in METRICS:
+        for k in metrics:
             values = {m: np.array([by_method[m][i][k] for i in shared]) for m in (a, b)}
             entry[k] = bootstrap(values, resamples, seed)["differences"][f"{a} - {b}"]
         summary["differences"][f"{a} - {b}"] = entry
@@ -233,14 +237,20 @@ def interval(x: Mapping[str, float]) -> str:
     return f"{x['mean']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
 
 
+HEADERS = {"log_odds": "log-odds ↓", "comprehensiveness": "comprehensiveness ↑", "sufficiency": "sufficiency ↓"}
+
+
 def markdown(
-    methods: Mapping[str, Mapping[str, Any]], extra: Mapping[str, Callable[[Mapping], str]] | None = None
+    methods: Mapping[str, Mapping[str, Any]],
+    extra: Mapping[str, Callable[[Mapping], str]] | None = None,
+    headers: Mapping[str, str] = HEADERS,
 ) -> str:
-    """A summary's methods as a Markdown table: n, each metric's interval, then `extra` columns."""
+    """A summary's methods as a Markdown table: n, each metric's interval (`headers`: metric -> column
+    title), then `extra` columns."""
     extra = extra or {}
-    header = ["method", "n", "log-odds ↓", "comprehensiveness ↑", "sufficiency ↓", *extra]
+    header = ["method", "n", *headers.values(), *extra]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, m in methods.items():
-        cells = [name, str(m["n"]), *(interval(m[k]) for k in METRICS), *(cell(m) for cell in extra.values())]
+        cells = [name, str(m["n"]), *(interval(m[k]) for k in headers), *(cell(m) for cell in extra.values())]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
