@@ -228,3 +228,11 @@ def test_kernel_shap_of_a_single_token_is_its_occlusion(tiny_model):
     )[0]
     np.testing.assert_allclose(salience(shap), salience(exact), rtol=1e-5, atol=1e-8)
     assert len(salience(shap)) == 1 and salience(shap)[0] != 0
+
+
+def test_a_classifier_takes_the_unk_baseline(tiny_model):
+    """The token baselines an LM has are open to classifiers too ([UNK] for BERT)."""
+    embedding = tiny_model.baseline_embedding("input_embs_sentence", "unk")
+    table = tiny_model.model.get_input_embeddings().weight
+    np.testing.assert_array_equal(embedding, table[tiny_model.tokenizer.unk_token_id].detach().numpy())
+    assert tiny_model.baseline_embedding("input_embs_sentence", "eos") is None  # BERT has no EOS.

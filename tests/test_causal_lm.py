@@ -423,3 +423,40 @@ def test_a_2048_token_prompt_runs_in_passes_of_bounded_rows():
     assert lm.rows_per_pass(L, True) == 8192 // L
     (result,) = run(lit_sig.IntegratedGradients(), lm, [example], **{interpreters.INTERPOLATION_KEY: 2})
     assert np.isfinite(salience(result)).all() and salience(result)[0] == 0  # BOS never moves.
+
+
+# Baselines.
+
+
+def test_the_default_baseline_of_an_lm_is_zero_without_a_warning(lm, caplog):
+    steps = {interpreters.INTERPOLATION_KEY: 4}
+    raw = {interpreters.NORMALIZATION_KEY: False}
+    with caplog.at_level("WARNING"):
+        (default,) = lit_sig.IntegratedGradients().run([EXAMPLE], lm, None, config={**raw, **steps})
+    assert "declares no" not in caplog.text
+    (zero,) = run(lit_sig.IntegratedGradients(), lm, [EXAMPLE], **steps)
+    np.testing.assert_array_equal(salience(default), salience(zero))
+    (eos,) = run(lit_sig.IntegratedGradients(), lm, [EXAMPLE], **steps, **{interpreters.BASELINE_KEY: "eos"})
+    assert not np.allclose(salience(eos), salience(zero))
+    # A baseline the interpreter was built with is kept, as one in the config is.
+    (built,) = lit_sig.IntegratedGradients(baseline="eos", steps=4).run([EXAMPLE], lm, None, config=raw)
+    np.testing.assert_array_equal(salience(built), salience(eos))
+
+
+def test_captum_methods_default_to_the_lms_baseline(lm):
+    from lit_sig.lit import captum_bridge  # pylint: disable=import-outside-toplevel
+
+    raw = {interpreters.NORMALIZATION_KEY: False}
+    (ablation,) = captum_bridge.CaptumInterpreter("FeatureAblation").run([EXAMPLE], lm, None, config=raw)
+    (exact,) = run(
+        lit_sig.SequentialIntegratedGradients(), lm, [EXAMPLE], **{interpreters.METHOD_KEY: interpreters.EXACT_METHOD}
+    )
+    expected = salience(exact)
+    np.testing.assert_allclose(salience(ablation), expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_token_baselines_are_the_tokenizers_tokens(lm):
+    table = lm.model.get_input_embeddings().weight.detach()
+    for kind in lm.baseline_kinds()[1:]:
+        token_id = getattr(lm.tokenizer, f"{kind}_token_id")
+        np.testing.assert_array_equal(lm.baseline_embedding(causal_lm.EMBEDDINGS_FIELD, kind), table[token_id])

@@ -361,7 +361,7 @@ def test_batches_are_sorted_longest_first(tokenizer):
             ["--method", "shap"],
             "choose from 'sig', 'exact_sig', 'adaptive_sig', 'ig', 'grad_norm', 'grad_dot_input', 'capt",
         ),
-        (["--baseline", "unk"], "choose from 'mask', 'pad', 'zero'"),
+        (["--baseline", "cls"], "choose from 'mask', 'pad', 'zero', 'eos', 'bos', 'unk'"),
         (["--target", "gold"], "choose from 'predicted', 'label'"),
         (["--out", "out.csv"], "accepted: .parquet, .jsonl"),
         (["--steps", "0"], "--steps"),

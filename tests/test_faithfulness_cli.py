@@ -214,7 +214,7 @@ def test_resume_with_other_settings_is_refused(data, tiny_model_dir, tmp_path, c
         (["--steps", "0"], "--steps must be in [1, 500]"),
         (["--top_fraction", "0"], "--top_fraction must be in (0, 1]"),
         (["--batch_size", "0"], "--batch_size must be a positive integer"),
-        (["--baseline", "unk"], "choose from 'mask', 'pad', 'zero'"),
+        (["--baseline", "cls"], "choose from 'mask', 'pad', 'zero', 'eos', 'bos', 'unk'"),
         (["--model", "/nonexistent/model"], "can't load it"),
         (["--labels", "a"], "two or more distinct"),
     ],

@@ -193,7 +193,7 @@ def test_specs_for_the_ui():
     spec = lit_sig.SequentialIntegratedGradients().config_spec()
     assert spec[interpreters.INTERPOLATION_KEY].default == 50
     assert spec[interpreters.METHOD_KEY].default == "gausslegendre"
-    assert spec[interpreters.BASELINE_KEY].vocab == ["mask", "pad", "zero"]
+    assert spec[interpreters.BASELINE_KEY].vocab == ["mask", "pad", "zero", "eos", "bos", "unk"]
     assert not lit_sig.SequentialIntegratedGradients().meta_spec()["saliency"].autorun
     assert spec[interpreters.METHOD_KEY].vocab == [*quadrature.METHODS, "exact"]
     assert lit_sig.IntegratedGradients().config_spec()[interpreters.METHOD_KEY].vocab == list(quadrature.METHODS)
@@ -241,7 +241,7 @@ def test_a_config_key_is_one_settings_field():
         ({"Interpolation steps": None}, r"integer in \[1, 500\]"),
         ({"Integration method": "simpson"}, "accepted: gausslegendre, riemann_left"),
         ({"Integration method": "riemann_trapezoid", "Interpolation steps": 1}, r"\[2, 500\]"),
-        ({"Baseline": "unk"}, "accepted: mask, pad, zero"),
+        ({"Baseline": "cls"}, "accepted: mask, pad, zero, eos, bos, unk"),
         ({"Class to explain": "7"}, r"accepted: \['0', '1'\]"),
         ({"Class to explain": 1}, "class name string"),
         ({"Normalize": "yes"}, "true or false"),

@@ -29,6 +29,7 @@ from lit_nlp.api import model as lit_model
 from lit_nlp.api import types as lit_types
 
 from lit_sig.core import attribution, engine, quadrature
+from lit_sig.lit import fields as fields_lib
 from lit_sig.lit import interpreters, protocol
 from lit_sig.lit.config import Param
 
@@ -232,19 +233,20 @@ METHODS: dict[str, CaptumMethod] = {
 class CaptumInterpreter(lit_components.Interpreter):
     """One captum method as a LIT interpreter (see the module docstring)."""
 
-    def __init__(
-        self, method: str, autorun: bool = False, normalize: bool = True, baseline: str = interpreters.DEFAULT_BASELINE
-    ):
+    def __init__(self, method: str, autorun: bool = False, normalize: bool = True, baseline: str | None = None):
+        """`baseline`: the default of the Baseline key; None: the model's own default where it has one
+        (`protocol.DEFAULT_BASELINE_ATTR`), else `interpreters.DEFAULT_BASELINE`."""
         if method not in METHODS:
             raise ValueError(f"Unknown captum method {method!r}; accepted: {list(METHODS)}.")
         self.method = METHODS[method]
         self._autorun = autorun
         self._defaults = {
             interpreters.CLASS_KEY: "",
-            interpreters.BASELINE_KEY: baseline,
+            interpreters.BASELINE_KEY: baseline or interpreters.DEFAULT_BASELINE,
             interpreters.NORMALIZATION_KEY: normalize,
         }
         self._defaults |= {p.key: p.default for p in self.method.params}
+        self._baseline_given = baseline is not None
         self.parse_config({})  # Fail early on bad defaults.
 
     def description(self) -> str:
@@ -315,6 +317,9 @@ class CaptumInterpreter(lit_components.Interpreter):
             )
         requested = interpreters.requested_class(model, fields[0].grad_key, settings[interpreters.CLASS_KEY])
         prepared = device_model.path_inputs(inputs, [requested] * len(inputs), [f.embs for f in fields])
+        explicit = self._baseline_given or interpreters.BASELINE_KEY in (config or {})
+        kind = fields_lib.resolve_baseline(model, settings[interpreters.BASELINE_KEY], explicit)
+        settings = settings | {interpreters.BASELINE_KEY: kind}
         return [self._explain(model, device_model, fields, p, settings) for p in prepared]
 
     def _explain(

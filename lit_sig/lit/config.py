@@ -27,7 +27,10 @@ ADAPTIVE_KEY = "Adaptive steps"
 TOLERANCE_KEY = "Tolerance"
 MIN_TOLERANCE, MAX_TOLERANCE = 1e-7, 1.0
 
-BASELINES = ("mask", "pad", "zero")
+# What a word token is replaced by at the start of a path. `zero`: the all-zeros embedding (every
+# model has it; "no token"); the others: the embedding of that special token where the model's
+# tokenizer has one ([MASK] for BERT-style encoders; an LM has none and uses pad, eos, bos or unk).
+BASELINES = ("mask", "pad", "zero", "eos", "bos", "unk")
 DEFAULT_STEPS = 50
 DEFAULT_METHOD = "gausslegendre"
 DEFAULT_BASELINE = "mask"

@@ -64,6 +64,14 @@ def requested_class(model: lit_model.Model, grad_key: str | None, class_to_expla
     return class_to_explain
 
 
+def resolve_baseline(model: lit_model.Model, kind: str, explicit: bool) -> str:
+    """The baseline kind to use: `kind` if the caller chose it (`explicit`), else the model's own default
+    (`protocol.DEFAULT_BASELINE_ATTR`, e.g. `zero` for a causal LM, which has no [MASK]) where it has one."""
+    if explicit:
+        return kind
+    return protocol.find_capability(model, protocol.DEFAULT_BASELINE_ATTR) or kind
+
+
 def baseline_embeddings(
     model: lit_model.Model, fields: list[GradField], kind: str, lengths: list[int], x: torch.Tensor
 ) -> torch.Tensor:

@@ -41,6 +41,7 @@ class PathInterpreter(lit_components.Interpreter):
         """
         self._autorun = autorun
         self._report_completeness = report_completeness
+        self._baseline_given = "baseline" in defaults  # Else the model's default baseline, where it has one.
         self._schema = config_lib.Schema(PathSettings, defaults, {"method": self.methods})
         self.parse_config({})  # Fail early on bad defaults.
 
@@ -111,7 +112,9 @@ class PathInterpreter(lit_components.Interpreter):
             self._check_needs_score(settings, has_score)
             prepared = predict_path.predict_inputs(fields, inputs, model_outputs, requested, has_score)
             scorer = predict_path.PredictScorer(model, prepared[0].x.shape[-1])
-        problems = [self._problem(model, fields, settings.baseline, p) for p in prepared]
+        explicit = self._baseline_given or config_lib.BASELINE_KEY in (config or {})
+        kind = fields_lib.resolve_baseline(model, settings.baseline, explicit)
+        problems = [self._problem(model, fields, kind, p) for p in prepared]
         results = self._attribute(problems, scorer, settings, has_score)
         return [self._result(fields, p.tokens, r, settings) for p, r in zip(prepared, results)]
 

@@ -13,6 +13,9 @@ which passes no extra methods through).
   None` returning the `[emb_dim]` embedding that stands in for a word token of
   that `TokenEmbeddings` field under a baseline `kind` ("mask" or "pad"), or None
   if the model has no such token.
+- An attribute `DEFAULT_BASELINE_ATTR` (`default_baseline`, a kind of `config.BASELINES`):
+  the baseline the interpreters use when neither their config nor their constructor
+  names one (a causal LM has no [MASK] and says `zero`).
 - The device path, `DevicePathModel`: the model embeds the examples on its own
   device (`path_inputs`) and scores rows of word embeddings there
   (`rows_per_pass`, `score_rows`: `lit_sig.core.engine.RowScorer`), so that path
@@ -28,6 +31,7 @@ from lit_nlp.api import types as lit_types
 
 TARGET_SCORE_FIELD = "grad_target_score"
 BASELINE_METHOD = "baseline_embedding"
+DEFAULT_BASELINE_ATTR = "default_baseline"
 DEVICE_PATH_METHOD = "path_inputs"
 _WRAPPER_DEPTH = 16  # Wrappers of wrappers, at most.
 

@@ -198,6 +198,8 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
         vocab = self.tokenizer.convert_ids_to_tokens(list(range(self._embedding.num_embeddings)))
         return vocab, self._embedding.weight.detach().float().cpu().numpy()
 
+    default_baseline = DEFAULT_BASELINE  # lit_sig.lit.protocol.DEFAULT_BASELINE_ATTR: an LM has no [MASK].
+
     def baseline_kinds(self) -> list[str]:
         """The baselines this model has: `zero` (the default) and each special token it knows."""
         kinds = [DEFAULT_BASELINE]

@@ -34,7 +34,7 @@ from lit_sig.models.fields import (
 from lit_sig.models.forward import Batch, ForwardRunner, check_precision, default_device
 from lit_sig.models.padding import choose_padding
 
-BASELINE_TOKENS = {"mask": "mask_token_id", "pad": "pad_token_id"}
+BASELINE_TOKENS = {kind: f"{kind}_token_id" for kind in ("mask", "pad", "eos", "bos", "unk")}  # Tokenizer names.
 _SPECIAL_TOKENS_PER_SEQUENCE = 3  # [CLS] and up to two [SEP]s: for sizing passes by length.
 _Chunk = tuple[list[lit_types.JsonDict], list[Encoding]]  # Inputs of one minibatch and their encodings.
 
@@ -194,7 +194,7 @@ class HFSequenceClassifier(DevicePath, lit_model.BatchedModel):
         return self.tokenizer.convert_ids_to_tokens(ids), self._embedder.token_embeddings(ids).numpy()
 
     def baseline_embedding(self, field: str, kind: str) -> np.ndarray | None:
-        """The `[emb_dim]` word embedding of the [MASK] or [PAD] token (see protocol)."""
+        """The `[emb_dim]` embedding of the `kind` token ([MASK], [PAD], EOS, BOS, [UNK]); None if none (see protocol)."""
         self._segment_of(field)  # Validates the field.
         if kind not in BASELINE_TOKENS:
             raise ValueError(f"Unknown baseline {kind!r}; accepted: {sorted(BASELINE_TOKENS)}.")
