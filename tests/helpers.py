@@ -110,10 +110,10 @@ def occlusion(model: models.HFSequenceClassifier, texts: tuple[str, ...], target
     gaps = []
     for position in words:
         moved = full.clone()
-        if baseline == "zero":
+        token = getattr(model.tokenizer, f"{baseline}_token_id", None)
+        if token is None:  # `zero`, or a token the tokenizer lacks (EOS for BERT): the zero embedding.
             moved[position] = 0.0
         else:
-            token = model.tokenizer.mask_token_id if baseline == "mask" else model.tokenizer.pad_token_id
             with torch.no_grad():
                 moved[position] = table(torch.tensor(token))  # The token id replaced.
         gaps.append(at_input - score(moved))

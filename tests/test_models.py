@@ -137,8 +137,12 @@ def test_baseline_embeddings(tiny_model, tokenizer):
     np.testing.assert_array_equal(
         tiny_model.baseline_embedding("input_embs_sentence", "pad"), table[tokenizer.pad_token_id]
     )
+    np.testing.assert_array_equal(
+        tiny_model.baseline_embedding("input_embs_sentence", "unk"), table[tokenizer.unk_token_id]
+    )
+    assert tiny_model.baseline_embedding("input_embs_sentence", "eos") is None  # BERT has none.
     with pytest.raises(ValueError, match="accepted"):
-        tiny_model.baseline_embedding("input_embs_sentence", "unk")
+        tiny_model.baseline_embedding("input_embs_sentence", "cls")
 
 
 def test_attention_output_is_optional(tokenizer):

@@ -16,8 +16,8 @@ chat template's markers, which never move along a path (`PathInput.movable`).
 Built from the pieces lit_sig's model families share: `encoding` (the cache),
 `forward` (the pass at a precision), `padding` (checked at load: right padding is
 exact for the real positions of a causal LM), `device_path` / `rows` (the engine's
-rows on the device, out-of-memory halving), and `lm_score` (the head at the target
-positions only).
+rows on the device, out-of-memory halving), `lm_score` (the head at the target
+positions only), and `embedding` (token embeddings as the embedding module gives them).
 """
 
 import copy
@@ -35,21 +35,23 @@ from lit_nlp.api import types as lit_types
 from lit_sig.lit import protocol
 from lit_sig.models import rows
 from lit_sig.models.device_path import DevicePath
+from lit_sig.models.embedding import Embedder
 from lit_sig.models.encoding import length_batches
+from lit_sig.models.fields import (  # The LM's field names, re-exported.
+    GRAD_DOT_INPUT_FIELD,
+    GRAD_NORM_FIELD,
+    PROMPT_FIELD,
+    RESPONSE_FIELD,
+    TARGET_FIELD,
+    TARGET_MASK_FIELD,
+)
+from lit_sig.models.fields import LM_EMBEDDINGS_FIELD as EMBEDDINGS_FIELD
+from lit_sig.models.fields import LM_GRADIENTS_FIELD as GRADIENTS_FIELD
+from lit_sig.models.fields import LM_TOKENS_FIELD as TOKENS_FIELD
 from lit_sig.models.forward import Batch, ForwardRunner, check_precision, default_device
 from lit_sig.models.lm_encoding import PromptEncoder, PromptEncoding
 from lit_sig.models.lm_score import TargetLogProbs, target_log_probs_view
 from lit_sig.models.padding import choose_padding
-
-PROMPT_FIELD = "prompt"
-TARGET_FIELD = "target"
-TARGET_MASK_FIELD = "target_mask"
-RESPONSE_FIELD = "response"
-TOKENS_FIELD = "tokens"
-EMBEDDINGS_FIELD = "input_embs"
-GRADIENTS_FIELD = "token_grad"
-GRAD_NORM_FIELD = "grad_l2"  # LIT's prompt-debugging names, read by its Sequence Salience module.
-GRAD_DOT_INPUT_FIELD = "grad_dot_input"
 
 # Baselines an LM has: `zero` always; a token's embedding where the tokenizer has that token.
 BASELINE_TOKENS = {"pad": "pad_token_id", "eos": "eos_token_id", "bos": "bos_token_id", "unk": "unk_token_id"}
@@ -141,6 +143,7 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
         self._encoder = PromptEncoder(tokenizer, self.max_length, chat_template, system_prompt)
         self._embedding = model.get_input_embeddings()
         padding = choose_padding(self.model)
+        self._embedder = Embedder(self._embedding, tokenizer.pad_token_id, padding)
         view = target_log_probs_view(self.model) if head_at_targets else TargetLogProbs(self.model, False)
         self.head_at_targets = view.head_at_targets
         self._init_device_path(
@@ -195,8 +198,9 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
         }
 
     def get_embedding_table(self) -> tuple[list[str], np.ndarray]:
-        vocab = self.tokenizer.convert_ids_to_tokens(list(range(self._embedding.num_embeddings)))
-        return vocab, self._embedding.weight.detach().float().cpu().numpy()
+        """Every token and its embedding, as the embedding module gives it (scaled, for Gemma)."""
+        ids = list(range(self._embedding.num_embeddings))
+        return self.tokenizer.convert_ids_to_tokens(ids), self._embedder.token_embeddings(ids).numpy()
 
     default_baseline = DEFAULT_BASELINE  # lit_sig.lit.protocol.DEFAULT_BASELINE_ATTR: an LM has no [MASK].
 
@@ -214,7 +218,7 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
         token_id = getattr(self.tokenizer, attr, None) if attr is not None else None
         if token_id is None:
             return None
-        return self._embedding.weight[token_id].detach().float().cpu().numpy()
+        return self._embedder.token_embeddings([token_id])[0].numpy()
 
     def predict_minibatch(self, inputs: list[lit_types.JsonDict]) -> list[lit_types.JsonDict]:
         return list(self.predict(inputs))
@@ -323,7 +327,7 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
             x = self._embedding(ids)  # [L, D]
         given = example.get(EMBEDDINGS_FIELD)
         if given is not None:
-            x = self._given_embeddings(given, L)
+            x = self._embedder.given(EMBEDDINGS_FIELD, given, L).to(self.device, x.dtype)
         movable = torch.as_tensor(encoding.movable, device=self.device).clone()  # [L]
         movable[needed:] = False
         positions = torch.as_tensor(targets, device=self.device)
@@ -339,15 +343,6 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
             score_ids=ids[positions],
             encoding=encoding,
         )
-
-    def _given_embeddings(self, given: Any, length: int) -> torch.Tensor:
-        D = self._embedding.embedding_dim
-        given = torch.as_tensor(np.asarray(given, dtype=np.float32))
-        if given.shape != (length, D):
-            raise ValueError(
-                f"{EMBEDDINGS_FIELD} has shape {tuple(given.shape)}; expected {(length, D)} (one row per token)."
-            )
-        return given.to(self.device, self._embedding.weight.dtype)
 
     def score_rows(self, pieces: Sequence[rows.Piece], with_grads: bool) -> list[rows.PieceResult]:
         """Per `(input, rows [r, T, D])`: F `[r]` and, `with_grads`, its gradients `[r, T, D]` (0 from the

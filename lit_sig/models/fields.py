@@ -23,3 +23,16 @@ def gradients_field(segment: str) -> str:
 def attention_field(layer: int) -> str:
     """The output field of block `layer`'s attention heads (1-based, as LIT's examples name them)."""
     return f"layer_{layer}/attention"
+
+
+# A causal LM's fields: LIT's prompt-debugging names (`lit_nlp/examples/prompt_debugging/constants.py`), which
+# its Sequence Salience module reads, plus the embeddings and gradients lit_sig's interpreters read.
+PROMPT_FIELD = "prompt"
+TARGET_FIELD = "target"
+TARGET_MASK_FIELD = "target_mask"
+RESPONSE_FIELD = "response"
+LM_TOKENS_FIELD = "tokens"  # Every token of prompt (template included) and target.
+LM_EMBEDDINGS_FIELD = "input_embs"
+LM_GRADIENTS_FIELD = "token_grad"
+GRAD_NORM_FIELD = "grad_l2"
+GRAD_DOT_INPUT_FIELD = "grad_dot_input"

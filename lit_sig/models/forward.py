@@ -30,9 +30,10 @@ class Batch:
     attention_mask: torch.Tensor | None  # [B, L]; None: no padding
     token_type_ids: torch.Tensor | None = None  # [B, L]
     position_ids: torch.Tensor | None = None  # [B, L]; None: the model's default 0..L-1
+    extra: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # More keyword inputs of a view.
 
     def model_kwargs(self) -> dict[str, torch.Tensor]:
-        kwargs = {"inputs_embeds": self.embs, "attention_mask": self.attention_mask}
+        kwargs = {"inputs_embeds": self.embs, "attention_mask": self.attention_mask, **self.extra}
         if self.token_type_ids is not None:
             kwargs["token_type_ids"] = self.token_type_ids
         if self.position_ids is not None:

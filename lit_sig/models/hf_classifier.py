@@ -194,7 +194,7 @@ class HFSequenceClassifier(DevicePath, lit_model.BatchedModel):
         return self.tokenizer.convert_ids_to_tokens(ids), self._embedder.token_embeddings(ids).numpy()
 
     def baseline_embedding(self, field: str, kind: str) -> np.ndarray | None:
-        """The `[emb_dim]` embedding of the `kind` token ([MASK], [PAD], EOS, BOS, [UNK]); None if none (see protocol)."""
+        """The `[emb_dim]` embedding of the `kind` token ([MASK], [PAD], EOS, BOS, [UNK]); None if it has none."""
         self._segment_of(field)  # Validates the field.
         if kind not in BASELINE_TOKENS:
             raise ValueError(f"Unknown baseline {kind!r}; accepted: {sorted(BASELINE_TOKENS)}.")

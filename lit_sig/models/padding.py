@@ -6,7 +6,9 @@ padding and an attention mask satisfy that. Hugging Face's decoder
 from `input_ids`; called with `inputs_embeds` they cannot see the padding and read
 the last position, so right padding gives them a pad's hidden state. Left padding,
 with the position ids the unpadded call would use, puts every sequence's last
-token at the last position.
+token at the last position. A causal LM's logits at every real position are compared
+(`[L, V]`): under causal attention pads after a sequence never reach it, so right padding
+is exact there.
 
 `choose_padding` tries right padding, then left padding, on a test batch of two
 random sequences of different lengths, against each sequence alone; where neither
@@ -75,17 +77,16 @@ def choose_padding(model: nn.Module) -> Padding:
     with torch.inference_mode():
         sequences = [embedding(i.to(device)) for i in ids]  # each [L_i, D]
         try:
-            alone = [model(inputs_embeds=s[None]).logits[0].float() for s in sequences]  # each [C]
+            alone = [model(inputs_embeds=s[None]).logits[0].float() for s in sequences]  # each [C] or [L_i, V]
         except Exception as error:  # pylint: disable=broad-except
             raise ValueError(
                 f"{type(model).__name__} cannot be called with inputs_embeds ({type(error).__name__}: {error});"
                 " lit_sig needs a model whose forward takes inputs_embeds= and attention_mask=."
             ) from error
-        reference = torch.stack(alone)  # [2, C]
-        tolerance = _tolerance(dtype) * max(1.0, float(reference.abs().max()))
+        tolerance = _tolerance(dtype) * max(1.0, max(float(a.abs().max()) for a in alone))
         for padding in (RIGHT, LEFT):
             logits = _padded_logits(model, sequences, padding)
-            if logits is not None and float((logits - reference).abs().max()) <= tolerance:
+            if logits is not None and _max_difference(logits, alone, padding) <= tolerance:
                 return padding
     logging.warning(
         "%s gives other logits for a padded sequence than for the sequence alone, with right and with left"
@@ -95,8 +96,23 @@ def choose_padding(model: nn.Module) -> Padding:
     return UNMIXED
 
 
+def _max_difference(padded: torch.Tensor, alone: list[torch.Tensor], padding: Padding) -> float:
+    """The largest difference between each sequence's logits in the padded pass and alone.
+
+    Logits per position (a causal LM's `[L_i, V]`) are compared at the sequence's own positions.
+    """
+    differences = []
+    for row, reference in zip(padded, alone):
+        if reference.dim() == 2:
+            start = padding.offset(len(reference), len(row))
+            row = row[start : start + len(reference)]
+        differences.append(float((row - reference).abs().max()))
+    return max(differences)
+
+
 def _padded_logits(model: nn.Module, sequences: list[torch.Tensor], padding: Padding) -> torch.Tensor | None:
-    """`[2, C]` logits of the sequences in one pass padded as `padding` says, or None if the call fails."""
+    """`[2, C]` (or `[2, L, V]`) logits of the sequences in one pass padded as `padding` says, or None if
+    the call fails."""
     length = max(len(s) for s in sequences)
     embs = torch.stack([padding.pad(s, length) for s in sequences])  # [2, L, D]
     mask = torch.stack(
