@@ -51,7 +51,7 @@ def test_rows_equal_the_interpreter_on_each_prompt(prompts, lm_dir, tmp_path, me
     interpreter, config = registry.interpreter_and_config(method, 4, "zero", False)
     assert [r["id"] for r in rows] == [0, 1, 2]
     for row, given in zip(rows, PROMPTS):
-        takes_baseline = explain.METHODS[method].takes_baseline
+        takes_baseline = registry.get(method).takes_baseline
         assert row["prompt"] == given["prompt"] and row["chat_template"]
         assert row["baseline"] == ("zero" if takes_baseline else None)
         target = given.get("target") or lm.generate([given])[0]
