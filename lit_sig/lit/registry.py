@@ -158,6 +158,11 @@ def display_name(name: str) -> str:
     return get(name).display_name
 
 
+def captum_interpreters(**kwargs: Any) -> dict[str, lit_components.Interpreter]:
+    """Every bridged captum method as the demos serve it: `{display name: interpreter}`."""
+    return {m.display_name: m.make(**kwargs) for m in METHODS.values() if m.name.startswith(CAPTUM_PREFIX)}
+
+
 def canonical(name: str) -> str:
     """`name` as it is called now (a name from before the registry is mapped; others pass through)."""
     return LEGACY_NAMES.get(name, name)

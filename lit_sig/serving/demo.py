@@ -160,7 +160,7 @@ def lit_sig_interpreters() -> dict[str, lit_components.Interpreter]:
         ui("grad_dot_input"): interpreters.GradientDotInput(),
         ui("ig"): interpreters.IntegratedGradients(autorun=True, report_completeness=False),
         ui("sig"): interpreters.SequentialIntegratedGradients(autorun=False, report_completeness=False),
-    } | {m.display_name: m.make() for m in registry.METHODS.values() if m.name.startswith(registry.CAPTUM_PREFIX)}
+    } | registry.captum_interpreters()
 
 
 def serve(demo_flags: _Flags, argv: Sequence[str]) -> None:
