@@ -14,7 +14,9 @@ Interpreters (LIT components): `GradientNorm`, `GradientDotInput`,
 `HFSequenceClassifier` (any Hugging Face PyTorch sequence classifier),
 `HFCausalLM` (any Hugging Face causal LM: generation, and salience of a target's
 log-probability) and `minilm_sst2` (the embedded SST-2 sentiment model). Figures: `render` (an
-HTML heatmap) and `plot` (a matplotlib figure).
+HTML heatmap) and `plot` (a matplotlib figure). Inside the model: the config keys
+`Layer` and `Neuron`, and `layer_sweep` (every token's salience at every layer; its
+`plot()` is `plot_layers`, a tokens x layers heatmap).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 # Cheap (numpy; matplotlib loads on the first call). Imported here, not lazily, so that the
 # functions, not the `lit_sig.render` module, stay bound to these names.
-from lit_sig.render import plot, render
+from lit_sig.render import plot, plot_layers, render
 
 __version__ = "0.1.0"  # The one place: pyproject.toml reads it (tool.setuptools.dynamic).
 
@@ -37,6 +39,7 @@ _LAZY = {
     "HFSequenceClassifier": "lit_sig.models",
     "HFCausalLM": "lit_sig.models",
     "minilm_sst2": "lit_sig.models",
+    "layer_sweep": "lit_sig.lit.sweep",
 }
 
 __all__ = [
@@ -47,8 +50,10 @@ __all__ = [
     "IntegratedGradients",
     "SequentialIntegratedGradients",
     "__version__",
+    "layer_sweep",
     "minilm_sst2",
     "plot",
+    "plot_layers",
     "render",
 ]
 
@@ -59,6 +64,7 @@ if TYPE_CHECKING:  # For type checkers and IDEs; at run time these load on first
         IntegratedGradients,
         SequentialIntegratedGradients,
     )
+    from lit_sig.lit.sweep import layer_sweep
     from lit_sig.models import HFCausalLM, HFSequenceClassifier, minilm_sst2
 
 

@@ -2,6 +2,7 @@
 
     lit_sig.render(tokens, salience)  # shows in Jupyter; `.html` is the markup
     lit_sig.plot(tokens, {"SIG": sig, "IG": ig}).savefig("figure.png")
+    lit_sig.plot_layers(tokens, layers, salience)  # tokens x layers (`lit_sig.layer_sweep(...).plot()`)
 
 Colours are diverging: red for positive salience, blue for negative, white for
 zero, each row scaled by its largest |salience|. matplotlib is imported on the
@@ -104,6 +105,58 @@ def plot(
     for spine in ax.spines.values():
         spine.set_visible(False)
     fig.colorbar(image, ax=ax, label="salience / max |salience|", shrink=0.9, pad=0.01)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_layers(
+    tokens: Sequence[str],
+    layers: Sequence[str],
+    salience: Sequence[Sequence[float]] | np.ndarray,
+    title: str | None = None,
+    scale: str = "all",
+) -> mpl_figure.Figure:
+    """A tokens x layers heatmap: one row per layer (the lowest at the bottom), one column per token.
+
+    Args:
+        tokens: the `[T]` tokens of the sequence.
+        layers: the `[M]` layer names, lowest first ("embeddings", "0", "1", ...).
+        salience: `[M, T]` salience of each token at each layer.
+        title: optional figure title.
+        scale: "all" divides every row by the largest |salience| of the figure (where in depth the
+            salience is large shows), "layer" each row by its own (each layer's pattern shows).
+
+    Raises:
+        ValueError: a shape that doesn't match the tokens and layers, non-finite values, or another scale.
+    """
+    values = np.asarray(salience, dtype=np.float64)  # [M, T]
+    if values.shape != (len(layers), len(tokens)):
+        raise ValueError(
+            f"salience has shape {values.shape}; expected {(len(layers), len(tokens))} (one row per layer, one"
+            " value per token)."
+        )
+    if scale not in ("all", "layer"):
+        raise ValueError(f"scale={scale!r}; accepted: 'all', 'layer'.")
+    if not np.isfinite(values).all():
+        raise ValueError("salience has NaN or infinite values; give finite numbers.")
+    peaks = np.abs(values).max(axis=1, keepdims=True) if scale == "layer" else np.abs(values).max(initial=0.0)
+    rows = np.divide(values, peaks, out=np.zeros_like(values), where=np.broadcast_to(peaks, values.shape) > 0)
+    from matplotlib import figure as mpl_figure  # pylint: disable=import-outside-toplevel,redefined-outer-name
+    from matplotlib.backends import backend_agg  # pylint: disable=import-outside-toplevel
+
+    fig = mpl_figure.Figure(figsize=(max(4.0, 0.55 * len(tokens) + 2.2), 0.4 * len(layers) + 1.6), layout="constrained")
+    backend_agg.FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(rows, cmap=CMAP, vmin=-1, vmax=1, aspect="auto", origin="lower")
+    ax.set_xticks(range(len(tokens)), labels=list(tokens), rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(len(layers)), labels=list(layers))
+    ax.set_ylabel("layer")
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    label = "salience / max |salience|" + (" of the layer" if scale == "layer" else "")
+    fig.colorbar(image, ax=ax, label=label, shrink=0.9, pad=0.01)
     if title:
         ax.set_title(title)
     return fig

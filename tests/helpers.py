@@ -52,6 +52,52 @@ def tiny_bert(num_labels: int = 2, seed: int = 0) -> transformers.BertForSequenc
     return transformers.BertForSequenceClassification(config).eval()
 
 
+# A zoo of tiny random configs with the MiniLM vocabulary (tests/test_architectures.py, tests/test_layers.py).
+COMMON = dict(
+    vocab_size=30522,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    num_labels=2,
+    pad_token_id=0,
+    bos_token_id=101,  # MiniLM's [CLS] and [SEP]: the configs' defaults lie outside its vocabulary.
+    eos_token_id=102,
+    initializer_range=0.2,
+)
+ENCODERS = {
+    "bert": (transformers.BertConfig, {}),
+    "distilbert": (transformers.DistilBertConfig, dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64)),
+    "roberta": (transformers.RobertaConfig, dict(pad_token_id=1, max_position_embeddings=80)),
+    "xlm-roberta": (transformers.XLMRobertaConfig, dict(pad_token_id=1, max_position_embeddings=80)),
+    "electra": (transformers.ElectraConfig, dict(embedding_size=16)),
+    "albert": (transformers.AlbertConfig, dict(embedding_size=16)),
+    "deberta-v2": (transformers.DebertaV2Config, {}),
+    "mpnet": (transformers.MPNetConfig, {}),
+    "modernbert": (
+        transformers.ModernBertConfig,
+        dict(global_attn_every_n_layers=2, local_attention=8, cls_token_id=101, sep_token_id=102),
+    ),
+}
+DECODERS = {
+    "gpt2": (transformers.GPT2Config, dict(n_embd=32, n_layer=2, n_head=2, n_positions=64)),
+    "llama": (transformers.LlamaConfig, dict(num_key_value_heads=1)),
+    "qwen2": (transformers.Qwen2Config, dict(num_key_value_heads=1)),
+    "mistral": (transformers.MistralConfig, dict(num_key_value_heads=1)),
+    "gemma": (transformers.GemmaConfig, dict(num_key_value_heads=1, head_dim=16)),
+    "phi3": (transformers.Phi3Config, dict(num_key_value_heads=1)),
+}
+ARCHITECTURES = ENCODERS | DECODERS
+
+
+def build(name: str) -> transformers.PreTrainedModel:
+    config_class, extra = ARCHITECTURES[name]
+    torch.manual_seed(0)
+    config = config_class(**{**COMMON, **extra})
+    return transformers.AutoModelForSequenceClassification.from_config(config).eval()
+
+
 def untrimmed(model: models.HFSequenceClassifier) -> models.HFSequenceClassifier:
     """The same model and settings, every pass through the full model."""
     return models.HFSequenceClassifier(

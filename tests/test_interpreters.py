@@ -214,20 +214,20 @@ def test_constructor_defaults_reach_the_spec_and_the_parser():
 
 
 def test_a_config_key_is_one_settings_field():
-    """What a new key (say, a layer) needs: one field; the parser, the spec and the key check follow."""
+    """What a new key (say, an attention head) needs: one field; the parser, the spec and the key check follow."""
 
     @dataclasses.dataclass(frozen=True)
-    class WithLayer(config.PathSettings):
-        layer: int = config.setting(config.Param("Layer", 0, 0, 11))
+    class WithHead(config.PathSettings):
+        head: int = config.setting(config.Param("Head", 0, 0, 11))
 
-    schema = config.Schema(WithLayer, {"layer": 2}, {})
-    assert schema.parse({}).layer == 2 and schema.parse({"Layer": "5", "Normalize": False}).layer == 5
-    assert schema.spec()["Layer"].default == 2 and schema.spec()["Layer"].max_val == 11
-    assert set(schema.spec()) == set(lit_sig.SequentialIntegratedGradients().config_spec()) | {"Layer"}
-    with pytest.raises(ValueError, match=r"'Layer' must be an integer in \[0, 11\]"):
-        schema.parse({"Layer": 12})
-    with pytest.raises(ValueError, match="accepted: .*'Layer'"):
-        schema.parse({"Neuron": 1})
+    schema = config.Schema(WithHead, {"head": 2}, {})
+    assert schema.parse({}).head == 2 and schema.parse({"Head": "5", "Normalize": False}).head == 5
+    assert schema.spec()["Head"].default == 2 and schema.spec()["Head"].max_val == 11
+    assert set(schema.spec()) == set(lit_sig.SequentialIntegratedGradients().config_spec()) | {"Head"}
+    with pytest.raises(ValueError, match=r"'Head' must be an integer in \[0, 11\]"):
+        schema.parse({"Head": 12})
+    with pytest.raises(ValueError, match="accepted: .*'Head'"):
+        schema.parse({"Heads": 1})
 
 
 @pytest.mark.parametrize(

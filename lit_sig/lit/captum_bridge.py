@@ -12,6 +12,10 @@ device; nothing goes through per-row `predict` calls.
 Gradient methods give per-dimension attributions, summed over the embedding
 for each token. Perturbation methods use one feature per word token (captum's
 `feature_mask`), so a token's salience is its feature's attribution.
+
+`Layer` and `Neuron` work as for lit_sig's methods: at layer L the forward
+function maps rows of layer L's states at every position ([CLS]/[SEP] included)
+to the score; with a neuron, the score is that unit's activation.
 """
 
 import dataclasses
@@ -30,8 +34,8 @@ from lit_nlp.api import types as lit_types
 
 from lit_sig.core import attribution, engine, quadrature
 from lit_sig.lit import fields as fields_lib
-from lit_sig.lit import interpreters, protocol
-from lit_sig.lit.config import Param
+from lit_sig.lit import inside, interpreters, protocol
+from lit_sig.lit.config import LAYER_PARAM, NEURON_PARAM, Param
 
 JsonDict = lit_types.JsonDict
 ForwardFn = Callable[[torch.Tensor], torch.Tensor]  # [N, T, D] -> [N]
@@ -244,6 +248,8 @@ class CaptumInterpreter(lit_components.Interpreter):
             interpreters.CLASS_KEY: "",
             interpreters.BASELINE_KEY: baseline or interpreters.DEFAULT_BASELINE,
             interpreters.NORMALIZATION_KEY: normalize,
+            LAYER_PARAM.key: LAYER_PARAM.default,
+            NEURON_PARAM.key: NEURON_PARAM.default,
         }
         self._defaults |= {p.key: p.default for p in self.method.params}
         self._baseline_given = baseline is not None
@@ -264,7 +270,7 @@ class CaptumInterpreter(lit_components.Interpreter):
             raise ValueError(
                 f"Unknown {interpreters.BASELINE_KEY} {baseline!r}; accepted: {', '.join(interpreters.BASELINES)}."
             )
-        settings = {p.key: p.parse(merged[p.key]) for p in self.method.params}
+        settings = {p.key: p.parse(merged[p.key]) for p in (*self.method.params, LAYER_PARAM, NEURON_PARAM)}
         settings[interpreters.NORMALIZATION_KEY] = Param(interpreters.NORMALIZATION_KEY, True).parse(
             merged[interpreters.NORMALIZATION_KEY]
         )
@@ -284,7 +290,8 @@ class CaptumInterpreter(lit_components.Interpreter):
                 required=False, default=d[interpreters.NORMALIZATION_KEY]
             ),
         }
-        return spec | {p.key: dataclasses.replace(p, default=d[p.key]).lit_type() for p in self.method.params}
+        params = (*self.method.params, LAYER_PARAM, NEURON_PARAM)
+        return spec | {p.key: dataclasses.replace(p, default=d[p.key]).lit_type() for p in params}
 
     def meta_spec(self) -> lit_types.Spec:
         return {"saliency": lit_types.TokenSalience(autorun=self._autorun, signed=self.method.signed)}
@@ -319,21 +326,23 @@ class CaptumInterpreter(lit_components.Interpreter):
         prepared = device_model.path_inputs(inputs, [requested] * len(inputs), [f.embs for f in fields])
         explicit = self._baseline_given or interpreters.BASELINE_KEY in (config or {})
         kind = fields_lib.resolve_baseline(model, settings[interpreters.BASELINE_KEY], explicit)
-        settings = settings | {interpreters.BASELINE_KEY: kind}
-        return [self._explain(model, device_model, fields, p, settings) for p in prepared]
+        baselines = [
+            interpreters.baseline_embeddings(model, fields, kind, [len(t) for t in p.tokens], p.x) for p in prepared
+        ]
+        layer, neuron = settings[LAYER_PARAM.key], settings[NEURON_PARAM.key]
+        if prepared and (layer is not None or neuron is not None):
+            prepared, baselines = zip(*inside.rekey(model, prepared, baselines, layer, neuron))
+        return [self._explain(device_model, fields, p, b, settings) for p, b in zip(prepared, baselines)]
 
     def _explain(
         self,
-        model: lit_model.Model,
         device_model: Any,
         fields: list[interpreters.GradField],
         prepared: protocol.PathInput,
+        baseline: torch.Tensor,
         settings: dict[str, Any],
     ) -> JsonDict:
         """One input: captum sees its movable tokens only (`PathInput.movable`; all where None)."""
-        baseline = interpreters.baseline_embeddings(
-            model, fields, settings[interpreters.BASELINE_KEY], [len(t) for t in prepared.tokens], prepared.x
-        )
         T, D = prepared.x.shape
         movable = prepared.movable
         if movable is None:

@@ -9,7 +9,8 @@ the parser and LIT's `config_spec` from it.
 """
 
 import dataclasses
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -17,6 +18,7 @@ from lit_nlp.api import types as lit_types
 
 from lit_sig.core import quadrature
 from lit_sig.core.adaptive import DEFAULT_TOLERANCE
+from lit_sig.lit import protocol
 
 CLASS_KEY = "Class to explain"
 INTERPOLATION_KEY = "Interpolation steps"
@@ -25,6 +27,8 @@ BASELINE_KEY = "Baseline"
 NORMALIZATION_KEY = "Normalize"
 ADAPTIVE_KEY = "Adaptive steps"
 TOLERANCE_KEY = "Tolerance"
+LAYER_KEY = "Layer"
+NEURON_KEY = "Neuron"
 MIN_TOLERANCE, MAX_TOLERANCE = 1e-7, 1.0
 
 # What a word token is replaced by at the start of a path. `zero`: the all-zeros embedding (every
@@ -35,6 +39,7 @@ DEFAULT_STEPS = 50
 DEFAULT_METHOD = "gausslegendre"
 DEFAULT_BASELINE = "mask"
 EXACT_METHOD = "exact"  # SIG's closed form: single-token occlusion, forward passes only.
+EMBEDDINGS_LAYER = "embeddings"  # `Layer`: the word embeddings, as without the key.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +52,12 @@ class Param:
     high: float | None = None
     choices: tuple[str, ...] = ()  # Strings: the accepted values (none: any string).
     accepted: str = "a string"  # Free strings: what the error message asks for.
+    convert: Callable[[Any], Any] | None = None  # Parses and validates a value the other rules don't cover.
 
     def parse(self, value: Any) -> Any:
         """Validates `value`; raises ValueError naming the accepted values."""
+        if self.convert is not None:
+            return self.convert(value)
         if self.choices:
             if value not in self.choices:
                 raise ValueError(f"Unknown {self.key} {value!r}; accepted: {', '.join(self.choices)}.")
@@ -83,8 +91,9 @@ class Param:
             return lit_types.CategoryLabel(required=False, vocab=list(self.choices), default=self.default)
         if isinstance(self.default, bool):
             return lit_types.Boolean(required=False, default=self.default)
-        if isinstance(self.default, str):
-            return lit_types.TextSegment(required=False, default=self.default)
+        if isinstance(self.default, str) or self.convert is not None:
+            default = "" if self.default is None else str(self.default)
+            return lit_types.TextSegment(required=False, default=default)
         step = 1 if isinstance(self.default, int) else 0.01
         return lit_types.Scalar(required=False, min_val=self.low, max_val=self.high, default=self.default, step=step)
 
@@ -97,8 +106,46 @@ def check_keys(config: Mapping[str, Any], accepted: list[str]) -> None:
 
 
 def setting(param: Param) -> Any:
-    """A settings field read from the config key `param.key`."""
-    return dataclasses.field(default=param.default, metadata={"param": param})
+    """A settings field read from the config key `param.key` (its default is the parsed default)."""
+    return dataclasses.field(default=param.parse(param.default), metadata={"param": param})
+
+
+_NUMBER = re.compile(r"[0-9]+")
+_LAYER_ACCEPTED = (
+    f"{EMBEDDINGS_LAYER!r} (the word embeddings) or a layer number i as in Hugging Face's hidden_states"
+    " (0: the embedding module's output, i >= 1: block i's output)"
+)
+_NEURON_ACCEPTED = (
+    "empty (off), 'L:U' (unit U of layer L's states, summed over the positions) or 'L:U:P' (at position P,"
+    " counted over the whole tokenized sequence, [CLS] = 0)"
+)
+
+
+def parse_layer(value: Any) -> int | None:
+    """`Layer`: None for the word embeddings ('embeddings' or empty), else a layer number."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", EMBEDDINGS_LAYER)):
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 0:
+        return int(value)
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return int(value.strip())
+    raise ValueError(f"{LAYER_KEY!r} must be {_LAYER_ACCEPTED}, got {value!r}.")
+
+
+def parse_neuron(value: Any) -> protocol.Neuron | None:
+    """`Neuron`: None (off) for an empty value, else `L:U` or `L:U:P`."""
+    if isinstance(value, protocol.Neuron):
+        return value
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    parts = value.strip().split(":") if isinstance(value, str) else []
+    if 2 <= len(parts) <= 3 and all(_NUMBER.fullmatch(part.strip()) for part in parts):
+        return protocol.Neuron(*(int(part) for part in parts))
+    raise ValueError(f"{NEURON_KEY!r} must be {_NEURON_ACCEPTED}, got {value!r}.")
+
+
+LAYER_PARAM = Param(LAYER_KEY, EMBEDDINGS_LAYER, accepted=_LAYER_ACCEPTED, convert=parse_layer)
+NEURON_PARAM = Param(NEURON_KEY, "", accepted=_NEURON_ACCEPTED, convert=parse_neuron)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +153,8 @@ class GradientSettings:
     """Validated config of Gradient Norm and Gradient x Input."""
 
     normalize: bool = setting(Param(NORMALIZATION_KEY, True))
+    layer: int | None = setting(LAYER_PARAM)  # None: the gradients of `predict` (word embeddings)
+    neuron: protocol.Neuron | None = setting(NEURON_PARAM)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +168,13 @@ class PathSettings:
     normalize: bool = setting(Param(NORMALIZATION_KEY, True))
     adaptive: bool = setting(Param(ADAPTIVE_KEY, False))
     tolerance: float = setting(Param(TOLERANCE_KEY, DEFAULT_TOLERANCE, MIN_TOLERANCE, MAX_TOLERANCE))
+    layer: int | None = setting(LAYER_PARAM)  # None: the word embeddings
+    neuron: protocol.Neuron | None = setting(NEURON_PARAM)  # None: the model's own score
+
+
+def explains_inside(settings: GradientSettings | PathSettings) -> bool:
+    """Whether the settings explain at a layer or explain a neuron (else: as without the keys)."""
+    return settings.layer is not None or settings.neuron is not None
 
 
 Settings = TypeVar("Settings")

@@ -12,7 +12,6 @@ specs. See `lit_sig.lit.protocol` for the optional extras they use.
 - `lit_sig.lit.predict_path`: rows through a model's `predict` (no device path).
 """
 
-import numpy as np
 import torch
 from lit_nlp.api import dataset as lit_dataset
 from lit_nlp.api import model as lit_model
@@ -42,7 +41,7 @@ from lit_sig.lit.fields import (
     requested_class,
     scores_to_salience,
 )
-from lit_sig.lit.gradients import GradientInterpreter, JsonDict
+from lit_sig.lit.gradients import GradientInterpreter
 from lit_sig.lit.paths import COMPLETENESS_KEY, SPECIAL_TOKENS, TOLERANCE_MET_KEY, PathInterpreter
 
 # The public names, as users and tests know them (the config keys and field helpers are re-exported).
@@ -82,18 +81,17 @@ class GradientNorm(GradientInterpreter):
 
     signed = False
 
-    def _token_scores(self, output: JsonDict, field: GradField) -> torch.Tensor:
-        return attribution.gradient_norm(torch.as_tensor(np.asarray(output[field.grad])))
+    def _token_scores(self, grads: torch.Tensor, embs: torch.Tensor | None, field: str) -> torch.Tensor:
+        del embs, field
+        return attribution.gradient_norm(grads)
 
 
 class GradientDotInput(GradientInterpreter):
     """Salience = gradient . input embedding, per token."""
 
-    def _token_scores(self, output: JsonDict, field: GradField) -> torch.Tensor:
-        if field.embs is None:
-            raise ValueError(f"{field.grad} declares no TokenEmbeddings output (grad_for).")
-        grads = torch.as_tensor(np.asarray(output[field.grad]))  # [T, D]
-        embs = torch.as_tensor(np.asarray(output[field.embs]))  # [T, D]
+    def _token_scores(self, grads: torch.Tensor, embs: torch.Tensor | None, field: str) -> torch.Tensor:
+        if embs is None:
+            raise ValueError(f"{field} declares no TokenEmbeddings output (grad_for).")
         return attribution.gradient_dot_input(grads, embs)
 
     def is_compatible(self, model: lit_model.Model, dataset: lit_dataset.Dataset) -> bool:

@@ -16,8 +16,8 @@ from lit_nlp.api import types as lit_types
 from lit_sig.core import adaptive, engine, quadrature
 from lit_sig.lit import config as config_lib
 from lit_sig.lit import fields as fields_lib
-from lit_sig.lit import predict_path, protocol
-from lit_sig.lit.config import ADAPTIVE_KEY, EXACT_METHOD, METHOD_KEY, PathSettings
+from lit_sig.lit import inside, predict_path, protocol
+from lit_sig.lit.config import ADAPTIVE_KEY, EXACT_METHOD, METHOD_KEY, PathSettings, explains_inside
 
 JsonDict = lit_types.JsonDict
 
@@ -106,6 +106,8 @@ class PathInterpreter(lit_components.Interpreter):
             prepared = device_model.path_inputs(inputs, [requested] * len(inputs), [f.embs for f in fields])
             scorer, has_score = device_model, True
         else:
+            if explains_inside(settings):
+                inside.inside_model(model)  # Raises: a layer or a neuron needs the device path.
             if model_outputs is None:
                 model_outputs = list(model.predict(inputs))
             has_score = protocol.TARGET_SCORE_FIELD in model.output_spec()
@@ -115,8 +117,22 @@ class PathInterpreter(lit_components.Interpreter):
         explicit = self._baseline_given or config_lib.BASELINE_KEY in (config or {})
         kind = fields_lib.resolve_baseline(model, settings.baseline, explicit)
         problems = [self._problem(model, fields, kind, p) for p in prepared]
+        if explains_inside(settings):
+            problems = self._inside(model, problems, settings)
         results = self._attribute(problems, scorer, settings, has_score)
-        return [self._result(fields, p.tokens, r, settings) for p, r in zip(prepared, results)]
+        return [self._result(fields, p.key.tokens, r, settings) for p, r in zip(problems, results)]
+
+    def _inside(
+        self, model: lit_model.Model, problems: list[engine.PathProblem], settings: PathSettings
+    ) -> list[engine.PathProblem]:
+        """The problems with x and the baseline at `Layer` (every position moving) and F the `Neuron`'s."""
+        baselines = [p.baseline for p in problems]
+        keys = inside.rekey(model, [p.key for p in problems], baselines, settings.layer, settings.neuron)
+        rekeyed = []
+        for p, (key, baseline) in zip(problems, keys):
+            groups = p.groups if settings.layer is None else self._groups(inside.moving_at_layer(key))
+            rekeyed.append(engine.PathProblem(key, key.x, baseline, groups, key.input_score))
+        return rekeyed
 
     def _attribute(
         self,

@@ -20,6 +20,12 @@ which passes no extra methods through).
   device (`path_inputs`) and scores rows of word embeddings there
   (`rows_per_pass`, `score_rows`: `lit_sig.core.engine.RowScorer`), so that path
   rows never leave the device and rows of several examples share passes.
+- Inside the model, `InsideModel` (on a device-path model): `num_layers()` and
+  `inside_path_inputs(prepared, baselines, layer, neuron)`, which re-keys path
+  inputs so that their rows enter at the hidden states of a layer (x and the
+  baseline are that layer's states for the input and for the baseline input,
+  every position included) and/or are scored by a neuron's activation. The
+  config keys `Layer` and `Neuron` of lit_sig's interpreters use it.
 """
 
 import dataclasses
@@ -33,6 +39,8 @@ TARGET_SCORE_FIELD = "grad_target_score"
 BASELINE_METHOD = "baseline_embedding"
 DEFAULT_BASELINE_ATTR = "default_baseline"
 DEVICE_PATH_METHOD = "path_inputs"
+INSIDE_METHOD = "inside_path_inputs"
+NUM_LAYERS_METHOD = "num_layers"
 _WRAPPER_DEPTH = 16  # Wrappers of wrappers, at most.
 
 
@@ -56,6 +64,42 @@ class PathInput:
     target: str | None
     input_score: torch.Tensor | None
     movable: torch.Tensor | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Neuron:
+    """The explained score F as a unit's activation: unit `unit` of layer `layer`'s states
+    (Hugging Face's `hidden_states[layer]`), summed over the sequence's real positions, or at
+    `position` (counted over the whole tokenized sequence, [CLS] = 0)."""
+
+    layer: int
+    unit: int
+    position: int | None = None
+
+    def __str__(self) -> str:
+        return ":".join(str(v) for v in (self.layer, self.unit, self.position) if v is not None)
+
+
+class InsideModel(Protocol):
+    """A device-path model that explains at a layer's hidden states, or explains a neuron."""
+
+    def num_layers(self) -> int | None:
+        """N: the layers are 0 (what enters the first block) .. N; None if none can be entered."""
+
+    def inside_path_inputs(
+        self,
+        prepared: Sequence[PathInput],
+        baselines: Sequence[torch.Tensor] | None,
+        layer: int | None,
+        neuron: Neuron | None,
+    ) -> list[tuple[PathInput, torch.Tensor | None]]:
+        """Per input of `path_inputs` and its `[T, D]` baseline: the input re-keyed, and its baseline.
+
+        `layer` None keeps x and the baseline; layer L gives the `[L_seq, H]` states of layer L for
+        the input and for the baseline input, at every position (tokens then include [CLS]/[SEP]).
+        `neuron` makes its activation the score. Raises ValueError naming the valid range for a
+        layer, unit or position that doesn't exist.
+        """
 
 
 @runtime_checkable

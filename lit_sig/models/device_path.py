@@ -5,15 +5,18 @@ rows back into whole sequences (`rows.rows_batch`), runs one pass (forward, and
 backward for gradient rows), measures memory on CUDA to size later passes, halves
 a pass on out-of-memory, and, for models whose padded passes differ from unpadded
 ones, runs one pass per sequence length. A family supplies only `_row_scores`:
-the explained score of every row of a pass.
+the explained score of every row of a pass. Explanations inside the model (rows
+at a layer's states, a neuron's activation as the score: `inside`) come with it.
 """
 
 from collections.abc import Sequence
 
 import torch
 
-from lit_sig.models import backoff, rows
+from lit_sig.lit import protocol
+from lit_sig.models import backoff, inside, rows
 from lit_sig.models.forward import Batch, ForwardRunner
+from lit_sig.models.layers import LayerViews
 from lit_sig.models.padding import Padding
 
 
@@ -27,6 +30,7 @@ class DevicePath:
     device: torch.device
     runner: ForwardRunner
     padding: Padding
+    layer_views: LayerViews
 
     def _init_device_path(
         self,
@@ -41,6 +45,8 @@ class DevicePath:
     ) -> None:
         """`special_tokens`: tokens of a sequence that are not word tokens, for sizing passes by length."""
         self.device, self.runner, self.padding = device, runner, padding
+        self.layer_views = LayerViews(runner.model, runner.view, padding)
+        runner.layer_views = self.layer_views
         self._mask_optional = mask_optional
         self._max_minibatch_size = max_minibatch_size
         self._max_minibatch_tokens = max_minibatch_tokens
@@ -54,6 +60,29 @@ class DevicePath:
     def _row_scores(self, pieces: Sequence[rows.Piece], batch: Batch, with_grads: bool) -> torch.Tensor:
         """`[R]` float32 explained scores of the pass's rows (differentiable to `batch.embs`)."""
         raise NotImplementedError
+
+    def num_layers(self) -> int | None:
+        """N: layers 0..N can be entered or hold a neuron (`protocol.InsideModel`); None: no layer."""
+        return self.layer_views.num_layers
+
+    def inside_path_inputs(
+        self,
+        prepared: Sequence[rows.SequencePathInput],
+        baselines: Sequence[torch.Tensor] | None,
+        layer: int | None,
+        neuron: protocol.Neuron | None,
+    ) -> list[tuple[rows.SequencePathInput, torch.Tensor | None]]:
+        """`path_inputs` re-keyed for a layer and/or a neuron (see `protocol.InsideModel`)."""
+        return inside.inside_inputs(
+            self.layer_views, self.runner, self.padding, self._mask_optional, prepared, baselines, layer, neuron
+        )
+
+    def _pass_scores(self, pieces: Sequence[rows.Piece], batch: Batch, with_grads: bool) -> torch.Tensor:
+        """`[R]` scores of a pass: the neuron's activation where the pieces ask for one, else the family's."""
+        neuron = inside.neuron_of(pieces)
+        if neuron is None:
+            return self._row_scores(pieces, batch, with_grads)
+        return inside.neuron_scores(self.layer_views, self.runner, self.padding, pieces, batch, neuron, with_grads)
 
     def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
         """Rows of `num_tokens` word tokens per pass: sized to free memory on CUDA."""
@@ -76,7 +105,7 @@ class DevicePath:
         results: list[torch.Tensor | None] = [None] * len(pieces)
         for group in self._length_groups(pieces):
             chosen = [pieces[i] for i in group]
-            scores = self._row_scores(chosen, rows.rows_batch(chosen, self.padding, self._mask_optional), True)
+            scores = self._pass_scores(chosen, rows.rows_batch(chosen, self.padding, self._mask_optional), True)
             for i, part in zip(group, rows.piece_slices(chosen)):
                 results[i] = scores[part]
         return results
@@ -108,7 +137,7 @@ class DevicePath:
             batch = rows.rows_batch(pieces, self.padding, self._mask_optional)
             if with_grads:
                 batch.embs.requires_grad_(True)
-            scores = self._row_scores(pieces, batch, with_grads)  # [R]
+            scores = self._pass_scores(pieces, batch, with_grads)  # [R]
             grads = torch.autograd.grad(scores.sum(), batch.embs)[0] if with_grads else None  # [R, L, D]
         if measure:
             peak = torch.cuda.max_memory_allocated(self.device) - start_bytes

@@ -31,6 +31,7 @@ class Batch:
     token_type_ids: torch.Tensor | None = None  # [B, L]
     position_ids: torch.Tensor | None = None  # [B, L]; None: the model's default 0..L-1
     extra: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # More keyword inputs of a view.
+    entry: int | None = None  # None: `embs` are word embeddings; L: the states [B, L, H] of layer L
 
     def model_kwargs(self) -> dict[str, torch.Tensor]:
         kwargs = {"inputs_embeds": self.embs, "attention_mask": self.attention_mask, **self.extra}
@@ -63,6 +64,7 @@ class ForwardRunner:
         self.precision = precision
         self.compiled = torch.compile(view, dynamic=True) if torch_compile else None
         self._compiled_lock = threading.Lock()
+        self.layer_views: Any = None  # `layers.LayerViews`, set by the device path: passes entering at a layer.
 
     def __call__(self, batch: Batch, full_precision: bool = False, compiled: bool = False, **outputs: bool) -> Any:
         """The forward pass over `batch`: under autocast at `precision`, unless `full_precision`.
@@ -70,13 +72,18 @@ class ForwardRunner:
         Without extra `outputs` (hidden states, attentions) only the logits are read, so the
         view runs (compiled, where asked and there is one).
         """
-        autocast_dtype = None if full_precision else PRECISIONS[self.precision]
         logits_only = not any(outputs.values())
+        if batch.entry is not None:  # The states of a layer: the view that enters there (eager).
+            assert logits_only and self.layer_views is not None, "a pass entering at a layer gives logits only"
+            return self.run(self.layer_views.view(batch.entry, None), batch, full_precision)
         use_compiled = compiled and self.compiled is not None and logits_only
         module = self.compiled if use_compiled else self.view if logits_only else self.model
+        with self._compiled_lock if use_compiled else contextlib.nullcontext():
+            return self.run(module, batch, full_precision, **outputs)
+
+    def run(self, module: nn.Module, batch: Batch, full_precision: bool = False, **outputs: bool) -> Any:
+        """`module` called on `batch`, under autocast at `precision` unless `full_precision`."""
+        autocast_dtype = None if full_precision else PRECISIONS[self.precision]
         device_type = batch.embs.device.type
-        with (
-            self._compiled_lock if use_compiled else contextlib.nullcontext(),
-            torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
-        ):
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             return module(**batch.model_kwargs(), **outputs)

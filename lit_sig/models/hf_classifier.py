@@ -371,6 +371,7 @@ class HFSequenceClassifier(DevicePath, lit_model.BatchedModel):
             full=full,
             positions=positions,
             token_type_ids=None if types is None else types[b, offset : offset + length],
+            sequence_tokens=self.tokenizer.convert_ids_to_tokens(encoding.input_ids),
             target_index=target,
         )
 

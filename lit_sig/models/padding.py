@@ -77,16 +77,19 @@ def choose_padding(model: nn.Module) -> Padding:
     with torch.inference_mode():
         sequences = [embedding(i.to(device)) for i in ids]  # each [L_i, D]
         try:
-            alone = [model(inputs_embeds=s[None]).logits[0].float() for s in sequences]  # each [C] or [L_i, V]
+            ones = [torch.ones(1, len(s), dtype=torch.long, device=device) for s in sequences]
+            alone = [
+                model(inputs_embeds=s[None], attention_mask=m).logits[0].float() for s, m in zip(sequences, ones)
+            ]  # each [C] or [L_i, V]
         except Exception as error:  # pylint: disable=broad-except
             raise ValueError(
                 f"{type(model).__name__} cannot be called with inputs_embeds ({type(error).__name__}: {error});"
                 " lit_sig needs a model whose forward takes inputs_embeds= and attention_mask=."
             ) from error
-        tolerance = _tolerance(dtype) * max(1.0, max(float(a.abs().max()) for a in alone))
+        limit = tolerance(dtype) * max(1.0, max(float(a.abs().max()) for a in alone))
         for padding in (RIGHT, LEFT):
             logits = _padded_logits(model, sequences, padding)
-            if logits is not None and _max_difference(logits, alone, padding) <= tolerance:
+            if logits is not None and _max_difference(logits, alone, padding) <= limit:
                 return padding
     logging.warning(
         "%s gives other logits for a padded sequence than for the sequence alone, with right and with left"
@@ -127,7 +130,8 @@ def _padded_logits(model: nn.Module, sequences: list[torch.Tensor], padding: Pad
         return None
 
 
-def _tolerance(dtype: torch.dtype) -> float:
+def tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance of a model's outputs whose weights are in `dtype` (of the largest output)."""
     if dtype in (torch.float32, torch.float64):
         return _RTOL_FLOAT32
     return _HALF_EPS_MULTIPLE * torch.finfo(dtype).eps

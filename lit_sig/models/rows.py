@@ -27,6 +27,9 @@ class SequencePathInput(protocol.PathInput):
     full: torch.Tensor = None  # [L, D] every token's embedding, specials included
     positions: torch.Tensor = None  # [T] where the word tokens sit in `full`
     token_type_ids: torch.Tensor | None = None  # [L]
+    sequence_tokens: list[str] | None = None  # [L] every token of the sequence, specials included
+    entry: int | None = None  # None: rows are word embeddings; L: rows are layer L's states at every position
+    neuron: protocol.Neuron | None = None  # F is this unit's activation (None: the family's own score)
 
 
 Piece = tuple[SequencePathInput, torch.Tensor]  # An input and rows [r, T, D] of its word embeddings.
@@ -52,7 +55,9 @@ def rows_batch(pieces: Sequence[Piece], padding: Padding, mask_optional: bool) -
     types = None
     if pieces[0][0].token_type_ids is not None:
         types = torch.cat([_repeat(padding.pad(p.token_type_ids, length), len(r)) for p, r in pieces])  # [R, L]
-    return Batch(embs, mask, types, padding.position_ids(mask))
+    entry = pieces[0][0].entry
+    assert all(p.entry == entry for p, _ in pieces), "one entry layer per pass"
+    return Batch(embs, mask, types, padding.position_ids(mask), entry)
 
 
 def scatter_grads(pieces: Sequence[Piece], grads: torch.Tensor, padding: Padding) -> list[torch.Tensor]:
