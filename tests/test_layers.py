@@ -8,6 +8,8 @@ A neuron is explained with the path at the word embeddings, [CLS]/[SEP] fixed:
 `NeuronIntegratedGradients`, `NeuronFeatureAblation` and `NeuronGradient` on its block.
 """
 
+import json
+
 import captum.attr
 import numpy as np
 import pytest
@@ -17,7 +19,9 @@ from lit_nlp.lib import caching
 
 import lit_sig
 from lit_sig import models
+from lit_sig.cli import explain
 from lit_sig.lit import captum_bridge, config, interpreters, protocol
+from tests import helpers
 from tests.helpers import COMMON, assert_close_in_float32, build, run, salience
 
 SENTENCE = "not bad at all , really"
@@ -34,7 +38,7 @@ def arch(request, tokenizer) -> tuple[str, models.HFSequenceClassifier]:
     return request.param, models.HFSequenceClassifier(build(request.param), tokenizer, labels=LABELS, device="cpu")
 
 
-def blocks(model: models.HFSequenceClassifier) -> torch.nn.ModuleList:
+def blocks(model) -> torch.nn.ModuleList:
     return model.layer_views.blocks.of(model.model)
 
 
@@ -517,3 +521,116 @@ def test_a_layer_sweep_needs_a_model_with_layers(tokenizer):
     model = models.HFSequenceClassifier(build("albert"), tokenizer, labels=LABELS, device="cpu")
     with pytest.raises(ValueError, match="Layer 0: AlbertForSequenceClassification has no module lists"):
         lit_sig.layer_sweep(model, {"sentence": SENTENCE})
+
+
+# Causal LMs: F is the target's log-probability; rows at a layer stop at the last target's prefix.
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def lm(request) -> models.HFCausalLM:
+    tokenizer = helpers.tiny_lm_tokenizer(bos=request.param == "llama", chat=False)
+    make = helpers.tiny_llama if request.param == "llama" else helpers.tiny_gpt2
+    return models.HFCausalLM(make(tokenizer, 0), tokenizer, device="cpu")
+
+
+LM_EXAMPLE = {"prompt": "The capital of France is", "target": " Paris."}
+LM_RAW = {interpreters.NORMALIZATION_KEY: False, interpreters.BASELINE_KEY: "zero", interpreters.INTERPOLATION_KEY: 16}
+
+
+def lm_reference(lm: models.HFCausalLM):
+    """The sequence's embeddings `[1, L, D]`, its zero baseline (special tokens kept), and F by direct calls."""
+    tok = lm.tokenizer
+    prompt = tok(LM_EXAMPLE["prompt"])["input_ids"]
+    ids = torch.tensor(prompt + tok(LM_EXAMPLE["target"], add_special_tokens=False)["input_ids"])[None]  # [1, L]
+    targets = torch.arange(len(prompt), ids.shape[1])
+    with torch.no_grad():
+        x = lm.model.get_input_embeddings()(ids)
+    baseline = x.clone()
+    baseline[0, [i not in tok.all_special_ids for i in ids[0].tolist()]] = 0.0
+
+    def score(embs: torch.Tensor) -> torch.Tensor:  # [N, L, D] -> [N]
+        log_probs = torch.log_softmax(lm.model(inputs_embeds=embs).logits.float(), -1)[:, targets - 1]
+        return log_probs.gather(-1, ids[:, targets].expand(len(embs), -1)[..., None])[..., 0].sum(-1)
+
+    return x, baseline, score
+
+
+def lm_salience(result: dict) -> np.ndarray:
+    return np.asarray(result[models.causal_lm.GRADIENTS_FIELD].salience, dtype=np.float64)
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_causal_lm_layer_ig_equals_captum_layer_integrated_gradients(lm, layer):
+    x, baseline, score = lm_reference(lm)
+    expected = (
+        captum.attr.LayerIntegratedGradients(score, blocks(lm)[layer - 1])
+        .attribute(x, baselines=baseline, n_steps=STEPS, method="gausslegendre")[0]
+        .sum(-1)
+    )
+    result = lit_sig.IntegratedGradients().run([LM_EXAMPLE], lm, None, config={**LM_RAW, "Layer": layer})[0]
+    close(lm_salience(result), expected.detach().numpy())
+    assert abs(result[interpreters.COMPLETENESS_KEY]) <= 1e-4
+
+
+def test_causal_lm_neuron_exact_sig_equals_captum_neuron_feature_ablation(lm):
+    x, baseline, score = lm_reference(lm)
+    T, D = x.shape[1:]
+    expected = captum.attr.NeuronFeatureAblation(score, blocks(lm)[1]).attribute(
+        x, (3, 5), baselines=baseline, feature_mask=torch.arange(T)[None, :, None].expand(1, T, D)
+    )[0, :, 0]
+    config = {**LM_RAW, "Neuron": "2:5:3", interpreters.METHOD_KEY: interpreters.EXACT_METHOD}
+    result = lit_sig.SequentialIntegratedGradients().run([LM_EXAMPLE], lm, None, config=config)[0]
+    close(lm_salience(result), expected.detach().numpy())
+    assert np.all(lm_salience(result)[4:] == 0.0)  # A neuron at position 3 sees nothing after it.
+
+
+# The explain CLI.
+
+
+def explain_cli(tmp_path, tiny_model_dir, out, *flags) -> list[dict]:
+    data = tmp_path / "dev.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{s}\t1\n" for s in SENTENCES))
+    explain.main(["--data", str(data), "--model", str(tiny_model_dir), "--out", str(out), *flags])
+    return explain.read_rows(out)
+
+
+def test_the_explain_cli_takes_a_layer_and_a_neuron_and_records_them(tmp_path, tiny_model_dir, tiny_model, capsys):
+    rows = explain_cli(tmp_path, tiny_model_dir, tmp_path / "l.jsonl", "--method", "exact_sig", "--layer", "01")
+    exact = {interpreters.METHOD_KEY: interpreters.EXACT_METHOD, "Layer": 1}
+    for row in rows:
+        assert (row["layer"], row["neuron"]) == ("1", "")
+        example = {"sentence": row["sentence"], "label": row["predicted"]}
+        notebook = run(lit_sig.SequentialIntegratedGradients(), tiny_model, [example], **exact)[0]
+        assert row["tokens"] == tokens(notebook) and row["tokens"][0] == "[CLS]"
+        assert_close_in_float32(np.array(row["salience"]), salience(notebook))
+    rows = explain_cli(tmp_path, tiny_model_dir, tmp_path / "n.parquet", "--method", "ig", "--neuron", " 2:3 ")
+    assert {(r["layer"], r["neuron"]) for r in rows} == {("embeddings", "2:3")}
+    with pytest.raises(SystemExit) as exit_info:  # Rows of another layer must not join these.
+        explain_cli(
+            tmp_path, tiny_model_dir, tmp_path / "n.parquet", "--method", "ig", "--neuron", "2:3", "--layer", "1"
+        )
+    assert exit_info.value.code == 2 and "layer='embeddings' (this run: '1')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (("--layer", "top"), "--layer 'top' / --neuron '': 'Layer' must be 'embeddings'"),
+        (("--neuron", "2"), "'Neuron' must be empty"),
+        (("--layer", "7"), r"Layer 7 doesn't exist: BertForSequenceClassification has layers 0..2"),
+    ],
+)
+def test_the_explain_cli_refuses_bad_layers_and_neurons(tmp_path, tiny_model_dir, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        explain_cli(tmp_path, tiny_model_dir, tmp_path / "bad.jsonl", *flags)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_rows_written_before_the_layer_setting_resume_as_embeddings(tmp_path, tiny_model_dir):
+    out = tmp_path / "old.jsonl"
+    rows = explain_cli(tmp_path, tiny_model_dir, out, "--method", "ig", "--steps", "2", "--limit", "2")
+    out.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k not in ("layer", "neuron")}) + "\n" for r in rows)
+    )
+    assert len(explain_cli(tmp_path, tiny_model_dir, out, "--method", "ig", "--steps", "2")) == len(SENTENCES)

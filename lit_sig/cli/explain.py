@@ -45,6 +45,7 @@ import transformers
 from lit_sig import models, storage
 from lit_sig.cli import explain_lm
 from lit_sig.core import quadrature
+from lit_sig.lit import config as config_lib
 from lit_sig.lit import interpreters, registry
 from lit_sig.models import datasets, sst2_model
 
@@ -55,9 +56,9 @@ DATA_SUFFIXES = (".tsv", ".jsonl")
 PARTIAL_SUFFIX = ".partial.jsonl"
 LABELS_HELP = "Comma-separated class names in logit order (default: the model's id2label, or 0,1,...)."
 # Row fields that record how a row was made; a resumed run must match them.
-SETTINGS_FIELDS = ("method", "steps", "baseline", "normalize", "target", "precision")
+SETTINGS_FIELDS = ("method", "steps", "baseline", "normalize", "target", "precision", "layer", "neuron")
 # Settings that rows written before them lack, as those rows were made.
-SETTINGS_DEFAULTS = {"precision": "float32"}
+SETTINGS_DEFAULTS = {"precision": "float32", "layer": config_lib.EMBEDDINGS_LAYER, "neuron": ""}
 # Row fields that record what made it: the model (path or name), its labels and the data file.
 SOURCE_FIELDS = ("model", "labels", "data")
 SCHEMA = pa.schema(
@@ -77,6 +78,8 @@ SCHEMA = pa.schema(
         ("normalize", pa.bool_()),
         ("target", pa.string()),  # whose class score is explained: "predicted" or "label"
         ("precision", pa.string()),  # the model's autocast precision: float32, bfloat16 or float16
+        ("layer", pa.string()),  # where rows enter: "embeddings" (word embeddings) or a layer number
+        ("neuron", pa.string()),  # the explained neuron, "L:U" or "L:U:P"; "" for the class score
         ("model", pa.string()),  # EMBEDDED_MODEL, a Hugging Face name, or a checkpoint's absolute path
         ("labels", pa.list_(pa.string())),
         ("data", pa.string()),  # the data file's absolute path
@@ -104,6 +107,8 @@ class Job:
     kind: str = "classifier"  # "classifier" or "lm" (a causal LM: prompts and targets).
     chat_template: bool = False  # LM only: wrap prompts in the tokenizer's chat template.
     max_new_tokens: int = 32  # LM only: the longest generated target.
+    layer: str = config_lib.EMBEDDINGS_LAYER  # `Layer`: "embeddings" or a layer number.
+    neuron: str = ""  # `Neuron`: "" (the model's score), "L:U" or "L:U:P".
 
     @property
     def is_lm(self) -> bool:
@@ -137,7 +142,12 @@ class Job:
 
     def interpreter(self) -> tuple[Any, dict[str, Any]]:
         """The method's interpreter and config (raises ValueError on bad steps or baseline)."""
-        return registry.interpreter_and_config(self.method, self.steps, self.baseline, self.normalize)
+        interpreter, config = registry.interpreter_and_config(self.method, self.steps, self.baseline, self.normalize)
+        if self.layer != config_lib.EMBEDDINGS_LAYER:
+            config[config_lib.LAYER_KEY] = self.layer
+        if self.neuron:
+            config[config_lib.NEURON_KEY] = self.neuron
+        return interpreter, config
 
     def settings(self) -> dict[str, Any]:
         fields = explain_lm.SETTINGS_FIELDS if self.is_lm else SETTINGS_FIELDS
@@ -468,6 +478,18 @@ def _parser() -> argparse.ArgumentParser:
         choices=list(TARGETS),
         help="Explain the predicted class, or the data's gold label.",
     )
+    parser.add_argument(
+        "--layer",
+        default=config_lib.EMBEDDINGS_LAYER,
+        help="Where path rows enter: 'embeddings' (the word embeddings), or a layer i as in Hugging Face's"
+        " hidden_states (0: the embedding module's output, i: block i's output; every position moves).",
+    )
+    parser.add_argument(
+        "--neuron",
+        default="",
+        help="Explain a neuron instead of the model's score: 'L:U' (unit U of layer L, summed over positions)"
+        " or 'L:U:P' (at position P of the tokenized sequence, [CLS] = 0).",
+    )
     parser.add_argument("--text_field", default="sentence", help="Text field of JSONL data.")
     parser.add_argument("--limit", type=int, default=None, help="Explain only the first N examples.")
     parser.add_argument("--batch_size", type=int, default=32, help="Examples per batch (and per model pass).")
@@ -545,6 +567,17 @@ def parse_device(value: str | None, local: bool) -> str | None:
     return value
 
 
+def parse_inside(layer: str, neuron: str) -> tuple[str, str]:
+    """`--layer` and `--neuron`, checked and written as rows record them ("embeddings" or "3"; "" or "2:5:1").
+    The model checks the range (its layers, units and positions) on the first batch."""
+    try:
+        parsed_layer, parsed_neuron = config_lib.parse_layer(layer), config_lib.parse_neuron(neuron)
+    except ValueError as error:
+        raise ValueError(f"--layer {layer!r} / --neuron {neuron!r}: {error}") from None
+    layer = config_lib.EMBEDDINGS_LAYER if parsed_layer is None else str(parsed_layer)
+    return layer, "" if parsed_neuron is None else str(parsed_neuron)
+
+
 def _check_kind_flags(args: argparse.Namespace, kind: str) -> None:
     """Refuses flags of the other kind of model."""
     if kind == "lm":
@@ -589,6 +622,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.baseline is None:
             args.baseline = explain_lm.DEFAULT_BASELINE if kind == "lm" else interpreters.DEFAULT_BASELINE
         method = registry.get(args.method)
+        layer, neuron = parse_inside(args.layer, args.neuron)
         job = Job(
             model=args.model,
             labels=labels,
@@ -605,6 +639,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             kind=kind,
             chat_template=args.chat_template,
             max_new_tokens=args.max_new_tokens,
+            layer=layer,
+            neuron=neuron,
         )
         try:
             job.interpreter()

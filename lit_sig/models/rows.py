@@ -57,7 +57,7 @@ def rows_batch(pieces: Sequence[Piece], padding: Padding, mask_optional: bool) -
         types = torch.cat([_repeat(padding.pad(p.token_type_ids, length), len(r)) for p, r in pieces])  # [R, L]
     entry = pieces[0][0].entry
     assert all(p.entry == entry for p, _ in pieces), "one entry layer per pass"
-    return Batch(embs, mask, types, padding.position_ids(mask), entry)
+    return Batch(embs, mask, types, padding.position_ids(mask), entry=entry)
 
 
 def scatter_grads(pieces: Sequence[Piece], grads: torch.Tensor, padding: Padding) -> list[torch.Tensor]:
