@@ -13,6 +13,13 @@ floor), adaptive SIG's passes and completeness error, and IG over many sentences
 of 8..40 tokens in one `run()` (`--ig_batch`). Also the peak memory of SIG on the
 longest input, measured in a child process for a bounded time.
 
+Layer rows (`--layers mid,last`, the default): IG and exact SIG with `Layer` set to a
+middle layer (N // 2) and to N - 1 (rows run the last block only), against the floor
+of the same rows through the bare blocks above that layer and the head, plus one bare
+pass of the input and the baseline input through the blocks below (where x and the
+baseline at the layer come from); `fraction` is their time over the same method's at
+the word embeddings, next to the floor's own fraction and (N - L) / N.
+
 `--shape sst2` is the embedded model; `minilm`, `bert-base` (and `tiny`) are
 random-weight models of those shapes: speed does not depend on the weights.
 """
@@ -26,6 +33,7 @@ import time
 
 import numpy as np
 import torch
+import transformers
 
 import lit_sig
 from benchmarks.common import SHAPES, WORDS, CountingModel, random_model
@@ -36,6 +44,7 @@ from lit_sig.lit import interpreters, registry
 SIG, IG, EXACT_SIG = "sig", "ig", "exact_sig"
 IG_BATCH = "ig_batch"  # The case of IG over many sentences in one `run()`.
 DEFAULT_METHODS = (IG, SIG, EXACT_SIG)
+LAYER_METHODS = (IG, EXACT_SIG)  # At a layer: gradient rows and forward rows.
 CPU_MINIBATCHES = (8, 16, 32, 64, 128)
 CUDA_MINIBATCHES = (32, 64, 128, 256, 512, 1024)
 DEFAULT_CLASS = "1"  # 'Class to explain', fixed as a user picks it in the config ("": label field, else predicted).
@@ -141,6 +150,51 @@ class Floor:
         return self.seconds(counts["rows"], True) + self.seconds(counts["forward_rows"], False)
 
 
+class LayerFloor(Floor):
+    """The floor of rows at `layer` of one sentence (a BERT classifier): the bare blocks above the layer
+    and the head for the rows, plus one bare pass of the embeddings and the blocks below for the input
+    and the baseline input (where the rows' x and baseline come from)."""
+
+    def __init__(self, model: models.HFSequenceClassifier, text: str, layer: int):
+        super().__init__(model, text)
+        module = model.model
+        assert isinstance(module, transformers.BertForSequenceClassification), "the floor is written for BERT"
+        self.below = list(module.bert.encoder.layer)[:layer]
+        self.above = list(module.bert.encoder.layer)[layer:]
+        self.embeddings = module.bert.embeddings
+        self.head = lambda states: module.classifier(module.bert.pooler(states))  # Dropout is off in eval.
+        with torch.no_grad():
+            self.states = module(inputs_embeds=self.embs, output_hidden_states=True).hidden_states[layer]  # [1, T+2, H]
+
+    def _pass(self, rows: int, with_grads: bool) -> None:
+        autocast = models.PRECISIONS[self.model.precision]
+        x = self.states.expand(rows, -1, -1).clone().requires_grad_(with_grads)  # [b, T + 2, H]
+        with (
+            torch.inference_mode(not with_grads),
+            torch.autocast(self.model.device.type, dtype=autocast, enabled=autocast is not None),
+        ):
+            states = x
+            for block in self.above:  # One sentence, no padding: no attention mask.
+                states = block(states)
+            logits = self.head(states)
+        if with_grads:
+            torch.autograd.grad(logits[:, -1].float().sum(), x)
+
+    def lower_seconds(self) -> float:
+        """One forward pass of the input and the baseline input through the embeddings and the blocks below."""
+        synchronize(self.model)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            states = self.embeddings(inputs_embeds=self.embs.expand(2, -1, -1))  # [2, T + 2, H]
+            for block in self.below:
+                states = block(states)
+        synchronize(self.model)
+        return time.perf_counter() - started
+
+    def of(self, counts: dict) -> float:
+        return super().of(counts) + self.lower_seconds()
+
+
 def time_case(model, method: str, texts: list[str], floors: list[Floor], config: dict, repeats: int) -> dict:
     """Ours and the floor alternate; the fastest of each counts (the machine is shared).
 
@@ -223,8 +277,14 @@ def print_row(case: dict) -> None:
         )
     if "ratio_to_sig_floor" in case:
         extra = f"1/{1 / case['ratio_to_sig_floor']:.0f} of fixed SIG's floor"
+    if "layer" in case:
+        extra = (
+            f"{case['fraction']:.0%} of the full pass (floor: {case['floor_fraction']:.0%};"
+            f" (N - L) / N = {case['expected_fraction']:.0%})"
+        )
+    method = case["method"] + (f" at layer {case['layer']}" if "layer" in case else "")
     print(
-        f"| {case['method']} | {case['tokens']} | {case['rows']} + {case['forward_rows']} | {case['seconds']:.3f} "
+        f"| {method} | {case['tokens']} | {case['rows']} + {case['forward_rows']} | {case['seconds']:.3f} "
         f"| {case['floor_seconds']:.3f} | {case['ratio']:.3f} | {case['completeness_delta']:.1e} | {extra} |",
         flush=True,
     )
@@ -290,6 +350,56 @@ def run_cases(
     return cases
 
 
+def parse_layers(value: str, num_layers: int) -> list[int]:
+    """`--layers`: comma-separated layer numbers, `mid` (N // 2) or `last` (N - 1); "" for none."""
+    named = {"mid": num_layers // 2, "last": num_layers - 1}
+    layers = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        layer = named.get(part, int(part) if part.isdigit() else -1)
+        if not 0 <= layer <= num_layers:
+            raise ValueError(f"--layers {value!r}: {part!r} is not mid, last or a layer in 0..{num_layers}")
+        if layer not in layers:
+            layers.append(layer)
+    return layers
+
+
+def layer_cases(model, tokens: list[int], layers: list[int], steps: int, repeats: int) -> list[dict]:
+    """IG and exact SIG at each layer, against the floor of their rows through the blocks above it.
+
+    Each round times the method at the word embeddings and at every layer, and each one's floor,
+    in turn; the fastest of each counts (the machine is shared), so `fraction` (ours at the layer
+    over ours at the embeddings) and `floor_fraction` (the bare blocks above over the bare model)
+    compare timings taken side by side.
+    """
+    num_layers = model.num_layers()
+    cases = []
+    for T in tokens:
+        text = sentence(model, T)
+        floors = {None: Floor(model, text)} | {layer: LayerFloor(model, text, layer) for layer in layers}
+        for method in LAYER_METHODS:
+            configs = {
+                layer: {**case_config(steps), "Layer": "embeddings" if layer is None else layer} for layer in floors
+            }
+            counts = {layer: explain(model, method, [text], config) for layer, config in configs.items()}
+            times = {layer: [] for layer in floors}
+            floor_times = {layer: [] for layer in floors}
+            for _ in range(repeats):
+                for layer, config in configs.items():
+                    times[layer].append(explain(model, method, [text], config)["seconds"])
+                    floor_times[layer].append(floors[layer].of(counts[layer]))
+            for layer in layers:
+                case = counts[layer] | {"method": method, "tokens": T, "steps": steps, "layer": layer}
+                case |= {"seconds": min(times[layer]), "floor_seconds": min(floor_times[layer])}
+                case["ratio"] = case["seconds"] / case["floor_seconds"]
+                case["fraction"] = case["seconds"] / min(times[None])
+                case["floor_fraction"] = case["floor_seconds"] / min(floor_times[None])
+                case["expected_fraction"] = 1 - layer / num_layers
+                case["floor_minibatch"] = floors[layer].best.get(True)
+                cases.append(case)
+                print_row(case)
+    return cases
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="sst2", choices=["sst2", *SHAPES])
@@ -310,6 +420,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--class_to_explain", default=DEFAULT_CLASS, help="'' explains the predicted class (one more forward pass)"
     )
+    parser.add_argument(
+        "--layers", default="mid,last", help="layer rows: comma-separated numbers, mid (N // 2), last (N - 1); '' skips"
+    )
     parser.add_argument("--ig_batch", type=int, default=0, help="IG over this many sentences in one run (0: skip)")
     parser.add_argument("--memory_tokens", type=int, default=510, help="0 skips the memory check")
     parser.add_argument("--memory_seconds", type=float, default=120.0)
@@ -327,6 +440,10 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(args.shape, args.device, args.precision, args.torch_compile, args.trim_last_layer)
     if bad := [t for t in tokens if not 1 <= t <= model.max_length - 2]:
         parser.error(f"--tokens {bad} out of range; accepted: 1..{model.max_length - 2}")
+    try:
+        layers = parse_layers(args.layers, model.num_layers())
+    except ValueError as error:
+        parser.error(str(error))
     report = {
         "device": str(model.device) if model.device.type == "cpu" else torch.cuda.get_device_name(),
         "threads": torch.get_num_threads(),
@@ -346,6 +463,8 @@ def main(argv: list[str] | None = None) -> None:
             class_to_explain=args.class_to_explain,
         ),
     }
+    if layers:
+        report["layer_cases"] = layer_cases(model, tokens, layers, args.steps, args.repeats)
     if args.memory_tokens:
         report["memory"] = peak_memory(args.shape, args.memory_tokens, args.steps, args.memory_seconds, args.device)
         print(f"SIG memory at T={args.memory_tokens}, n={args.steps}: {report['memory']}")

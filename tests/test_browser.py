@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from playwright import sync_api
 
-from tests.helpers import DATASET, MODEL, call_ok
+from tests.helpers import DATASET, LIT_SIG_INTERPRETERS, MODEL, call_ok
 
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -165,3 +165,51 @@ def test_a_captum_method_from_the_salience_module(offline_page, demo):
     assert [t.strip() for t in chips.locator("span.pre-wrap").all_inner_texts()] == api["token_grad_sentence"]["tokens"]
     assert_same_signs_and_order(shown, api["token_grad_sentence"]["salience"])
     assert not elsewhere and not errors, (elsewhere, errors)
+
+
+def test_layer_and_neuron_choices_for_lit_sigs_methods(offline_page, demo):
+    """Every lit_sig method's settings show a Layer (default: embeddings) and a Neuron choice; SIG at layer 3,
+    applied from there, shows [CLS] and [SEP] with the API's values for the same config."""
+    page, elsewhere, errors = offline_page
+    example = call_ok(demo, "/get_dataset", {"dataset_name": DATASET})[2]
+    page.goto(demo + "/")
+    row = page.get_by_text(example["data"]["sentence"], exact=True).first
+    row.wait_for()
+    page.keyboard.press("Escape")  # Closes the welcome tour, if it shows.
+    row.click()
+    for name in LIT_SIG_INTERPRETERS:
+        method = page.locator(f'div.method-row[id="{name.lower()}"]')
+        method.locator(".controls-toggle").click()
+        controls = method.locator("lit-interpreter-controls")
+        names = [text.strip() for text in controls.locator(".control-name").all_inner_texts()]
+        assert "Layer" in names and "Neuron" in names, (name, names)
+        assert control(controls, "Layer").input_value() == "embeddings"
+        assert control(controls, "Neuron").input_value() == ""
+        method.locator(".controls-toggle").click()  # Closes the panel.
+
+    sig = page.locator(SIG_ROW)
+    sig.locator(".controls-toggle").click()
+    controls = sig.locator("lit-interpreter-controls")
+    controls.locator(".control-holder", has_text="Integration method").locator("select").select_option(label="exact")
+    control(controls, "Layer").fill("3")
+    controls.get_by_role("button", name="Apply").click()
+    sig.locator(".controls-toggle").click()
+    sig.locator(".expansion-label").click()  # SIG is collapsed (no autorun): expanding runs it with the applied config.
+    chips = sig.locator(".salient-token")
+    chips.first.wait_for(timeout=SIG_TIMEOUT_MS)
+    sig.locator("lit-spinner").wait_for(state="detached")
+    info = call_ok(demo, "/get_info")
+    config = {k: v.get("default") for k, v in info["interpreters"][SIG_NAME]["configSpec"].items()}
+    config |= {"Integration method": "exact", "Layer": "3"}
+    params = {"model": MODEL, "dataset_name": DATASET, "interpreter": SIG_NAME, "do_predict": "1"}
+    api = call_ok(demo, "/get_interpretations", params, {"inputs": [example["id"]], "config": config})[0]
+    tokens = [text.strip() for text in chips.locator("span.pre-wrap").all_inner_texts()]
+    assert tokens == api["token_grad_sentence"]["tokens"] and tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
+    shown = [float(chip.locator("lit-tooltip").get_attribute("content")) for chip in chips.all()]
+    assert_same_signs_and_order(shown, api["token_grad_sentence"]["salience"])
+    assert not elsewhere and not errors, (elsewhere, errors)
+
+
+def control(controls: sync_api.Locator, name: str) -> sync_api.Locator:
+    """The text input of the config key `name` in an interpreter's settings panel."""
+    return controls.locator(".control-holder", has_text=name).locator("input")

@@ -634,3 +634,21 @@ def test_rows_written_before_the_layer_setting_resume_as_embeddings(tmp_path, ti
         "".join(json.dumps({k: v for k, v in r.items() if k not in ("layer", "neuron")}) + "\n" for r in rows)
     )
     assert len(explain_cli(tmp_path, tiny_model_dir, out, "--method", "ig", "--steps", "2")) == len(SENTENCES)
+
+
+def test_the_speed_benchmark_has_layer_rows(tmp_path):
+    """`benchmarks.speed` times IG and exact SIG at a layer against the floor of the same rows (tiny model)."""
+    from benchmarks import speed  # pylint: disable=import-outside-toplevel
+
+    out, T, n = tmp_path / "speed.json", 4, 3
+    flags = ["--shape", "tiny", "--tokens", str(T), "--steps", str(n), "--methods", "ig", "--layers", "mid,last,1"]
+    speed.main([*flags, "--memory_tokens", "0", "--repeats", "1", "--device", "cpu", "--json", str(out)])
+    cases = json.loads(out.read_text())["layer_cases"]
+    assert [(c["method"], c["layer"]) for c in cases] == [("ig", 1), ("exact_sig", 1)]  # N = 2: mid = last = 1.
+    ig, exact = cases
+    assert (ig["rows"], ig["forward_rows"]) == (n, 2)  # The baseline's and x's scores.
+    assert (exact["rows"], exact["forward_rows"]) == (0, T + 2 + 1)  # Every position, [CLS]/[SEP] too, and x.
+    for case in cases:
+        assert case["expected_fraction"] == 0.5 and case["ratio"] > 0 and case["fraction"] > 0
+    with pytest.raises(SystemExit):
+        speed.main(["--shape", "tiny", "--layers", "top", "--memory_tokens", "0"])

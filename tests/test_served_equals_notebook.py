@@ -29,6 +29,13 @@ CASES = (
         for baseline in interpreters.BASELINES
     ]
     + [(SIG, {interpreters.METHOD_KEY: interpreters.EXACT_METHOD, interpreters.BASELINE_KEY: "mask"})]
+    + [  # Inside the model: at a layer (every position, [CLS]/[SEP] included) and for a neuron.
+        (SIG, {interpreters.METHOD_KEY: interpreters.EXACT_METHOD, "Layer": "3"}),
+        (IG, {interpreters.INTERPOLATION_KEY: 12, "Layer": "5", "Neuron": "6:17:0"}),
+        ("lit_sig Gradient x Input", {"Layer": "2"}),
+        ("lit_sig Gradient Norm", {"Neuron": "4:100"}),
+        ("captum FeatureAblation", {"Layer": "1"}),
+    ]
     + [
         ("captum FeatureAblation", {interpreters.BASELINE_KEY: "pad"}),
         ("captum InputXGradient", {}),
@@ -77,3 +84,18 @@ def test_captum_methods_are_served(demo, info):
     for name in captum_bridge.METHODS:
         assert f"captum {name}" in info["interpreters"]
         assert f"captum {name}" in info["models"][model]["interpreters"]
+
+
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        (SIG, {"Layer": "9"}, "Layer 9 doesn't exist: BertForSequenceClassification has layers 0..6"),
+        (IG, {"Neuron": "2:384"}, "unit 384 doesn't exist; layer 2 has units 0..383"),
+        ("lit_sig Gradient Norm", {"Layer": "top"}, "'Layer' must be 'embeddings'"),
+    ],
+)
+def test_a_layer_or_neuron_that_does_not_exist_is_a_400_naming_the_range(
+    demo, info, served_example, name, overrides, message
+):
+    status, _, body = interpret(demo, name, [served_example["id"]], full_config(info, name, **overrides))
+    assert status == 400 and message in json.loads(body)["error"], body[:2000]
