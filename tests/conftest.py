@@ -10,7 +10,7 @@ import transformers
 
 from lit_sig import models
 from lit_sig.models import smollm2
-from tests.helpers import DATASET, call_ok, running_demo, tiny_bert
+from tests.helpers import DATASET, call_ok, running_demo, tiny_bert, tiny_llama, tiny_lm_tokenizer
 
 
 def pytest_configure(config):
@@ -89,3 +89,29 @@ def info(demo) -> dict:
 @pytest.fixture(scope="module")
 def examples(demo) -> list[dict]:
     return call_ok(demo, "/get_dataset", {"dataset_name": DATASET})
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> pathlib.Path:
+    """A tiny random chat Llama and its tokenizer, saved for the LM demo's `--model`."""
+    path = tmp_path_factory.mktemp("tiny_lm")
+    tokenizer = tiny_lm_tokenizer()
+    tiny_llama(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lm_demo(tmp_path_factory, tiny_lm_dir) -> Iterator[str]:
+    """`python -m demos.lm_demo --model tiny_lm_dir` with IG added to Sequence Salience, one per test module."""
+    log = tmp_path_factory.mktemp("lm_demo") / "server.log"
+    args = (
+        "--model",
+        str(tiny_lm_dir),
+        "--max_new_tokens",
+        "6",
+        "--sequence_salience",
+        "grad_l2,grad_dot_input,exact_sig,ig",
+    )
+    with running_demo(log, *args, module="demos.lm_demo") as base:
+        yield base

@@ -236,13 +236,13 @@ def call_ok(base: str, route: str, params: dict[str, str] | None = None, body: A
 
 
 @contextlib.contextmanager
-def running_demo(log_path: pathlib.Path, *args: str) -> Iterator[str]:
-    """Runs the demo with `args` on a free port; yields its base URL once it answers."""
+def running_demo(log_path: pathlib.Path, *args: str, module: str = "demos.glue_demo") -> Iterator[str]:
+    """Runs the demo `module` with `args` on a free port; yields its base URL once it answers."""
     port = free_port()
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "demos.glue_demo", "--port", str(port), *args],
+            [sys.executable, "-m", module, "--port", str(port), *args],
             cwd=REPO,
             env=env,
             stdout=log,
@@ -379,3 +379,22 @@ def tiny_gpt2(tokenizer: transformers.PreTrainedTokenizerBase, seed: int = 0, la
         eos_token_id=tokenizer.eos_token_id,
     )
     return transformers.GPT2LMHeadModel(config).eval()
+
+
+# What each Sequence Salience field of the LM demo is in a notebook: the interpreter and its config, written out
+# independently of lit_sig.lit.sequence_salience.
+SEQUENCE_SALIENCE_NOTEBOOK = {
+    "grad_l2": ("GradientNorm", {"Normalize": False}),
+    "grad_dot_input": ("GradientDotInput", {"Normalize": False}),
+    "exact_sig": (
+        "SequentialIntegratedGradients",
+        {"Normalize": False, "Integration method": "exact", "Baseline": "zero"},
+    ),
+    "ig": ("IntegratedGradients", {"Normalize": False, "Baseline": "zero"}),
+    "sig": ("SequentialIntegratedGradients", {"Normalize": False, "Baseline": "zero"}),
+}
+
+
+def added_input(data: dict) -> dict:
+    """A datapoint the UI made from another (as Sequence Salience's `makeModifiedInput` does), sent in full."""
+    return {"id": "", "data": data | {"_id": ""}, "meta": {"added": True, "source": "salience"}}

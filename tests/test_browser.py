@@ -1,9 +1,11 @@
-"""The demo's web UI in headless Chromium: SIG from the salience module, icons, offline.
+"""The demos' web UI in headless Chromium: SIG from the salience module, icons, offline; the LM demo's
+Sequence Salience with exact SIG drawn signed.
 
 Needs Debian's chromium (`make install` installs it); Playwright drives it.
 The page may not reach any host but the demo's: its fonts are served locally.
 """
 
+import contextlib
 import itertools
 import json
 import pathlib
@@ -14,7 +16,9 @@ from collections.abc import Iterator
 import pytest
 from playwright import sync_api
 
-from tests.helpers import DATASET, LIT_SIG_INTERPRETERS, MODEL, call_ok
+from benchmarks import lm_demo_screenshot as lm_ui
+from lit_sig.serving import lm_demo as lm_demo_lib
+from tests.helpers import DATASET, LIT_SIG_INTERPRETERS, MODEL, added_input, call_ok
 
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -44,9 +48,9 @@ def browser() -> Iterator[sync_api.Browser]:
         browser.close()
 
 
-@pytest.fixture
-def offline_page(browser, demo) -> Iterator[tuple[sync_api.Page, list[str], list[str]]]:
-    """A page that may load from the demo only; yields it, the other URLs it asked for, its console errors."""
+@contextlib.contextmanager
+def _offline(browser: sync_api.Browser, demo: str) -> Iterator[tuple[sync_api.Page, list[str], list[str]]]:
+    """A page that may load from `demo` only; yields it, the other URLs it asked for, its console errors."""
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -63,8 +67,24 @@ def offline_page(browser, demo) -> Iterator[tuple[sync_api.Page, list[str], list
             route.abort()
 
     page.route("**/*", only_the_demo)
-    yield page, elsewhere, errors
-    context.close()
+    try:
+        yield page, elsewhere, errors
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def offline_page(browser, demo) -> Iterator[tuple[sync_api.Page, list[str], list[str]]]:
+    """A page that may load from the classifier demo only (see `_offline`)."""
+    with _offline(browser, demo) as page:
+        yield page
+
+
+@pytest.fixture
+def lm_page(browser, lm_demo) -> Iterator[tuple[sync_api.Page, list[str], list[str]]]:
+    """A page that may load from the LM demo only (see `_offline`)."""
+    with _offline(browser, lm_demo) as page:
+        yield page
 
 
 def icon_width_ratio(locator: sync_api.Locator) -> float:
@@ -213,3 +233,38 @@ def test_layer_and_neuron_choices_for_lit_sigs_methods(offline_page, demo):
 def control(controls: sync_api.Locator, name: str) -> sync_api.Locator:
     """The text input of the config key `name` in an interpreter's settings panel."""
     return controls.locator(".control-holder", has_text=name).locator("input")
+
+
+def test_lm_sequence_salience_draws_exact_sig_signed(lm_page, lm_demo, tiny_lm_dir, tmp_path):
+    """Prompt, sequence, a clicked target token and exact SIG, as a user would; the values are the API's and
+    negative ones are drawn pink, positive ones green (LIT's own client would draw negatives white)."""
+    page, elsewhere, errors = lm_page
+    name = lm_demo_lib.model_name(str(tiny_lm_dir))
+    example = call_ok(lm_demo, "/get_dataset", {"dataset_name": lm_demo_lib.DATASET})[3]["data"]
+    data = {k: v for k, v in example.items() if not k.startswith("_")}
+    params = {"model": f"_{name}_tokenizer", "dataset_name": lm_demo_lib.DATASET}
+    tokens = call_ok(lm_demo, "/get_preds", params, {"inputs": [added_input(data)]})[0]["tokens"]
+
+    lm_ui.open_prompt(page, lm_demo, data["prompt"])
+    lm_ui.choose_sequence(page, data["target"])
+    lm_ui.set_granularity(page, "Tokens")
+    lm_ui.chips(page).first.wait_for()
+    assert lm_ui.chips(page).count() == len(tokens)
+    selected = len(tokens) - 2  # The target's second-to-last token.
+    lm_ui.explain(page, [selected], "exact_sig", timeout_ms=TIMEOUT_MS)
+    page.screenshot(path=tmp_path / "lm_demo.png")
+    shutil.copyfile(tmp_path / "lm_demo.png", SCREENSHOT_COPY.with_name("lit_sig_lm_screenshot.png"))
+    _, values, colours = lm_ui.shown(page)
+
+    mask = [1 if i == selected else 0 for i in range(len(tokens))]
+    params = {"model": f"_{name}_salience", "dataset_name": lm_demo_lib.DATASET}
+    api = call_ok(lm_demo, "/get_preds", params, {"inputs": [added_input(data | {"target_mask": mask})]})[0]
+    assert_same_signs_and_order(values, api["exact_sig"])
+    scale = max(map(abs, values))
+    rgb = [tuple(int(c) for c in colour.removeprefix("rgb(").removesuffix(")").split(",")) for colour in colours]
+    clearly = [(v, c) for v, c in zip(values, rgb) if abs(v) >= 0.3 * scale]
+    assert any(v < 0 for v, _ in clearly) and any(v > 0 for v, _ in clearly), values  # Both signs to draw.
+    for value, (red, green, _) in clearly:
+        assert (red > green) if value < 0 else (green > red), (value, (red, green))  # Pink (mage) / green (cyea).
+    assert not elsewhere, f"the page asked for other hosts: {json.dumps(elsewhere)}"
+    assert not errors, f"console errors: {json.dumps(errors, indent=1)}"

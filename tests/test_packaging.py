@@ -107,6 +107,7 @@ def test_wheel_ships_the_library_and_its_weights_only(wheel):
     assert not {f"lit_sig/{m}.py" for m in ("explain", "faithfulness", "interpreters", "protocol")} & set(names)
     assert "lit-sig-explain = lit_sig.cli.explain:main" in entry_points
     assert "lit-sig-demo = lit_sig.serving.demo:main" in entry_points
+    assert "lit-sig-lm-demo = lit_sig.serving.lm_demo:main" in entry_points
 
 
 def test_wheel_declares_ranges_not_pins(wheel):
@@ -191,6 +192,8 @@ def test_fresh_install_keeps_torch_and_explains_from_outside(wheel, fresh_venv, 
     assert "--method" in _run([bin_dir / "lit-sig-explain", "--help"], cwd=tmp_path).stdout
     demo_help = _run([bin_dir / "lit-sig-demo", "--help"], cwd=tmp_path, status=1).stdout  # absl's --help exits 1
     assert "--datapoints_dir" in demo_help and "--model" in demo_help and "--precision" in demo_help
+    lm_help = _run([bin_dir / "lit-sig-lm-demo", "--help"], cwd=tmp_path, status=1).stdout
+    assert "--sequence_salience" in lm_help and "--max_request_cost" in lm_help and "--[no]chat_template" in lm_help
     # A bad flag is one line and status 2, after the real model and server modules imported.
     bad = _run([bin_dir / "lit-sig-demo", "--labels", "a,b"], cwd=tmp_path, status=2)
     assert (

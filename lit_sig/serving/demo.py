@@ -30,16 +30,11 @@ from lit_sig.serving import server
 
 
 @dataclasses.dataclass(frozen=True)
-class _Flags:
-    """The demo's own flags (LIT's server flags come from `lit_nlp.server_flags`)."""
+class ServerFlags:
+    """The flags every lit_sig demo shares: where the model runs, datapoints, and the server's work bounds."""
 
-    model: flags.FlagHolder[str | None]
-    labels: flags.FlagHolder[list[str]]
-    data: flags.FlagHolder[str | None]
-    max_examples: flags.FlagHolder[int | None]
     device: flags.FlagHolder[str | None]
     precision: flags.FlagHolder[str]
-    allow_loading: flags.FlagHolder[bool]
     datapoints_dir: flags.FlagHolder[str | None]
     max_inputs: flags.FlagHolder[int]
     max_request_cost: flags.FlagHolder[int]
@@ -60,25 +55,28 @@ class _Flags:
         )
 
 
-def define_flags() -> _Flags:
-    """Defines the demo's flags in absl's global registry; call once per process."""
+@dataclasses.dataclass(frozen=True)
+class _Flags:
+    """The demo's own flags (LIT's server flags come from `lit_nlp.server_flags`)."""
+
+    model: flags.FlagHolder[str | None]
+    labels: flags.FlagHolder[list[str]]
+    data: flags.FlagHolder[str | None]
+    max_examples: flags.FlagHolder[int | None]
+    allow_loading: flags.FlagHolder[bool]
+    server: ServerFlags
+
+
+def define_server_flags() -> ServerFlags:
+    """Defines `ServerFlags` in absl's global registry; call once per process."""
     defaults = server.Limits()
-    defined = _Flags(
-        model=flags.DEFINE_string(
-            "model", None, "Hugging Face name or local path (default: the embedded SST-2 model)."
-        ),
-        labels=flags.DEFINE_list("labels", ["0", "1"], "Class names of --model, in logit order."),
-        data=flags.DEFINE_string(
-            "data", None, "GLUE-style TSV with a header and sentence, label columns (default: built-in sentences)."
-        ),
-        max_examples=flags.DEFINE_integer("max_examples", None, "Serve at most this many examples.", lower_bound=1),
+    defined = ServerFlags(
         device=flags.DEFINE_enum(
             "device", None, list(server.DEVICES), "Where the model runs (default: cuda when available)."
         ),
         precision=flags.DEFINE_enum(
             "precision", "float32", list(models.PRECISIONS), "Run the model under autocast at this precision (GPU)."
         ),
-        allow_loading=flags.DEFINE_bool("allow_loading", False, "Let the UI load new models and data sets."),
         datapoints_dir=flags.DEFINE_string(
             "datapoints_dir", None, "Folder where the UI may save and load datapoints (default: off)."
         ),
@@ -124,6 +122,37 @@ def define_flags() -> _Flags:
         "datapoints_dir",
         lambda path: path is None or os.path.isdir(path),
         "--datapoints_dir must be an existing folder.",
+    )
+    return defined
+
+
+def flag_holders(defined: Any) -> list[flags.FlagHolder]:
+    """Every flag of a flags dataclass, nested ones (`ServerFlags`) included."""
+    holders = []
+    for value in (getattr(defined, field.name) for field in dataclasses.fields(defined)):
+        holders += flag_holders(value) if dataclasses.is_dataclass(value) else [value]
+    return holders
+
+
+def register_key_flags(defined: Any) -> None:
+    """`--help` lists the main module's key flags; under a console script that module is pip's wrapper."""
+    for holder in flag_holders(defined):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[holder.name])
+
+
+def define_flags() -> _Flags:
+    """Defines the demo's flags in absl's global registry; call once per process."""
+    defined = _Flags(
+        model=flags.DEFINE_string(
+            "model", None, "Hugging Face name or local path (default: the embedded SST-2 model)."
+        ),
+        labels=flags.DEFINE_list("labels", ["0", "1"], "Class names of --model, in logit order."),
+        data=flags.DEFINE_string(
+            "data", None, "GLUE-style TSV with a header and sentence, label columns (default: built-in sentences)."
+        ),
+        max_examples=flags.DEFINE_integer("max_examples", None, "Serve at most this many examples.", lower_bound=1),
+        allow_loading=flags.DEFINE_bool("allow_loading", False, "Let the UI load new models and data sets."),
+        server=define_server_flags(),
     )
     flags.register_validator(
         "labels",
@@ -172,7 +201,7 @@ def serve(demo_flags: _Flags, argv: Sequence[str]) -> None:
     """
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    device = demo_flags.device.value
+    device = demo_flags.server.device.value
     server.check_device(device)
     max_examples = demo_flags.max_examples.value
     if demo_flags.data.value is None:
@@ -183,7 +212,7 @@ def serve(demo_flags: _Flags, argv: Sequence[str]) -> None:
         except ValueError as error:
             raise ValueError(f"--data: {error}") from error
     name = demo_flags.model.value
-    precision = demo_flags.precision.value
+    precision = demo_flags.server.precision.value
     if name is None:
         if demo_flags.labels.present:
             raise ValueError("--labels applies to --model only; the embedded model's classes are 0 and 1.")
@@ -199,8 +228,8 @@ def serve(demo_flags: _Flags, argv: Sequence[str]) -> None:
         interpreters=lit_sig_interpreters() | core.default_interpreters(lit_models),  # Ours on top.
         layouts=layout.DEFAULT_LAYOUTS | {"lit_sig": SALIENCE_LAYOUT},
         allow_loading=demo_flags.allow_loading.value,
-        datapoints_dir=demo_flags.datapoints_dir.value,
-        limits=demo_flags.limits(),
+        datapoints_dir=demo_flags.server.datapoints_dir.value,
+        limits=demo_flags.server.limits(),
         **(server_flags.get_flags() | {"default_layout": "lit_sig"}),
     )
 
@@ -208,9 +237,7 @@ def serve(demo_flags: _Flags, argv: Sequence[str]) -> None:
 def main() -> None:
     """The `lit-sig-demo` console script: parses sys.argv and serves (set-up errors: one line, status 2)."""
     demo_flags = define_flags()
-    # `--help` lists the main module's key flags; under a console script that module is pip's wrapper.
-    for holder in dataclasses.astuple(demo_flags):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[holder.name])
+    register_key_flags(demo_flags)
     server.run(lambda argv: serve(demo_flags, argv))
 
 
