@@ -209,17 +209,8 @@ def exact_sig(scorer, examples, setting):
 
 
 def adaptive_sig(scorer, examples, setting):
-    # Panel sums on the CPU (as for the committed results); only the rows go to the scorer's device.
-    out = []
-    for p, e in zip(_problems(examples, setting, attribution.sig_groups), examples):
-
-        def grad_fn(rows, key=p.key):
-            scores, grads = scorer.score_rows([(key, rows.to(scorer.device))], True)[0]
-            return scores.cpu(), grads.cpu()
-
-        r = adaptive.adaptive_path_attribution(p.x.cpu(), p.baseline.cpu(), p.groups.cpu(), grad_fn)
-        out.append((r.token_attributions[e.movable.cpu()].numpy(), r.completeness_delta))
-    return out
+    results = adaptive.adaptive_attributions(_problems(examples, setting, attribution.sig_groups), scorer)
+    return [(r.token_attributions[e.movable.cpu()].numpy(), r.completeness_delta) for e, r in zip(examples, results)]
 
 
 def random_ranking(scorer, examples, setting):

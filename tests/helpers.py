@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import captum.attr
@@ -129,6 +129,46 @@ def run(interpreter, model, examples, **config):
 
 def salience_fields(model: models.HFSequenceClassifier) -> list[str]:
     return [models.gradients_field(f) for f in model.text_fields]
+
+
+class PassRecorder:
+    """A `RowScorer` that passes through to `scorer`, recording each pass: (examples, rows, with_grads)."""
+
+    def __init__(self, scorer, rows_per_pass: int):
+        self.scorer, self.rows, self.passes = scorer, rows_per_pass, []
+        self.device = scorer.device
+
+    def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
+        return self.rows
+
+    def score_rows(self, pieces, with_grads):
+        self.passes.append((len(pieces), sum(len(rows) for _, rows in pieces), with_grads))
+        return self.scorer.score_rows(pieces, with_grads)
+
+
+class FunctionScorer:
+    """A `RowScorer` over a function of rows `[R, T, D] -> scores [R]`; autograd gives the gradients.
+
+    Each row is scored on its own terms (the function must not mix rows), so results cannot
+    depend on which rows share a pass.
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, score: Callable[[torch.Tensor], torch.Tensor]):
+        self._score = score
+
+    def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
+        return 1 << 20
+
+    def score_rows(self, pieces, with_grads):
+        results = []
+        for _, rows in pieces:
+            rows = rows.detach().requires_grad_(True)
+            scores = self._score(rows)  # [r]
+            (grads,) = torch.autograd.grad(scores.sum(), rows)
+            results.append((scores.detach(), grads if with_grads else None))
+        return results
 
 
 CASES = {

@@ -39,6 +39,12 @@ def test_speed_counts_the_rows_of_each_method(tmp_path):
     assert (cases[speed.EXACT_SIG]["rows"], cases[speed.EXACT_SIG]["forward_rows"]) == (0, T + 1)
     assert cases[speed.EXACT_SIG]["completeness_delta"] == 0.0
     assert cases[speed.IG_BATCH]["sentences"] == 2 and cases[speed.IG_BATCH]["rows"] == 2 * n
+    # Adaptive SIG: the input, each token at 0 and 1/2, then two rows per halved panel; all with gradients.
+    adaptive = cases[speed.ADAPTIVE_SIG]
+    assert adaptive["forward_rows"] == 0 and adaptive["rows"] >= 2 * T + 1 and (adaptive["rows"] - 1) % 2 == 0
+    assert adaptive["gradient_passes"][0] == min(2 * T + 1, adaptive["rows_per_pass"])
+    assert sum(adaptive["gradient_passes"]) == adaptive["rows"]
+    assert cases[speed.SIG]["adaptive_rows"] == adaptive["rows"]
     for case in cases.values():
         assert case["seconds"] > 0 and case["floor_seconds"] > 0
 

@@ -16,6 +16,7 @@ from tests.helpers import (
     FLOAT32_COMPOSED,
     PAIR,
     SENTENCE,
+    PassRecorder,
     assert_close_in_float32,
     occlusion,
     run,
@@ -80,21 +81,6 @@ def test_several_examples_in_one_run_equal_one_at_a_time(tiny_model):
         for example, result in zip(examples, together):
             alone = run(interpreter, tiny_model, [example], **{interpreters.INTERPOLATION_KEY: 6})[0]
             assert_close_in_float32(salience(result), salience(alone))  # Other batch mates, padding.
-
-
-class PassRecorder:
-    """Records each pass the engine asks a scorer for: how many examples and rows it held."""
-
-    def __init__(self, scorer, rows_per_pass: int):
-        self.scorer, self.rows, self.passes = scorer, rows_per_pass, []
-        self.device = scorer.device
-
-    def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
-        return self.rows
-
-    def score_rows(self, pieces, with_grads):
-        self.passes.append((len(pieces), sum(len(rows) for _, rows in pieces), with_grads))
-        return self.scorer.score_rows(pieces, with_grads)
 
 
 def test_rows_of_several_examples_share_passes(tiny_model):

@@ -12,7 +12,7 @@ import lit_sig
 from lit_sig import models
 from lit_sig.core import quadrature
 from lit_sig.lit import config, interpreters, protocol
-from tests.helpers import RAW, SENTENCE, captum_ig, salience, tiny_bert
+from tests.helpers import RAW, SENTENCE, captum_ig, occlusion, salience, tiny_bert
 
 
 @pytest.mark.parametrize("method", quadrature.METHODS)
@@ -144,6 +144,29 @@ def test_results_do_not_depend_on_minibatch_size_or_batch_mates(tokenizer, cls):
     together = cls().run([{"sentence": longer}, {"sentence": "bad"}, {"sentence": SENTENCE}], many, None, config=config)
     scale = abs(score(one, {"sentence": "bad"}))  # float32 sums in another order: ~1e-6 of F.
     np.testing.assert_allclose(salience(together[1]), salience(alone), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_adaptive_steps_share_passes_and_each_input_meets_its_tolerance(tokenizer, monkeypatch):
+    """Adaptive SIG on three inputs in one run: passes hold rows of several inputs, never more than the
+    model's rows per pass, and each token's salience is within the tolerance of a direct occlusion."""
+    module = tiny_bert()
+    one = models.HFSequenceClassifier(module, tokenizer, device="cpu", max_rows_per_pass=1)
+    many = models.HFSequenceClassifier(module, tokenizer, device="cpu", max_rows_per_pass=16)
+    tolerance = 1e-4
+    config = {**RAW, "Adaptive steps": True, "Tolerance": tolerance, "Class to explain": "1"}
+    texts = ["the acting , costumes , music , cinematography and sound are all astounding", "bad", SENTENCE]
+    passes = []
+    real = many.score_rows
+    monkeypatch.setattr(many, "score_rows", lambda pieces, g: passes.append(pieces) or real(pieces, g))
+    together = lit_sig.SequentialIntegratedGradients().run([{"sentence": t} for t in texts], many, None, config=config)
+    assert max(sum(len(rows) for _, rows in p) for p in passes) <= 16
+    assert max(len({id(key) for key, _ in p}) for p in passes) > 1  # Inputs share passes.
+    for text, result in zip(texts, together):
+        assert result["tolerance_met"] and abs(result["completeness_delta"]) <= tolerance
+        exact = occlusion(many, (text,), 1, "mask")
+        np.testing.assert_allclose(salience(result), exact, atol=tolerance + 1e-5 * np.abs(exact).max())
+    alone = lit_sig.SequentialIntegratedGradients().run([{"sentence": "bad"}], one, None, config=config)[0]
+    np.testing.assert_allclose(salience(together[1]), salience(alone), atol=2 * tolerance)
 
 
 def test_two_segments_are_explained_together(tiny_pair_model):

@@ -7,9 +7,9 @@ from lit_nlp.components import gradient_maps
 
 import lit_sig
 from lit_sig import models
-from lit_sig.core import attribution, quadrature
+from lit_sig.core import attribution, engine, quadrature
 from lit_sig.lit import interpreters, protocol
-from tests.helpers import CASES, PAIR, SENTENCE, captum_ig, occlusion, salience, salience_fields
+from tests.helpers import CASES, PAIR, SENTENCE, PassRecorder, captum_ig, occlusion, salience, salience_fields
 
 RAW = {interpreters.NORMALIZATION_KEY: False}
 
@@ -90,26 +90,25 @@ def test_lit_builtin_ig_on_our_model_equals_its_formula(tiny_model):
     np.testing.assert_allclose(salience(lit), expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
 
 
-def test_chunked_rows_give_the_same_attributions(tiny_model):
-    """Rows go to the model in chunks of `max_elements`: one row per call must change nothing."""
+def test_rows_per_pass_change_nothing_and_sig_sums_to_direct_occlusion(tiny_model):
+    """The engine's passes hold what the scorer asks for: one row per pass must change nothing.
+    Both are held to direct occlusion calls: SIG's per-token completeness, within its delta."""
     (prepared,) = tiny_model.path_inputs([{"sentence": SENTENCE}], ["1"], ["input_embs_sentence"])
     x = prepared.x
-    calls = []
-
-    def grad_fn(rows: torch.Tensor):
-        calls.append(len(rows))
-        (result,) = tiny_model.score_rows([(prepared, rows)], True)
-        return result
-
-    alphas, weights = quadrature.quadrature("gausslegendre", 6)
-    baseline = torch.zeros_like(x)
-    whole = attribution.sequential_integrated_gradients(x, baseline, grad_fn, alphas, weights)
-    assert calls == [len(x) * 6, len(x) + 1]  # The gradient rows, then the endpoint rows.
-    calls.clear()
-    one = attribution.sequential_integrated_gradients(x, baseline, grad_fn, alphas, weights, max_elements=x.numel())
-    assert calls == [1] * (len(x) * 7 + 1)
+    problem = engine.PathProblem(
+        prepared, x, torch.zeros_like(x), attribution.sig_groups(torch.ones(len(x), dtype=bool))
+    )
+    rule = quadrature.quadrature("gausslegendre", 6)
+    whole_passes = PassRecorder(tiny_model, rows_per_pass=1000)
+    (whole,) = engine.path_attributions([problem], whole_passes, *rule, keep_dimensions=True)
+    assert whole_passes.passes == [(1, len(x) * 6, True), (1, len(x) + 1, False)]  # Gradient rows, then endpoints.
+    single_rows = PassRecorder(tiny_model, rows_per_pass=1)
+    (one,) = engine.path_attributions([problem], single_rows, *rule, keep_dimensions=True)
+    assert [rows for _, rows, _ in single_rows.passes] == [1] * (len(x) * 7 + 1)
     np.testing.assert_allclose(one.attributions, whole.attributions, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(one.group_deltas, whole.group_deltas, atol=1e-6)
+    exact = occlusion(tiny_model, (SENTENCE,), 1, "zero")
+    np.testing.assert_allclose(exact - whole.token_attributions.numpy(), whole.group_deltas, atol=1e-5)
 
 
 def test_pair_scores_and_token_types_equal_a_direct_call(tiny_pair_model):

@@ -17,10 +17,13 @@ Two computations share the machinery:
   the embedding, SIG's attribution of token i is the integral of dF/da along a
   path on which only token i moves, so it equals F(x) - F(x with token i at its
   baseline): one score-only row per token, and the input's own score.
+
+Adaptive steps (`lit_sig.core.adaptive`) plan their rows round by round and hand
+them to `evaluate_rows`, the same builder and pass packer as these two.
 """
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -93,7 +96,7 @@ class PathAttribution:
 
 
 @dataclasses.dataclass
-class _RowPlan:
+class RowPlan:
     """Rows of one example in one phase: row j is (group[j], alpha[j]) with weight[j]."""
 
     group: torch.Tensor  # [R] long
@@ -123,12 +126,12 @@ def path_attributions(
     for p in problems:
         G = len(p.groups)
         plans.append(
-            _RowPlan(torch.arange(G, device=device).repeat_interleave(n), alphas_t.repeat(G), weights_t.repeat(G))
+            RowPlan(torch.arange(G, device=device).repeat_interleave(n), alphas_t.repeat(G), weights_t.repeat(G))
         )
-    weighted = [torch.zeros_like(p.x, dtype=_dtype(p)) for p in problems]  # each [T, D]
-    for index, plan, rows, (_, grads) in _evaluate(problems, plans, scorer, with_grads=True):
+    weighted = [torch.zeros_like(p.x, dtype=accumulation_dtype(p)) for p in problems]  # each [T, D]
+    for index, plan, rows, (_, grads) in evaluate_rows(problems, plans, scorer, with_grads=True):
         p = problems[index]
-        dtype = _dtype(p)
+        dtype = accumulation_dtype(p)
         row_weights = plan.weight[rows, None].to(dtype) * p.groups[plan.group[rows]].to(dtype)  # [r, T]
         weighted[index] += torch.einsum("rt,rtd->td", row_weights, grads.to(dtype))
     ends = _endpoint_scores(problems, scorer) if measure_completeness else [(None, None)] * len(problems)
@@ -155,7 +158,7 @@ def occlusion_attributions(problems: Sequence[PathProblem], scorer: RowScorer) -
     results = []
     for p, (input_score, baseline_scores) in zip(problems, _endpoint_scores(problems, scorer)):
         assert bool((p.groups.sum(-1) == 1).all()), "occlusion needs one token per group"
-        token_attr = torch.zeros(p.x.shape[0], dtype=_dtype(p), device=p.x.device)  # [T]
+        token_attr = torch.zeros(p.x.shape[0], dtype=accumulation_dtype(p), device=p.x.device)  # [T]
         token_attr[p.groups.nonzero()[:, 1]] = input_score - baseline_scores  # Group g moves token t.
         G = len(p.groups)
         results.append(PathAttribution(token_attr.cpu(), torch.zeros(G, dtype=token_attr.dtype), G + _input_rows(p)))
@@ -171,9 +174,11 @@ def _endpoint_scores(problems: Sequence[PathProblem], scorer: RowScorer) -> list
         extra = _input_rows(p)  # The input row: alpha 1 moves nothing.
         group = torch.cat([torch.arange(G, device=device), torch.zeros(extra, dtype=torch.long, device=device)])
         alpha = torch.cat([torch.zeros(G, device=device), torch.ones(extra, device=device)])
-        plans.append(_RowPlan(group, alpha, None))
-    scores = [torch.empty(len(plan.group), dtype=_dtype(p), device=device) for p, plan in zip(problems, plans)]
-    for index, _, rows, (row_scores, _) in _evaluate(problems, plans, scorer, with_grads=False):
+        plans.append(RowPlan(group, alpha, None))
+    scores = [
+        torch.empty(len(plan.group), dtype=accumulation_dtype(p), device=device) for p, plan in zip(problems, plans)
+    ]
+    for index, _, rows, (row_scores, _) in evaluate_rows(problems, plans, scorer, with_grads=False):
         scores[index][rows] = row_scores.to(scores[index].dtype)
     ends = []
     for p, s in zip(problems, scores):
@@ -191,21 +196,27 @@ def _input_rows(problem: PathProblem) -> int:
     return int(problem.input_score is None and len(problem.groups) > 0)
 
 
-def _dtype(problem: PathProblem) -> torch.dtype:
+def accumulation_dtype(problem: PathProblem) -> torch.dtype:
     """Sums are kept in float32 at least (float64 inputs stay float64)."""
     return torch.promote_types(problem.x.dtype, torch.float32)
 
 
-def _evaluate(
-    problems: Sequence[PathProblem], plans: Sequence[_RowPlan], scorer: RowScorer, with_grads: bool
-) -> Iterator[tuple[int, _RowPlan, slice, tuple[torch.Tensor, torch.Tensor | None]]]:
+def evaluate_rows(
+    problems: Sequence[PathProblem],
+    plans: Sequence[RowPlan],
+    scorer: RowScorer,
+    with_grads: bool,
+    phase: str | None = None,
+) -> Iterator[tuple[int, RowPlan, slice, tuple[torch.Tensor, torch.Tensor | None]]]:
     """Scores every planned row, longest examples first, in passes sized by the scorer.
 
-    Yields `(problem index, its plan, the slice of its rows, (scores, grads))` per piece; tells
-    `progress` the phase's rows and each pass's.
+    Rows of several examples share a pass; an example's rows may span passes. Yields
+    `(problem index, its plan, the slice of its rows, (scores, grads))` per piece; tells
+    `progress` the phase's rows (`phase`, else gradient or score rows) and each pass's.
     """
     order = sorted(range(len(problems)), key=lambda i: -problems[i].x.shape[0])
-    progress.begin("gradient rows" if with_grads else "score rows", sum(len(plan.group) for plan in plans))
+    phase = phase or ("gradient rows" if with_grads else "score rows")
+    progress.begin(phase, sum(len(plan.group) for plan in plans))
     for pass_pieces in _passes(order, problems, plans, scorer, with_grads):
         cancellation.check()
         pieces = [(problems[i].key, _build_rows(problems[i], plans[i], rows)) for i, rows in pass_pieces]
@@ -217,7 +228,7 @@ def _evaluate(
 def _passes(
     order: list[int],
     problems: Sequence[PathProblem],
-    plans: Sequence[_RowPlan],
+    plans: Sequence[RowPlan],
     scorer: RowScorer,
     with_grads: bool,
 ) -> Iterator[list[tuple[int, slice]]]:
@@ -239,34 +250,9 @@ def _passes(
         yield pending
 
 
-def _build_rows(problem: PathProblem, plan: _RowPlan, rows: slice) -> torch.Tensor:
+def _build_rows(problem: PathProblem, plan: RowPlan, rows: slice) -> torch.Tensor:
     """`[r, T, D]` embeddings of the planned rows, built on the problem's device."""
     x = problem.x
     delta = x - problem.baseline  # [T, D]
     moved = ((1.0 - plan.alpha[rows])[:, None] * problem.groups[plan.group[rows]]).to(x.dtype)  # [r, T]
     return x.unsqueeze(0) - moved.unsqueeze(-1) * delta.unsqueeze(0)
-
-
-class GradFnScorer:
-    """Adapts a single-example `GradFn` (rows -> scores, grads) to the `RowScorer` protocol."""
-
-    def __init__(
-        self,
-        grad_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-        rows_per_pass: int,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        self._grad_fn = grad_fn
-        self._rows = rows_per_pass
-        self.device = torch.device(device)
-
-    def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
-        del num_tokens, with_grads
-        return self._rows
-
-    def score_rows(self, pieces: Sequence[Piece], with_grads: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        results = []
-        for _, rows in pieces:
-            scores, grads = self._grad_fn(rows)
-            results.append((scores, grads if with_grads else None))
-        return results

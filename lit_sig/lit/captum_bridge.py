@@ -77,18 +77,33 @@ def _seed_param() -> Param:
     return Param(SEED_KEY, 0, 0, 2**31 - 1)
 
 
+class _ForwardScorer:
+    """`engine.RowScorer` over a forward function: rows of one pass -> scores and their gradients."""
+
+    def __init__(self, forward_func: ForwardFn, rows_per_pass: int, device: torch.device):
+        self._forward, self._rows, self.device = forward_func, rows_per_pass, device
+
+    def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
+        del num_tokens, with_grads
+        return self._rows
+
+    def score_rows(
+        self, pieces: list[tuple[None, torch.Tensor]], with_grads: bool
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        rows = torch.cat([r for _, r in pieces]).detach().requires_grad_(with_grads)  # [R, T, D]
+        with torch.enable_grad() if with_grads else torch.no_grad():
+            scores = self._forward(rows)  # [R]
+            grads = torch.autograd.grad(scores.sum(), rows)[0] if with_grads else None
+        bounds = np.cumsum([0] + [len(r) for _, r in pieces])
+        return [(scores[a:b].detach(), None if grads is None else grads[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 class _TokenSIG(captum.attr.GradientAttribution):
     """SIG as a captum attribution (for `NoiseTunnel`): lit_sig's path engine on a forward function."""
 
     def __init__(self, forward_func: ForwardFn, rows_per_pass: int):
         super().__init__(forward_func)
         self._rows = rows_per_pass
-
-    def _grads(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.enable_grad():
-            rows = rows.detach().requires_grad_(True)
-            scores = self.forward_func(rows)  # [r]
-            return scores.detach(), torch.autograd.grad(scores.sum(), rows)[0]
 
     @functools.wraps(lambda self, inputs, **kwargs: None)
     def attribute(self, inputs: torch.Tensor, baselines: torch.Tensor, n_steps: int = 50) -> torch.Tensor:
@@ -97,7 +112,7 @@ class _TokenSIG(captum.attr.GradientAttribution):
             (baselines,) = baselines
         baselines = baselines.expand_as(inputs)  # [B, T, D]
         alphas, weights = quadrature.quadrature("gausslegendre", n_steps)
-        scorer = engine.GradFnScorer(self._grads, self._rows, inputs.device)
+        scorer = _ForwardScorer(self.forward_func, self._rows, inputs.device)
         groups = attribution.sig_groups(torch.ones(inputs.shape[1], dtype=torch.bool, device=inputs.device))
         problems = [engine.PathProblem(None, x, b, groups) for x, b in zip(inputs, baselines)]
         results = engine.path_attributions(

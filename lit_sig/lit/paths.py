@@ -145,12 +145,7 @@ class PathInterpreter(lit_components.Interpreter):
         if settings.method == EXACT_METHOD:
             return engine.occlusion_attributions(problems, scorer)
         if settings.adaptive:
-            return [
-                adaptive.adaptive_path_attribution(
-                    p.x, p.baseline, p.groups, _SingleExampleGradFn(scorer, p.key), settings.tolerance
-                )
-                for p in problems
-            ]
+            return adaptive.adaptive_attributions(problems, scorer, settings.tolerance)
         alphas, weights = quadrature.quadrature(settings.method, settings.steps)
         return engine.path_attributions(problems, scorer, alphas, weights, measure_completeness=has_score)
 
@@ -210,14 +205,3 @@ class PathInterpreter(lit_components.Interpreter):
                 result.num_rows,
             )
         return salience
-
-
-class _SingleExampleGradFn:
-    """One example's rows through a `RowScorer`, as a `GradFn` (for adaptive steps)."""
-
-    def __init__(self, scorer: engine.RowScorer, key: protocol.PathInput):
-        self._scorer, self._key = scorer, key
-
-    def __call__(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        (result,) = self._scorer.score_rows([(self._key, rows)], True)
-        return result

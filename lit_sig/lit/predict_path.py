@@ -14,11 +14,12 @@ import torch
 from lit_nlp.api import model as lit_model
 from lit_nlp.api import types as lit_types
 
-from lit_sig.core import attribution
 from lit_sig.lit import fields as fields_lib
 from lit_sig.lit import protocol
 
 JsonDict = lit_types.JsonDict
+# Rows of one `predict` call: bounds memory by the call, not T * n.
+MAX_ELEMENTS = 1 << 24  # rows * T * D floats, 64 MB of float32 per tensor
 
 
 @dataclasses.dataclass(eq=False)
@@ -86,7 +87,7 @@ class PredictScorer:
 
     def rows_per_pass(self, num_tokens: int, with_grads: bool) -> int:
         del with_grads
-        return attribution.rows_per_call(num_tokens, self._emb_dim)
+        return max(1, MAX_ELEMENTS // max(1, num_tokens * self._emb_dim))
 
     def score_rows(
         self, pieces: Sequence[tuple[PredictInput, torch.Tensor]], with_grads: bool
