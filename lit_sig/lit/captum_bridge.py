@@ -158,6 +158,19 @@ def _surrogate(method: type[captum.attr.Attribution]) -> Callable[[Target, dict[
     )
 
 
+def _occlusion(t: Target, window: int) -> torch.Tensor:
+    """captum's Occlusion with windows of `window` tokens; ValueError for a window wider than the input."""
+    if window > t.x.shape[1]:
+        raise ValueError(f"'sliding_window_shapes' is {window}, wider than this input's {t.x.shape[1]} word tokens.")
+    return captum.attr.Occlusion(t.forward).attribute(
+        t.x,
+        sliding_window_shapes=(window, t.x.shape[-1]),
+        strides=(1, t.x.shape[-1]),
+        baselines=t.baseline,
+        perturbations_per_eval=t.rows_per_pass,
+    )
+
+
 METHODS: dict[str, CaptumMethod] = {
     m.name: m
     for m in (
@@ -218,13 +231,7 @@ METHODS: dict[str, CaptumMethod] = {
             "mean occlusion of the windows of sliding_window_shapes tokens covering each token.",
             (Param("sliding_window_shapes", 1, 1, 16),),
             lambda s: (1, 1),
-            lambda t, s: captum.attr.Occlusion(t.forward).attribute(
-                t.x,
-                sliding_window_shapes=(s["sliding_window_shapes"], t.x.shape[-1]),
-                strides=(1, t.x.shape[-1]),
-                baselines=t.baseline,
-                perturbations_per_eval=t.rows_per_pass,
-            ),
+            lambda t, s: _occlusion(t, s["sliding_window_shapes"]),
             per_token=True,
         ),
         CaptumMethod(
@@ -289,8 +296,9 @@ class CaptumInterpreter(lit_components.Interpreter):
         settings[interpreters.NORMALIZATION_KEY] = Param(interpreters.NORMALIZATION_KEY, True).parse(
             merged[interpreters.NORMALIZATION_KEY]
         )
-        class_to_explain = merged[interpreters.CLASS_KEY] or ""
-        if not isinstance(class_to_explain, str):
+        class_to_explain = merged[interpreters.CLASS_KEY]
+        class_to_explain = "" if class_to_explain is None else class_to_explain
+        if not isinstance(class_to_explain, str):  # 0, false and [] are not "no class".
             raise ValueError(f"{interpreters.CLASS_KEY!r} must be a class name string, got {class_to_explain!r}.")
         return settings | {interpreters.CLASS_KEY: class_to_explain.strip(), interpreters.BASELINE_KEY: baseline}
 

@@ -76,8 +76,8 @@ class Param:
     def _number(self, value: Any) -> int | float:
         integer = isinstance(self.default, int)
         accepted = f"{'an integer' if integer else 'a number'} in [{self.low:g}, {self.high:g}]"
-        if isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"{self.key!r} must be {accepted}, got {value!r}.")
+        if isinstance(value, (bool, np.bool_)) or (isinstance(value, str) and not value.isascii()):
+            raise ValueError(f"{self.key!r} must be {accepted}, got {value!r}.")  # Not full-width digits either.
         try:
             number = float(value.strip() if isinstance(value, str) else value)
         except (TypeError, ValueError, OverflowError):

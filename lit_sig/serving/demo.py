@@ -29,6 +29,24 @@ from lit_sig.models import datasets
 from lit_sig.serving import server
 
 
+# Help for each `server.Limits` field, which the demos offer as a flag of the same name.
+LIMIT_FLAGS = {
+    "max_inputs": "Inputs per prediction or interpretation request (raised to the data set's size).",
+    "max_request_cost": "Token-rows per interpretation or generation: the sum over the examples it runs of tokens"
+    " x model rows (IG: steps; SIG: tokens x steps; LIME: samples).",
+    "light_request_cost": "Interpretations of at most this many token-rows run at once, without a heavy slot.",
+    "max_heavy_requests": "Heavier interpretations running at once (default: the CPU cores).",
+    "max_queued_requests": "Heavy requests waiting for a slot; more are answered 503 with Retry-After.",
+    "max_queue_wait_s": "A heavy request expected to wait longer for a slot gets 503 with Retry-After at once.",
+    "request_deadline_s": "Seconds after its arrival at which a request's work is abandoned (503).",
+    "read_timeout_s": "Seconds a connection may stay silent while a request is read.",
+    "header_timeout_s": "Seconds in all to send a request's line and headers (408 beyond).",
+    "body_timeout_s": "Seconds in all to send a request's body (408 beyond).",
+    "max_connections": "Connections served at once; more are answered 503.",
+    "max_new_data_bytes": "Bytes of posted data kept in all (with --allow_new_data).",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerFlags:
     """The flags every lit_sig demo shares: where the model runs, datapoints, and the server's work bounds."""
@@ -36,23 +54,18 @@ class ServerFlags:
     device: flags.FlagHolder[str | None]
     precision: flags.FlagHolder[str]
     datapoints_dir: flags.FlagHolder[str | None]
-    max_inputs: flags.FlagHolder[int]
-    max_request_cost: flags.FlagHolder[int]
-    max_heavy_requests: flags.FlagHolder[int]
-    max_queued_requests: flags.FlagHolder[int]
-    request_deadline_s: flags.FlagHolder[float]
-    read_timeout_s: flags.FlagHolder[float]
+    allow_new_data: flags.FlagHolder[bool]
+    limit_flags: dict[str, flags.FlagHolder]  # One per `server.Limits` field.
 
     def limits(self) -> server.Limits:
         """The server's work bounds that the flags give."""
-        return server.Limits(
-            max_inputs=self.max_inputs.value,
-            max_request_cost=self.max_request_cost.value,
-            max_heavy_requests=self.max_heavy_requests.value,
-            max_queued_requests=self.max_queued_requests.value,
-            request_deadline_s=self.request_deadline_s.value,
-            read_timeout_s=self.read_timeout_s.value,
-        )
+        return server.Limits(**{name: holder.value for name, holder in self.limit_flags.items()})
+
+
+def _define_limit(name: str, default: int | float) -> flags.FlagHolder:
+    if isinstance(default, int):
+        return flags.DEFINE_integer(name, default, LIMIT_FLAGS[name], lower_bound=1)
+    return flags.DEFINE_float(name, default, LIMIT_FLAGS[name], lower_bound=0.001)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,43 +93,13 @@ def define_server_flags() -> ServerFlags:
         datapoints_dir=flags.DEFINE_string(
             "datapoints_dir", None, "Folder where the UI may save and load datapoints (default: off)."
         ),
-        max_inputs=flags.DEFINE_integer(
-            "max_inputs",
-            defaults.max_inputs,
-            "Inputs per prediction or interpretation request (raised to the data set's size).",
-            lower_bound=1,
+        allow_new_data=flags.DEFINE_bool(
+            "allow_new_data", False, "Let clients store examples on the server (/post_new_data) for a load link."
         ),
-        max_request_cost=flags.DEFINE_integer(
-            "max_request_cost",
-            defaults.max_request_cost,
-            "Token-rows per interpretation request: the sum over inputs of tokens x model rows"
-            " (IG: steps; SIG: tokens x steps).",
-            lower_bound=1,
-        ),
-        max_heavy_requests=flags.DEFINE_integer(
-            "max_heavy_requests",
-            defaults.max_heavy_requests,
-            "Interpretations running at once (default: the CPU cores).",
-            lower_bound=1,
-        ),
-        max_queued_requests=flags.DEFINE_integer(
-            "max_queued_requests",
-            defaults.max_queued_requests,
-            "Interpretations waiting for a slot; more are answered 503 with Retry-After.",
-            lower_bound=1,
-        ),
-        request_deadline_s=flags.DEFINE_float(
-            "request_deadline_s",
-            defaults.request_deadline_s,
-            "Seconds after which a request's work is abandoned (503).",
-            lower_bound=0.001,
-        ),
-        read_timeout_s=flags.DEFINE_float(
-            "read_timeout_s",
-            defaults.read_timeout_s,
-            "Seconds a connection may stay silent while a request is read.",
-            lower_bound=0.001,
-        ),
+        limit_flags={
+            field.name: _define_limit(field.name, getattr(defaults, field.name))
+            for field in dataclasses.fields(server.Limits)
+        },
     )
     flags.register_validator(
         "datapoints_dir",
@@ -130,7 +113,10 @@ def flag_holders(defined: Any) -> list[flags.FlagHolder]:
     """Every flag of a flags dataclass, nested ones (`ServerFlags`) included."""
     holders = []
     for value in (getattr(defined, field.name) for field in dataclasses.fields(defined)):
-        holders += flag_holders(value) if dataclasses.is_dataclass(value) else [value]
+        if dataclasses.is_dataclass(value):
+            holders += flag_holders(value)
+        else:
+            holders += list(value.values()) if isinstance(value, dict) else [value]
     return holders
 
 
@@ -228,6 +214,7 @@ def serve(demo_flags: _Flags, argv: Sequence[str]) -> None:
         interpreters=lit_sig_interpreters() | core.default_interpreters(lit_models),  # Ours on top.
         layouts=layout.DEFAULT_LAYOUTS | {"lit_sig": SALIENCE_LAYOUT},
         allow_loading=demo_flags.allow_loading.value,
+        allow_new_data=demo_flags.server.allow_new_data.value,
         datapoints_dir=demo_flags.server.datapoints_dir.value,
         limits=demo_flags.server.limits(),
         **(server_flags.get_flags() | {"default_layout": "lit_sig"}),

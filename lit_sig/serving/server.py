@@ -1,21 +1,31 @@
-"""A hardened LIT server: JSON errors, concurrent requests, opt-in file and model access.
+"""A hardened LIT server: JSON errors, concurrent bounded requests, results that stay with their data.
 
 LIT 1.3's own server answers a failed request with a 500 page that reflects the
-error text unescaped, with a traceback; serves one request at a time; and lets
-any client load models and data sets or read and write files by path. Here:
+error text unescaped, with a traceback; serves one request at a time; caches
+predictions under whatever id the client sends; and lets any client load models
+and data sets, read and write files by path, and store data for others to read.
+Here:
 
 * every failed request gets JSON `{"error": message}` (400 bad input, 403
-  refused, 404 unknown route or name, 408 too slow a client, 413 too large, 503
-  busy or past its deadline; 500 only for server faults, without details),
-  with `<`, `>` and `&` escaped, and the server keeps serving; so do the
-  errors of Python's HTTP layer (bad request lines, over-long headers);
-* requests are served by a threaded WSGI server, so a slow one (SIG) does not
-  hold up the others; the work is bounded (`server_limits.Limits`): inputs per
-  request, token-rows per interpretation, heavy requests at once and queued,
-  a deadline, and a read time-out; work stops when its client leaves;
+  refused, 404 unknown route or name, 405 a method the route does not take,
+  408 too slow a client, 413 too large, 503 busy or past its deadline; 500 only
+  for server faults, without details), with `<`, `>` and `&` escaped, and the
+  server keeps serving; so do the errors of the HTTP layer (`server_http`);
+* the body is parsed once, as plain JSON (`server_checks.check_json`: no LIT
+  type markers, bounded depth), and every input and component config is checked
+  before any handler runs (`server_checks`);
+* a prediction is cached only under the hash of the data it was computed from
+  (`DataKeyedCache`), for the served data sets' examples: no client can make
+  another see a result that is not its data's;
+* requests are served by a threaded server; work is bounded
+  (`server_limits.Limits`): inputs per request, token-rows per interpretation
+  or generation (LIT's own components priced by what they run), heavy requests
+  at once, admitted only when their expected wait is short (else 503 with
+  Retry-After at once), a deadline; work stops when its client leaves;
 * `/create_model` and `/create_dataset` work only with `allow_loading`;
-  `/save_datapoints` and `/load_datapoints` only with a `datapoints_dir`,
-  and only for paths inside it.
+  `/post_new_data`, `/fetch_new_data` and `/remove_new_data` only with
+  `allow_new_data` (and within `max_new_data_bytes`); `/save_datapoints` and
+  `/load_datapoints` only with a `datapoints_dir`, and only for paths inside it.
 """
 
 import contextlib
@@ -26,6 +36,7 @@ import io
 import json
 import pathlib
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -36,19 +47,20 @@ from lit_nlp import app as lit_app
 from lit_nlp import dev_server
 from lit_nlp.api import dataset as lit_dataset
 from lit_nlp.api import model as lit_model
-from lit_nlp.lib import wsgi_app
-from werkzeug import serving, wrappers
+from lit_nlp.components import projection, salience_clustering
+from lit_nlp.lib import caching, serialize, utils, wsgi_app
+from werkzeug import wrappers
 
 from lit_sig.core import cancellation
-from lit_sig.serving import offline_client, server_limits
+from lit_sig.serving import offline_client, server_checks, server_http, server_limits
+from lit_sig.serving.server_http import MAX_REQUEST_BYTES, error_body, error_response, read_body  # noqa: F401
 from lit_sig.serving.server_limits import Limits, RequestError
 
-MAX_REQUEST_BYTES = 32 * 2**20
-MAX_ERROR_CHARS = 2000
 SERVER_TYPES = ("default",)  # LIT's flag; its other types are not hardened.
 DEVICES = ("cpu", "cuda")
 INTERNAL_ERROR = "Internal error; see the server log."
-_READ_CHUNK = 2**16
+API_METHODS = ("GET", "POST")
+STATIC_METHODS = ("GET", "HEAD")
 # LIT handlers (by function name) whose `inputs` run the model, and those that
 # wait for a heavy-work slot.
 _MODEL_HANDLERS = frozenset(
@@ -56,26 +68,6 @@ _MODEL_HANDLERS = frozenset(
 )
 _INPUT_HANDLERS = _MODEL_HANDLERS | {"_save_datapoints"}
 _HEAVY_HANDLERS = frozenset({"_get_interpretations", "_get_generated"})
-
-
-def error_body(message: str) -> bytes:
-    """`{"error": message}` as JSON, with `<`, `>` and `&` escaped, cut to `MAX_ERROR_CHARS`."""
-    if len(message) > MAX_ERROR_CHARS:
-        message = message[:MAX_ERROR_CHARS] + "..."
-    body = json.dumps({"error": message})
-    return body.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
-
-
-def error_response(
-    status: http.HTTPStatus, message: str, headers: Mapping[str, str] | None = None
-) -> wrappers.Response:
-    """JSON `{"error": message}` that no browser renders as markup."""
-    return wrappers.Response(
-        error_body(message),
-        status=status,
-        content_type="application/json; charset=utf-8",
-        headers={"Cache-Control": "no-store", **(headers or {})},
-    )
 
 
 def _describe(error: Exception) -> tuple[http.HTTPStatus, str]:
@@ -96,55 +88,43 @@ def _describe(error: Exception) -> tuple[http.HTTPStatus, str]:
 
 
 def parse_json(body: bytes) -> Any:
-    """The request body as JSON (None when empty); ValueError for malformed or too deeply nested JSON."""
+    """The request body as plain JSON (None when empty); ValueError for malformed JSON or JSON the server refuses."""
     if not body:
         return None
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except RecursionError:
         raise ValueError("Malformed JSON: nested too deeply.") from None
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError.
         raise ValueError(f"Malformed JSON: {error}") from None
+    server_checks.check_json(value)
+    return value
 
 
-def read_body(environ: dict) -> bytes:
-    """Reads the whole body, counting bytes as they come (chunked or not).
+class DataKeyedCache(caching.CachingModelWrapper):
+    """LIT's prediction cache, keyed by the hash of each input's data, for the served examples only.
 
-    Raises:
-        RequestError: 413 past `MAX_REQUEST_BYTES`, 400 for a malformed chunk or
-            a body shorter than its Content-Length, 408 when the client stalls.
+    LIT keys its cache by an input's `_id`, which a client may set to anything
+    (and which LIT's Ablation Flip keeps on the examples it changes). Here a
+    prediction is stored and found only where `_id` is the `input_hash` of the
+    data itself and names an example of a served data set, so every cached
+    result belongs to its data and the cache is no larger than the data sets.
     """
-    stream, chunked = environ["wsgi.input"], bool(environ.get("wsgi.input_terminated"))
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise RequestError(http.HTTPStatus.BAD_REQUEST, "Malformed Content-Length.") from None
-    too_large = RequestError(
-        http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"Requests are limited to {MAX_REQUEST_BYTES} bytes."
-    )
-    if not chunked and length > MAX_REQUEST_BYTES:
-        raise too_large
-    parts, size = [], 0
-    try:
-        while chunked or size < length:
-            part = stream.read(_READ_CHUNK if chunked else min(_READ_CHUNK, length - size))
-            if not part:
-                break
-            parts.append(part)
-            size += len(part)
-            if size > MAX_REQUEST_BYTES:
-                raise too_large
-    except TimeoutError:
-        raise RequestError(http.HTTPStatus.REQUEST_TIMEOUT, "The request body did not arrive in time.") from None
-    except OSError as error:  # werkzeug's dechunker: "Invalid chunk header".
-        raise RequestError(http.HTTPStatus.BAD_REQUEST, f"Malformed chunked body: {error}") from None
-    if not chunked and size < length:
-        raise RequestError(http.HTTPStatus.BAD_REQUEST, "The body is shorter than its Content-Length.")
-    return b"".join(parts)
+
+    def __init__(self, model: lit_model.Model, name: str, is_served_id: Callable[[str], bool], **kw: Any):
+        super().__init__(model, name, **kw)
+        self._cache_name = name
+        self._is_served_id = is_served_id
+
+    def key_fn(self, d: Mapping[str, Any]) -> caching.CacheKey:
+        example_id = d.get("_id")
+        if not example_id or not self._is_served_id(example_id) or caching.input_hash(d) != example_id:
+            return None
+        return (self._cache_name, example_id)
 
 
 class HardenedLitApp(lit_app.LitApp):
-    """`LitApp` with JSON errors and opt-in loading and datapoint files (see the module doc)."""
+    """`LitApp` with checked requests, JSON errors, data-keyed caches, opt-in loading and storage (module doc)."""
 
     def __init__(
         self,
@@ -152,6 +132,7 @@ class HardenedLitApp(lit_app.LitApp):
         datasets: Mapping[str, lit_dataset.Dataset],
         *,
         allow_loading: bool = False,
+        allow_new_data: bool = False,
         datapoints_dir: str | pathlib.Path | None = None,
         limits: Limits | None = None,
         **kw,
@@ -163,6 +144,9 @@ class HardenedLitApp(lit_app.LitApp):
             datasets: LIT data sets by name.
             allow_loading: let clients create models and data sets (`/create_model`,
                 `/create_dataset`) with the loaders LIT infers.
+            allow_new_data: let clients store examples on the server
+                (`/post_new_data`) and read or remove them by the random id it
+                returns; at most `limits.max_new_data_bytes` in all.
             datapoints_dir: the existing folder that `/save_datapoints` and
                 `/load_datapoints` may use; None turns both off.
             limits: bounds on the work of one request and on concurrent heavy
@@ -175,8 +159,16 @@ class HardenedLitApp(lit_app.LitApp):
         limits = limits or Limits()
         self._limits = limits
         self._max_inputs = max([limits.max_inputs, *(len(d) for d in datasets.values())])
-        self.heavy_gate = server_limits.HeavyGate(limits.max_heavy_requests, limits.max_queued_requests)
+        self.admission = server_limits.AdmissionGate(
+            limits.max_heavy_requests, limits.max_queued_requests, limits.max_queue_wait_s
+        )
         self._allow_loading = allow_loading
+        self._allow_new_data = allow_new_data
+        self._new_data_lock = threading.Lock()
+        self._new_data_sizes: dict[str, int] = {}  # Bytes of each posted set, by its id.
+        self._new_data_bytes = 0
+        self._clustering_lock = threading.Lock()  # LIT's Salience Clustering keeps its last fit in the component.
+        self._api_routes: set[str] = set()
         self._datapoints_dir = None
         if datapoints_dir is not None:
             self._datapoints_dir = pathlib.Path(datapoints_dir).resolve()
@@ -186,38 +178,87 @@ class HardenedLitApp(lit_app.LitApp):
             # No loaders: the UI offers no "load model/data set" controls.
             kw.setdefault("model_loaders", {})
             kw.setdefault("dataset_loaders", {})
+        warm_start, warm_projections = kw.pop("warm_start", 0.0), kw.pop("warm_projections", False)
         super().__init__(models, datasets, **kw)
+        self._rekey_caches()
+        self._warm(warm_start, warm_projections, kw.get("warm_start_progress_indicator"))
+
+    # --- Caches ---
+
+    def _is_served_id(self, example_id: str) -> bool:
+        return any(example_id in dataset.index for dataset in self._datasets.values())
+
+    def _rekey_caches(self) -> None:
+        """Replaces LIT's id-keyed prediction caches by data-keyed ones (`DataKeyedCache`)."""
+        for name, model in list(self._models.items()):
+            if type(model) is caching.CachingModelWrapper:  # pylint: disable=unidiomatic-typecheck
+                self._models[name] = DataKeyedCache(
+                    model.wrapped, name, self._is_served_id, **self._caching_model_wrapper_kw
+                )
+
+    def _warm(self, rate: float, projections: bool, progress: Callable | None) -> None:
+        """LIT's warm start (predictions, then projections), run on the data-keyed caches."""
+        if projections:
+            rate = 1.0
+        if rate > 0:
+            self._warm_start(rate=rate, progress_indicator=progress or (lambda examples: examples))
+            self.save_cache()
+            projections = projections or rate >= 1
+        if projections:
+            self._warm_projections(["pca", "umap"])
+
+    # --- Requests ---
 
     def make_handler(self, fn: Callable[..., Any]) -> Callable[..., wrappers.Response]:
-        """LIT's handler for `fn`, with its request checked and bounded first, and errors answered as JSON."""
-        handler = super().make_handler(fn)
+        """LIT's handler shim for `fn`: the body parsed once and checked, the work bounded, errors as JSON."""
         name = fn.__name__
+        self._api_routes.add("/" + name.lstrip("_"))
 
         @functools.wraps(fn)
         def _handler(app: wsgi_app.App, request: wrappers.Request, environ: dict) -> wrappers.Response:
             try:
+                args = request.args.to_dict()
+                simple = utils.coerce_bool(args.pop("response_simple_json", True))
                 self._check_names(request.args)
                 data = parse_json(request.get_data())
-                self._check_request(name, request.args, data)
-                if name not in _MODEL_HANDLERS:
-                    return handler(app, request, environ)
-                stop = server_limits.stop_check(self._limits.request_deadline_s, environ.get("werkzeug.socket"))
-                with contextlib.ExitStack() as stack:
-                    if name in _HEAVY_HANDLERS:
-                        stack.enter_context(self.heavy_gate.admit(stop))
-                    stack.enter_context(cancellation.scope(stop))
-                    return handler(app, request, environ)
+                cost, component = self._check_request(name, args, data)
+                outputs = self._run(name, fn, data, args, environ, cost, component)
+                return app.respond(request, serialize.to_json(outputs, simple=simple), "application/json", 200)
             except Exception as error:  # pylint: disable=broad-except
                 return _error_for(request, error)
 
         return _handler
 
-    def _check_request(self, name: str, args: Mapping[str, str], data: Any) -> None:
-        """Raises ValueError (or a RequestError) for a body that handler `name` can't take or the limits refuse."""
+    def _run(self, name: str, fn: Callable, data: Any, args: dict, environ: dict, cost: int, component: Any) -> Any:
+        """Runs handler `fn`; model work under the deadline, heavy work through the admission gate."""
+        if name not in _MODEL_HANDLERS:
+            return fn(data, **args)
+        stop = server_limits.stop_check(
+            self._limits.request_deadline_s,
+            environ.get("werkzeug.socket"),
+            environ.get(server_http.ARRIVED_KEY),
+        )
+        with contextlib.ExitStack() as stack:
+            if name in _HEAVY_HANDLERS and cost > self._limits.light_request_cost:
+                stack.enter_context(self.admission.admit(cost, stop))
+            stack.enter_context(cancellation.scope(stop))
+            if isinstance(component, salience_clustering.SalienceClustering):
+                stack.enter_context(self._clustering_lock)
+            return fn(data, **args)
+
+    def _check_request(self, name: str, args: Mapping[str, str], data: Any) -> tuple[int, Any]:
+        """Checks the body for handler `name` (ValueError or RequestError); returns its cost and component.
+
+        Inputs are replaced, in `data`, by what LIT's handlers take (ids derived from the data).
+        """
         if data is not None and not isinstance(data, dict):
             raise ValueError(f"Malformed request: the body must be a JSON object, not a {type(data).__name__}.")
+        if name == "_post_new_data":
+            self._check_new_data()
+            server_checks.new_examples((data or {}).get("inputs"), self._max_inputs)
+            return 0, None
         if name not in _INPUT_HANDLERS:
-            return
+            return 0, None
         inputs = (data or {}).get("inputs")
         if not isinstance(inputs, list):
             raise ValueError('Malformed request: the body must be a JSON object with a list of "inputs".')
@@ -226,38 +267,48 @@ class HardenedLitApp(lit_app.LitApp):
                 http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"{len(inputs)} inputs; the server takes at most {self._max_inputs} per request (max_inputs).",
             )
-        examples = self._check_inputs(inputs, args.get("dataset_name"))
+        dataset_name = args.get("dataset_name")
+        data["inputs"] = server_checks.model_inputs(inputs, self._datasets.get(dataset_name), dataset_name)
         config = data.get("config")
         if config is not None and not isinstance(config, dict):
             raise ValueError('Malformed request: "config" must be a JSON object.')
-        server_limits.check_numbers(config or {})
-        if name == "_get_interpretations" and "interpreter" in args and "model" in args:
-            self._check_cost(args["interpreter"], args["model"], examples, config or {})
+        if name == "_get_interpretations":
+            return self._check_component(args, "interpreter", self._interpreters, data["inputs"], config)
+        if name == "_get_generated":
+            return self._check_component(args, "generator", self._generators, data["inputs"], config)
+        if name == "_get_metrics" and config is not None:
+            chosen = [m for m in args.get("metrics", "").split(",") if m] or list(self._metrics)
+            for metric in chosen:
+                server_checks.lit_component_spec(self._metrics[metric], f"Metric {metric}", config)
+        return 0, None
 
-    def _check_inputs(self, inputs: list, dataset_name: str | None) -> list[dict]:
-        """The inputs' example data; ValueError for ids not in the data set or malformed examples."""
-        index = self._datasets[dataset_name].index if dataset_name in self._datasets else None
-        examples = []
-        for entry in inputs:
-            if isinstance(entry, str):
-                if index is None or entry not in index:
-                    raise ValueError(f"Unknown example id {entry[:80]!r} in data set {dataset_name!r}.")
-                entry = index[entry]
-            elif not isinstance(entry, dict) or not isinstance(entry.get("data"), dict):
-                raise ValueError('Malformed request: each input must be an example id or {"id", "data": {...}}.')
-            examples.append(entry["data"])
-        return examples
-
-    def _check_cost(self, interpreter: str, model: str, examples: list[dict], config: dict) -> None:
-        """Raises a 413 RequestError if the interpretation would run more token-rows than allowed."""
-        cost = server_limits.request_cost(self._interpreters[interpreter], self._models[model], examples, config)
+    def _check_component(
+        self, args: Mapping[str, str], kind: str, components: Mapping[str, Any], inputs: list[dict], config: Any
+    ) -> tuple[int, Any]:
+        """The cost (token-rows) of running the `kind` named in `args`; 413 over `max_request_cost`."""
+        missing = [p for p in ("model", "dataset_name", kind) if not args.get(p)]
+        if missing:
+            raise ValueError(f"Must provide {', '.join(repr(p) for p in missing)} in the query.")
+        name, model, dataset = args[kind], self._models[args["model"]], self._datasets[args["dataset_name"]]
+        component = components[name]
+        call = server_checks.Call(
+            model, dataset, [ex["data"] for ex in inputs], config, list(self._models), list(self._datasets)
+        )
+        check = server_checks.interpretation_work if kind == "interpreter" else server_checks.generation_work
+        work = check(component, name, call)
+        if isinstance(component, projection.ProjectionManager):
+            for example in call.examples:  # Projections of other inputs are not cached (LIT caches by id).
+                if not self._is_served_id(example.get("_id", "")):
+                    example["_id"] = ""
+        cost = server_checks.cost(model, work)
         if cost > self._limits.max_request_cost:
             raise RequestError(
                 http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"This request would run {cost:,} token-rows (the sum over inputs of tokens x model rows);"
-                f" the server's limit is {self._limits.max_request_cost:,} (max_request_cost). Send fewer or"
-                " shorter inputs, or fewer Interpolation steps.",
+                f"This request would run {cost:,} token-rows (the sum over the examples it runs of tokens x model"
+                f" rows); the server's limit is {self._limits.max_request_cost:,} (max_request_cost). Send fewer or"
+                " shorter inputs, or ask for less work (Interpolation steps, samples).",
             )
+        return cost, component
 
     def _check_names(self, args: Mapping[str, str]) -> None:
         """Raises a 404 RequestError for a model, data set or component `args` name that isn't served."""
@@ -279,6 +330,13 @@ class HardenedLitApp(lit_app.LitApp):
             raise RequestError(
                 http.HTTPStatus.FORBIDDEN,
                 "Loading models and data sets from the UI is off; start the server with --allow_loading.",
+            )
+
+    def _check_new_data(self) -> None:
+        if not self._allow_new_data:
+            raise RequestError(
+                http.HTTPStatus.FORBIDDEN,
+                "Storing data on the server is off; start the server with --allow_new_data.",
             )
 
     def _confine(self, path: str | None) -> str:
@@ -304,7 +362,9 @@ class HardenedLitApp(lit_app.LitApp):
     def _create_model(self, data: Any, model_name: str | None = None, **kw: Any) -> Any:
         self._check_loading()
         _check_init_args(self._model_loaders.get(model_name), model_name, data)
-        return super()._create_model(data, model_name=model_name, **kw)
+        result = super()._create_model(data, model_name=model_name, **kw)
+        self._rekey_caches()
+        return result
 
     def _create_dataset(self, data: Any, dataset_name: str | None = None, **kw: Any) -> Any:
         self._check_loading()
@@ -324,9 +384,47 @@ class HardenedLitApp(lit_app.LitApp):
             raise RequestError(http.HTTPStatus.NOT_FOUND, "UI state sync is off (it is for notebooks).")
         return super()._push_ui_state(data, dataset_name=dataset_name, **kw)
 
-    def __call__(self, environ: dict, start_response: Callable) -> Any:
-        """WSGI entry: the body read within limits, then LIT's app, with any non-JSON error page replaced by JSON."""
+    def _post_new_data(self, data: Any, dataset_name: str | None = None, **kw: Any) -> Any:
+        size = len(json.dumps(data["inputs"]))
+        self._reserve_new_data(size)
         try:
+            result = super()._post_new_data(data, dataset_name=dataset_name, **kw)
+        except BaseException:
+            self._reserve_new_data(-size)
+            raise
+        with self._new_data_lock:
+            self._new_data_sizes[result["load"].split("=", 1)[1]] = size
+        return result
+
+    def _reserve_new_data(self, size: int) -> None:
+        """Counts `size` more bytes of posted data (negative: fewer); 413 past `max_new_data_bytes`."""
+        limit = self._limits.max_new_data_bytes
+        with self._new_data_lock:
+            if size > 0 and self._new_data_bytes + size > limit:
+                raise RequestError(
+                    http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    f"The server keeps at most {limit:,} bytes of posted data (max_new_data_bytes);"
+                    f" {self._new_data_bytes:,} are in use and these inputs take {size:,}."
+                    " Remove some with /remove_new_data.",
+                )
+            self._new_data_bytes += size
+
+    def _fetch_new_data(self, unused_data: Any, **kw: Any) -> Any:
+        self._check_new_data()
+        return super()._fetch_new_data(unused_data, **kw)
+
+    def _remove_new_data(self, unused_data: Any, saved_datapoints_id: str | None = None, **kw: Any) -> Any:
+        self._check_new_data()
+        result = super()._remove_new_data(unused_data, saved_datapoints_id=saved_datapoints_id, **kw)
+        with self._new_data_lock:
+            size = self._new_data_sizes.pop(saved_datapoints_id or "", 0)
+        self._reserve_new_data(-size)
+        return result
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        """WSGI entry: the method checked, the body read within limits, then LIT's app; non-JSON errors become JSON."""
+        try:
+            self._check_method(environ)
             body = read_body(environ)
             if "\x00" in environ.get("PATH_INFO", ""):
                 raise ValueError("The path contains a NUL character.")
@@ -340,16 +438,34 @@ class HardenedLitApp(lit_app.LitApp):
             if response.status_code >= 400 and response.mimetype != "application/json":
                 status = http.HTTPStatus(response.status_code)
                 response = error_response(status, status.phrase)
+        server_http.end_reading(environ)
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response(environ, start_response)
 
+    def _check_method(self, environ: dict) -> None:
+        """405 for a method the route does not take: LIT's API GET and POST, its client's files GET and HEAD."""
+        path = environ.get("PATH_INFO", "")
+        allowed = API_METHODS if (path[:-1] if path.endswith("/") else path) in self._api_routes else STATIC_METHODS
+        if environ.get("REQUEST_METHOD") not in allowed:
+            raise RequestError(
+                http.HTTPStatus.METHOD_NOT_ALLOWED,
+                f"{environ.get('REQUEST_METHOD')} is not allowed here; allowed: {', '.join(allowed)}.",
+                {"Allow": ", ".join(allowed)},
+            )
+
 
 def _check_init_args(loader: tuple[Callable, Any] | None, name: str | None, data: Any) -> None:
-    """ValueError if a loader without an init spec can't take the config's arguments (LIT would raise TypeError)."""
+    """ValueError if a loader can't take the config's arguments (LIT would raise a TypeError or KeyError)."""
     config = (data or {}).get("config")
-    if loader is None or loader[1] is not None or not isinstance(config, dict):
+    if loader is None or not isinstance(config, dict):
         return
     args = {k: v for k, v in config.items() if k != "new_name"}
+    if loader[1] is not None:
+        try:
+            utils.validate_config_against_spec(args, loader[1], str(name), raise_for_unsupported=True)
+        except KeyError as error:
+            raise ValueError(str(error.args[0] if error.args else error)) from None
+        return
     try:
         inspect.signature(loader[0]).bind(**args)
     except TypeError as error:
@@ -369,30 +485,6 @@ def _error_for(request: wrappers.Request, error: Exception) -> wrappers.Response
     return error_response(status, message, getattr(error, "headers", None))
 
 
-class JsonErrorRequestHandler(serving.WSGIRequestHandler):
-    """werkzeug's handler with a read time-out, and JSON for the errors `http.server` answers itself."""
-
-    timeout = Limits.read_timeout_s
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Bad request lines, over-long lines or headers: `{"error": ...}` with nosniff, then close."""
-        status = http.HTTPStatus(code)
-        self.log_error("code %d, message %s", code, message)
-        body = error_body(f"{status.phrase}: {message or explain or status.description}")
-        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
-            self.request_version = "HTTP/1.0"  # Garbage, not HTTP/0.9: answer with headers.
-        self.send_response(code, status.phrase)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
-            self.wfile.write(body)
-        self.close_connection = True
-
-
 def check_device(device: str | None) -> None:
     """Raises ValueError unless `device` is None or one of `DEVICES` that this machine has."""
     if device is not None and device not in DEVICES:
@@ -401,10 +493,9 @@ def check_device(device: str | None) -> None:
         raise ValueError("--device=cuda, but PyTorch sees no CUDA device here; use --device=cpu.")
 
 
-def make_server(app: HardenedLitApp, host: str, port: int, read_timeout_s: float) -> serving.BaseWSGIServer:
-    """A threaded werkzeug server for `app` whose connections time out after `read_timeout_s` of silence."""
-    handler = type("RequestHandler", (JsonErrorRequestHandler,), {"timeout": read_timeout_s})
-    return serving.make_server(host, port, app, threaded=True, request_handler=handler)
+def make_server(app: HardenedLitApp, host: str, port: int, limits: Limits | None = None) -> server_http.Server:
+    """A threaded server for `app` on `host:port` under `limits` (time-outs, connection cap; default `Limits()`)."""
+    return server_http.make_server(app, host, port, limits or Limits())
 
 
 def serve(
@@ -416,6 +507,7 @@ def serve(
     server_type: str = "default",
     client_root: str | None = None,
     allow_loading: bool = False,
+    allow_new_data: bool = False,
     datapoints_dir: str | None = None,
     limits: Limits | None = None,
     **app_kw,
@@ -431,8 +523,9 @@ def serve(
         client_root: LIT's web client; LIT's own (or None) is served with local
             fonts (`offline_client.localize`).
         allow_loading: see `HardenedLitApp`.
+        allow_new_data: see `HardenedLitApp`.
         datapoints_dir: see `HardenedLitApp`.
-        limits: see `HardenedLitApp`; `read_timeout_s` is set on every connection.
+        limits: see `HardenedLitApp`; its time-outs and connection cap also bound the HTTP layer.
         **app_kw: `LitApp` keyword arguments (interpreters, layouts, LIT's
             server flags); others are ignored, as LIT's dev_server does.
 
@@ -454,12 +547,13 @@ def serve(
         models,
         datasets,
         allow_loading=allow_loading,
+        allow_new_data=allow_new_data,
         datapoints_dir=datapoints_dir,
         client_root=client_root,
         limits=limits,
         **{k: v for k, v in app_kw.items() if k in accepted},
     )
-    server = make_server(lit, host, port, limits.read_timeout_s)
+    server = make_server(lit, host, port, limits)
     url_host = f"[{host}]" if ":" in host else host
     print(f"LIT demo at http://{url_host}:{server.server_port}/", flush=True)
     try:

@@ -1,15 +1,19 @@
 """Bounds on the work a LIT server takes on: inputs, cost, concurrency and time.
 
 `Limits` holds the numbers; `request_cost` prices an interpretation request in
-token-rows (the tokens of every model row it will run); `HeavyGate` lets a
-bounded number of heavy requests run at once behind a bounded queue; and
-`stop_check` tells `lit_sig.core.cancellation` when a request's deadline has
-passed or its client has gone.
+token-rows (the tokens of every model row it will run); `AdmissionGate` runs a
+bounded number of heavy requests at once, in arrival order, and admits a new one
+only if its expected wait for a slot (the queued cost over the measured
+throughput) is short; `stop_check` tells `lit_sig.core.cancellation` when a
+request's deadline has passed or its client has gone.
 """
 
+import collections
 import contextlib
 import dataclasses
+import heapq
 import http
+import math
 import os
 import re
 import select
@@ -27,8 +31,12 @@ from lit_sig.core import adaptive, cancellation
 from lit_sig.lit import interpreters
 
 MAX_LIME_SAMPLES = 1024
-RETRY_AFTER_S = 5
 CLIENT_GONE = "The client closed its connection."
+# Throughput before any measurement, in token-rows per second per slot: a slow CPU's, so the first
+# requests are not promised more than the machine gives. Each completed heavy request replaces it.
+PRIOR_TOKEN_ROWS_PER_S = 2_000.0
+OVERHEAD_S = 0.05  # Per request, whatever its cost.
+_MIN_SAMPLE_S = 0.2  # Shorter requests say more about the overhead than about throughput.
 _POLL_S = 0.25
 _WORDS = re.compile(r"\w+|[^\w\s]")
 # Rows one adaptive path may use: both ends plus two per refinement round.
@@ -55,21 +63,39 @@ class Limits:
     Attributes:
         max_inputs: inputs per request that runs the model (the served data
             sets' sizes raise it, so the UI can always predict a whole data set).
-        max_request_cost: token-rows per interpretation request: the sum over
-            its inputs of tokens x model rows (IG: steps; SIG: tokens x steps).
-        max_heavy_requests: interpretations (and generations) running at once.
+        max_request_cost: token-rows per interpretation or generation request:
+            the sum over the examples it runs of tokens x model rows (IG: steps;
+            SIG: tokens x steps).
+        light_request_cost: interpretations and generations of at most this
+            many token-rows (one gradient pass, a short IG) run at once, like
+            predictions, without waiting for a heavy slot.
+        max_heavy_requests: heavier ones running at once.
         max_queued_requests: heavy requests waiting for a slot; more get 503.
-        request_deadline_s: seconds a request may take before it is abandoned.
+        max_queue_wait_s: a heavy request whose expected wait for a slot is
+            longer gets 503 with Retry-After at once.
+        request_deadline_s: seconds after its arrival at which a request's
+            work is abandoned (503).
         read_timeout_s: seconds a connection may stay silent while the server
             reads a request.
+        header_timeout_s: seconds in all to send a request line and headers.
+        body_timeout_s: seconds in all to send a request body.
+        max_connections: connections served at once; more get 503.
+        max_new_data_bytes: bytes of JSON that `/post_new_data` may keep in all
+            (when posting is on).
     """
 
     max_inputs: int = 1000
     max_request_cost: int = 2_000_000
+    light_request_cost: int = 5_000
     max_heavy_requests: int = dataclasses.field(default_factory=_cores)
     max_queued_requests: int = 16  # The UI sends several interpretations at once on a selection.
-    request_deadline_s: float = 120.0
-    read_timeout_s: float = 30.0
+    max_queue_wait_s: float = 10.0
+    request_deadline_s: float = 50.0
+    read_timeout_s: float = 10.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 64
+    max_new_data_bytes: int = 4 * 2**20
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -78,31 +104,28 @@ class Limits:
                 raise ValueError(f"{field.name} must be a positive number, got {value!r}.")
 
 
-def check_numbers(config: Mapping[str, Any]) -> None:
-    """Raises ValueError for a config number too large to be a float (a 400-digit integer)."""
-    for key, value in config.items():
-        if isinstance(value, int) and not isinstance(value, bool):
-            try:
-                float(value)
-            except OverflowError:
-                raise ValueError(f"{key!r} is out of range: a number of {len(str(abs(value)))} digits.") from None
+def integer_in(config: Mapping[str, Any], key: str, low: int, high: int) -> int | None:
+    """`config[key]` as an integer in [low, high] (None if absent); ValueError otherwise.
 
-
-def _integer_in(config: Mapping[str, Any], key: str, low: int, high: int) -> int | None:
-    """`config[key]` as an integer in [low, high] (None if absent); ValueError otherwise."""
+    Accepts a JSON integer, an integral float, or a string of ASCII digits (LIT's
+    text fields); not full-width digits, booleans or exponents.
+    """
     if config.get(key) is None:
         return None
     value = config[key]
     message = f"{key!r} must be an integer in [{low}, {high}], got {str(value)[:40]!r}."
     if isinstance(value, bool):
         raise ValueError(message)
-    try:
-        number = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(message) from None
-    if not number.is_integer() or not low <= number <= high:  # NaN and inf fail too.
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and re.fullmatch(r"[+-]?[0-9]+(\.0*)?", text)):
+            raise ValueError(message)
+        value = float(text)
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
         raise ValueError(message)
-    return int(number)
+    if not low <= value <= high:
+        raise ValueError(message)
+    return int(value)
 
 
 def _scalar_range(interpreter: Any, key: str) -> tuple[int, int]:
@@ -127,10 +150,10 @@ def rows_per_token_and_input(interpreter: Any, config: Mapping[str, Any]) -> tup
         return (rows, 1) if sequential else (0, rows + 1)
     if isinstance(interpreter, gradient_maps.IntegratedGradients):
         key = gradient_maps.INTERPOLATION_KEY
-        steps = _integer_in(config, key, *_scalar_range(interpreter, key))
+        steps = integer_in(config, key, *_scalar_range(interpreter, key))
         return 0, (steps or 30) + 1
     if isinstance(interpreter, lime_explainer.LIME):
-        samples = _integer_in(config, lime_explainer.NUM_SAMPLES_KEY, 1, MAX_LIME_SAMPLES)
+        samples = integer_in(config, lime_explainer.NUM_SAMPLES_KEY, 1, MAX_LIME_SAMPLES)
         return 0, (samples or 256) + 1
     return 0, 1
 
@@ -158,51 +181,119 @@ def token_counts(model: lit_model.Model, examples: Sequence[Mapping[str, Any]]) 
     return counts
 
 
+def cost_of(rows: tuple[int, int], counts: Sequence[int]) -> int:
+    """Token-rows of running `rows = (per_token, per_input)` on inputs of `counts` tokens."""
+    per_token, per_input = rows
+    return sum(t * (per_token * t + per_input) for t in counts)
+
+
 def request_cost(
     interpreter: Any, model: lit_model.Model, examples: Sequence[Mapping[str, Any]], config: Mapping[str, Any]
 ) -> int:
     """Token-rows an interpretation request will run (see `Limits.max_request_cost`)."""
-    per_token, per_input = rows_per_token_and_input(interpreter, config)
-    return sum(t * (per_token * t + per_input) for t in token_counts(model, examples))
+    return cost_of(rows_per_token_and_input(interpreter, config), token_counts(model, examples))
 
 
-class HeavyGate:
-    """At most `slots` heavy requests at once, `queue` more waiting; beyond that, 503."""
+class Throughput:
+    """Token-rows per second per slot: a moving average over completed heavy requests."""
 
-    def __init__(self, slots: int, queue: int):
-        self._slots = threading.BoundedSemaphore(slots)
-        self._capacity = slots + queue
-        self._admitted = 0
-        self._lock = threading.Lock()
+    def __init__(self, prior: float = PRIOR_TOKEN_ROWS_PER_S):
+        self.rate = prior
+        self.samples = 0
+
+    def record(self, cost: int, seconds: float) -> None:
+        """Counts a request of `cost` token-rows that ran `seconds` in its slot."""
+        if cost <= 0 or seconds < _MIN_SAMPLE_S:
+            return
+        sample = cost / max(seconds - OVERHEAD_S, _MIN_SAMPLE_S / 2)
+        self.rate = sample if self.samples == 0 else 0.7 * self.rate + 0.3 * sample
+        self.samples += 1
+
+    def seconds(self, cost: int) -> float:
+        """Expected seconds in a slot for `cost` token-rows."""
+        return OVERHEAD_S + cost / self.rate
+
+
+@dataclasses.dataclass(eq=False)
+class _Ticket:
+    cost: int
+    started: float = math.nan
+
+
+class AdmissionGate:
+    """At most `slots` heavy requests at once, in arrival order; a request is refused (503) at once
+    when `queue` are already waiting or its expected wait for a slot exceeds `max_wait_s`."""
+
+    def __init__(self, slots: int, queue: int, max_wait_s: float, throughput: Throughput | None = None):
+        self._slots, self._queue, self._max_wait_s = slots, queue, max_wait_s
+        self.throughput = throughput or Throughput()
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[_Ticket] = collections.deque()
+        self._running: set[_Ticket] = set()
 
     @property
     def admitted(self) -> int:
         """Heavy requests running or queued now."""
-        with self._lock:
-            return self._admitted
+        with self._cond:
+            return len(self._running) + len(self._waiting)
+
+    def expected_wait_s(self) -> float:
+        """Seconds a request arriving now would wait for a slot, by the measured throughput."""
+        with self._cond:
+            return self._expected_wait_locked(time.monotonic())
+
+    def _expected_wait_locked(self, now: float) -> float:
+        # Slots free up as running requests end; queued ones take them first, in order.
+        free = [max(0.0, self.throughput.seconds(t.cost) - (now - t.started)) for t in self._running]
+        free += [0.0] * (self._slots - len(free))
+        heapq.heapify(free)
+        for ticket in self._waiting:
+            heapq.heapreplace(free, free[0] + self.throughput.seconds(ticket.cost))
+        return free[0]
+
+    def _refuse(self, wait_s: float, why: str) -> RequestError:
+        retry = max(1, math.ceil(wait_s - self._max_wait_s if wait_s > self._max_wait_s else wait_s))
+        return RequestError(
+            http.HTTPStatus.SERVICE_UNAVAILABLE,
+            f"The server is busy: {why}; retry in {retry} s.",
+            {"Retry-After": str(retry)},
+        )
 
     @contextlib.contextmanager
-    def admit(self, should_stop: cancellation.StopCheck) -> Iterator[None]:
-        """Runs the body in a slot; raises a 503 RequestError when full, Cancelled if stopped while queued."""
-        with self._lock:
-            if self._admitted >= self._capacity:
-                raise RequestError(
-                    http.HTTPStatus.SERVICE_UNAVAILABLE,
-                    f"The server is busy ({self._capacity} heavy requests running or queued); retry later.",
-                    {"Retry-After": str(RETRY_AFTER_S)},
+    def admit(self, cost: int, should_stop: cancellation.StopCheck) -> Iterator[None]:
+        """Runs the body in a slot; raises a 503 RequestError at once if refused, Cancelled if stopped queued."""
+        ticket = _Ticket(cost)
+        with self._cond:
+            wait_s = self._expected_wait_locked(time.monotonic())
+            if len(self._waiting) >= self._queue and len(self._running) >= self._slots:
+                raise self._refuse(wait_s, f"{self._queue} heavy requests are waiting for a slot")
+            if wait_s > self._max_wait_s:
+                raise self._refuse(
+                    wait_s, f"a heavy request would wait about {wait_s:.0f} s for a slot (at most {self._max_wait_s:g})"
                 )
-            self._admitted += 1
-        try:
-            while not self._slots.acquire(timeout=_POLL_S):
-                if reason := should_stop():
-                    raise cancellation.Cancelled(reason)
+            self._waiting.append(ticket)
             try:
-                yield
-            finally:
-                self._slots.release()
+                while not (self._waiting[0] is ticket and len(self._running) < self._slots):
+                    self._cond.wait(_POLL_S)
+                    if reason := should_stop():
+                        raise cancellation.Cancelled(reason)
+            except BaseException:
+                self._waiting.remove(ticket)
+                self._cond.notify_all()
+                raise
+            self._waiting.popleft()
+            ticket.started = time.monotonic()
+            self._running.add(ticket)
+        completed = False
+        try:
+            yield
+            completed = True
         finally:
-            with self._lock:
-                self._admitted -= 1
+            with self._cond:
+                self._running.discard(ticket)
+                if completed:
+                    self.throughput.record(cost, time.monotonic() - ticket.started)
+                self._cond.notify_all()
 
 
 def client_gone(sock: socket.socket) -> bool:
@@ -214,12 +305,12 @@ def client_gone(sock: socket.socket) -> bool:
         return True
 
 
-def stop_check(deadline_s: float, sock: socket.socket | None) -> cancellation.StopCheck:
-    """A check that returns why to stop once `deadline_s` has passed or the client has gone.
+def stop_check(deadline_s: float, sock: socket.socket | None, start: float | None = None) -> cancellation.StopCheck:
+    """A check that returns why to stop once `deadline_s` after `start` (default now) has passed or the client has gone.
 
     The socket is polled at most every 0.25 s.
     """
-    deadline = time.monotonic() + deadline_s
+    deadline = (time.monotonic() if start is None else start) + deadline_s
     next_poll = 0.0
 
     def should_stop() -> str | None:
