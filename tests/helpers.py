@@ -10,6 +10,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -438,3 +439,80 @@ SEQUENCE_SALIENCE_NOTEBOOK = {
 def added_input(data: dict) -> dict:
     """A datapoint the UI made from another (as Sequence Salience's `makeModifiedInput` does), sent in full."""
     return {"id": "", "data": data | {"_id": ""}, "meta": {"added": True, "source": "salience"}}
+
+
+# In-process hardened servers (the tiny model on a free loopback port) and raw HTTP.
+
+TINY_PARAMS = {"model": "tiny", "dataset_name": DATASET, "do_predict": "1"}
+
+
+def new_input(sentence: str, example_id: str = "") -> dict:
+    """A datapoint the UI made (not in the data set), sent in full."""
+    return {"id": example_id, "data": {"sentence": sentence, "label": "", "_id": example_id}, "meta": {"added": True}}
+
+
+def sig_body(sentence: str, steps: int) -> dict:
+    return {"inputs": [new_input(sentence)], "config": {"Interpolation steps": steps, "Normalize": False}}
+
+
+@contextlib.contextmanager
+def local_server(model, limits=None, app_kw: dict | None = None, **interpreters_by_name) -> Iterator[tuple[str, Any]]:
+    """Serves `model` as "tiny" on 4 built-in sentences with lit_sig's SIG and IG (and `interpreters_by_name`)
+    on a free loopback port, under `limits` (`server.Limits`); yields the base URL and the app."""
+    import lit_sig  # pylint: disable=import-outside-toplevel
+    from lit_sig.models import datasets  # pylint: disable=import-outside-toplevel
+    from lit_sig.serving import offline_client, server  # pylint: disable=import-outside-toplevel
+
+    limits = limits or server.Limits()
+    app = server.HardenedLitApp(
+        {"tiny": model},
+        {DATASET: datasets.builtin(4)},
+        limits=limits,
+        client_root=str(offline_client.LIT_CLIENT_ROOT),
+        interpreters={SIG: lit_sig.SequentialIntegratedGradients(), IG: lit_sig.IntegratedGradients()}
+        | interpreters_by_name,
+        **(app_kw or {}),
+    )
+    httpd = server.make_server(app, "127.0.0.1", 0, limits)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}", app
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def connect(base: str, timeout: float = 60) -> socket.socket:
+    host, port = urllib.parse.urlsplit(base).netloc.split(":")
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Reads until the server closes; returns the status, headers (lower-case names) and body."""
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def raw_exchange(base: str, request: bytes, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+    """Sends raw bytes; returns the status, headers (lower-case names) and body of the answer."""
+    with connect(base, timeout) as sock:
+        sock.sendall(request)
+        with contextlib.suppress(OSError):  # The server may have answered and closed already.
+            sock.shutdown(socket.SHUT_WR)
+        return read_answer(sock)
+
+
+def assert_json_error(status: int, content_type: str, body: bytes, expected_status: int, word: str) -> None:
+    """A JSON error of `expected_status` whose message has `word`, with nothing sent back as markup."""
+    assert status == expected_status, body[:2000]
+    assert content_type.startswith("application/json")
+    message = json.loads(body)["error"]
+    assert isinstance(message, str) and word.lower() in message.lower(), message
+    assert b"Traceback" not in body and b'File "' not in body
+    assert b"<" not in body and b">" not in body  # Nothing the client sent comes back as markup.

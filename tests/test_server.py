@@ -6,31 +6,24 @@ concurrency, and the demo's command-line errors.
 """
 
 import concurrent.futures
-import contextlib
 import json
 import math
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
-from lit_nlp.api import components as lit_components
 from werkzeug import test as werkzeug_test
 
-import lit_sig
-from lit_sig.core import cancellation
 from lit_sig.models import datasets
-from lit_sig.serving import offline_client, server, server_limits
+from lit_sig.serving import offline_client, server
 from tests.helpers import (
     DATASET,
     IG,
@@ -38,19 +31,16 @@ from tests.helpers import (
     MODEL,
     REPO,
     SIG,
+    assert_json_error,
     call,
     call_ok,
     free_port,
     full_config,
     interpret,
+    new_input,
 )
 
 MARKUP = "<script>alert('lit')</script>"
-
-
-def new_input(sentence: str) -> dict:
-    """A datapoint the UI made (not in the data set), sent in full."""
-    return {"id": "", "data": {"sentence": sentence, "label": "", "_id": ""}, "meta": {"added": True}}
 
 
 def test_get_info_describes_the_demo(info):
@@ -91,6 +81,7 @@ def test_interpreter_gives_finite_token_salience(demo, info, examples, interpret
     assert list(result) == ["token_grad_sentence"]
 
 
+PREDS_PARAMS = {"model": MODEL, "dataset_name": DATASET}
 ERROR_CASES = {
     # name: (route, params, body, status, a word of the message)
     "empty text": (
@@ -172,6 +163,112 @@ ERROR_CASES = {
         400,
         "config",
     ),
+    # Issue 23: client mistakes that were bare 500s.
+    "input without an id": (
+        "/get_preds",
+        PREDS_PARAMS,
+        {"inputs": [{"data": {"sentence": "no id here", "label": ""}}]},
+        400,
+        '"id"',
+    ),
+    "ndarray marker on /get_info": ("/get_info", None, {"x": {"__class__": "np.ndarray"}}, 400, "type markers"),
+    "tuple marker": ("/get_info", None, {"x": {"__class__": "tuple", "__value__": 1}}, 400, "type markers"),
+    "DataTuple marker": ("/get_dataset", {"dataset_name": DATASET}, {"x": {"__class__": "DataTuple"}}, 400, "type"),
+    "LitType marker": ("/get_info", None, {"x": {"__name__": "Any"}}, 400, "type markers"),
+    "data decoding to an ndarray": (
+        "/get_preds",
+        PREDS_PARAMS,
+        {"inputs": [{"id": "", "data": {"__class__": "np.ndarray", "__value__": [1]}}]},
+        400,
+        "type markers",
+    ),
+    "data decoding to a LitType": (
+        "/get_preds",
+        PREDS_PARAMS,
+        {"inputs": [{"id": "", "data": {"__name__": "TextSegment"}}]},
+        400,
+        "type markers",
+    ),
+    "JSON nested 971 deep": ("/get_preds", PREDS_PARAMS, b'{"inputs":' + b"[" * 970 + b"]" * 970 + b"}", 400, "nested"),
+    "JSON nested 973 deep in steps": (
+        "/get_interpretations",
+        PREDS_PARAMS | {"interpreter": SIG},
+        b'{"inputs":[],"config":{"Interpolation steps":' + b"[" * 971 + b"]" * 971 + b"}}",
+        400,
+        "nested",
+    ),
+    "lone surrogate in a prediction": (
+        "/get_preds",
+        PREDS_PARAMS,
+        b'{"inputs":[{"id":"","data":{"sentence":"a \\ud800 b","label":""}}]}',
+        400,
+        "surrogate",
+    ),
+    "lone surrogate in SIG": (
+        "/get_interpretations",
+        PREDS_PARAMS | {"interpreter": SIG},
+        b'{"inputs":[{"id":"","data":{"sentence":"\\ud800","label":""}}],"config":{"Interpolation steps":3}}',
+        400,
+        "surrogate",
+    ),
+    "TCAV {}": (
+        "/get_interpretations",
+        PREDS_PARAMS | {"interpreter": "tcav"},
+        {"inputs": [], "config": {}},
+        400,
+        "tcav",
+    ),
+    "Salience Clustering {}": (
+        "/get_interpretations",
+        PREDS_PARAMS | {"interpreter": "Salience Clustering"},
+        {"inputs": [], "config": {}},
+        400,
+        "Salience Mapper",
+    ),
+    "Salience Clustering 1e309 clusters": (
+        "/get_interpretations",
+        PREDS_PARAMS | {"interpreter": "Salience Clustering"},
+        b'{"inputs":[],"config":{"Salience Mapper":"Grad L2 Norm","Number of clusters":1e309}}',
+        400,
+        "finite",
+    ),
+    "Ablation Flip {}": (
+        "/get_generated",
+        PREDS_PARAMS | {"generator": "Ablation Flip"},
+        {"inputs": [], "config": {}},
+        400,
+        "Max number of token ablations",
+    ),
+    "LIT IG with some keys": (
+        "/get_interpretations",
+        PREDS_PARAMS | {"interpreter": "Integrated Gradients"},
+        {"inputs": [], "config": {"Interpolation steps": 10}},
+        400,
+        "Normalize",
+    ),
+    "unknown requested type": (
+        "/get_preds",
+        PREDS_PARAMS | {"requested_types": "Tokens,NoSuchType"},
+        {"inputs": [new_input("a sentence")]},
+        400,
+        "LitType",
+    ),
+    "post_new_data is off": (
+        "/post_new_data",
+        {"dataset_name": DATASET},
+        {"inputs": [{"sentence": "stored for others", "label": "1"}]},
+        403,
+        "--allow_new_data",
+    ),
+    "post_new_data without an id, off": (
+        "/post_new_data",
+        {"dataset_name": DATASET},
+        {"inputs": [{"data": {"sentence": "x"}}]},
+        403,
+        "--allow_new_data",
+    ),
+    "post_new_data empty, off": ("/post_new_data", {"dataset_name": DATASET}, b"", 403, "--allow_new_data"),
+    "fetch_new_data is off": ("/fetch_new_data", {"saved_datapoints_id": "0" * 32}, None, 403, "--allow_new_data"),
 }
 # (interpreter, config overrides, a word of the message); the example is the data set's first.
 CONFIG_ERROR_CASES = {
@@ -189,16 +286,30 @@ CONFIG_ERROR_CASES = {
     "LIT IG steps abc": ("Integrated Gradients", {"Interpolation steps": "abc"}, "Interpolation steps"),
     "LIT IG steps 1000": ("Integrated Gradients", {"Interpolation steps": 1000}, "[5, 100]"),
     "LIME samples 5000": ("LIME", {"Number of samples": "5000"}, "Number of samples"),
+    # Issue 23: strict keys; a config that LIT's Salience Clustering hands to LIT's IG and LIME keeps their caps.
+    "captum class 0": ("captum Saliency", {"Class to explain": 0}, "class name string"),
+    "captum class false": ("captum Occlusion", {"Class to explain": False}, "class name string"),
+    "captum class []": ("captum Lime", {"Class to explain": []}, "class name string"),
+    "SIG steps full-width": (SIG, {"Interpolation steps": "\uff15"}, "Interpolation steps"),
+    "IG steps full-width": (IG, {"Interpolation steps": "\uff15"}, "Interpolation steps"),
+    "LIT IG steps full-width": ("Integrated Gradients", {"Interpolation steps": "\uff15"}, "Interpolation steps"),
+    "Occlusion wider than the sentence": ("captum Occlusion", {"sliding_window_shapes": 16}, "wider"),
+    "Salience Clustering with IG 1000 steps": (
+        "Salience Clustering",
+        {"Salience Mapper": "Integrated Gradients", "Interpolation steps": 1000, "Number of clusters": 2},
+        "[5, 100]",
+    ),
+    "Salience Clustering with LIME 2000 samples": (
+        "Salience Clustering",
+        {"Salience Mapper": "LIME", "Number of samples": 2000, "Number of clusters": 2},
+        "Number of samples",
+    ),
+    "Salience Clustering, more clusters than examples": (
+        "Salience Clustering",
+        {"Salience Mapper": "Grad L2 Norm", "Number of clusters": 5},
+        "at most as many clusters",
+    ),
 }
-
-
-def assert_json_error(status: int, content_type: str, body: bytes, expected_status: int, word: str) -> None:
-    assert status == expected_status, body[:2000]
-    assert content_type.startswith("application/json")
-    message = json.loads(body)["error"]
-    assert isinstance(message, str) and word.lower() in message.lower(), message
-    assert b"Traceback" not in body and b'File "' not in body
-    assert b"<" not in body and b">" not in body  # Nothing the client sent comes back as markup.
 
 
 @pytest.mark.parametrize("case", ERROR_CASES)
@@ -375,216 +486,53 @@ def test_bad_command_lines_exit_with_a_clear_error(tmp_path, tiny_model_dir):
         assert cases[args] in err, f"{args}:\n{err}"
 
 
-# --- Limits, time-outs and cancellation, on an in-process server with the tiny model. ---
+def test_a_result_stays_with_its_data(demo, examples):
+    """Client B sends client A's example id with other text: B gets its own result, never A's, and A still
+    gets A's, whichever asks first, with or without a data set to look the id up in."""
+    negative = next(ex for ex in examples[::-1] if ex["data"]["label"] == "0")
+    a_id, a_text = negative["id"], negative["data"]["sentence"]
+    b_text = "A wonderful, warm and utterly delightful film."
+    with_dataset, without = {"model": MODEL, "dataset_name": DATASET}, {"model": MODEL}
+
+    def preds(params, entry):
+        (result,) = call_ok(demo, "/get_preds", params, {"inputs": [entry]})
+        return result["probas"]
+
+    b_alone = preds(with_dataset, new_input(b_text))
+    a_alone = preds(with_dataset, new_input(a_text))
+    assert abs(b_alone[1] - a_alone[1]) > 0.5  # The model tells them apart.
+    spoofs = [
+        new_input(b_text, a_id),  # id and _id of A
+        {"id": "", "data": {"sentence": b_text, "label": "", "_id": a_id}},  # _id of A only
+        {"id": a_id, "data": {"sentence": b_text, "label": "0"}},  # id of A only
+    ]
+    assert preds(with_dataset, spoofs[0]) == b_alone  # Before A was ever cached.
+    assert preds(with_dataset, a_id) == a_alone  # A by id, cached now.
+    for params in (with_dataset, without):
+        for spoof in spoofs:
+            assert preds(params, spoof) == b_alone  # Probabilities don't depend on the label.
+    assert preds(with_dataset, a_id) == a_alone
+    # Interpretations with do_predict go through the same cache.
+    config = {"Interpolation steps": 4, "Normalize": False}
+    (spoofed,) = json.loads(interpret(demo, IG, [spoofs[0]], config)[2])
+    (alone,) = json.loads(interpret(demo, IG, [new_input(b_text)], config)[2])
+    assert spoofed == alone
 
 
-class BlockingInterpreter(lit_components.Interpreter):
-    """Heavy work made deterministic: runs until `release` is set, checking for cancellation."""
-
-    def __init__(self):
-        self.started = threading.Event()
-        self.release = threading.Event()
-        self.stopped: list[str] = []
-
-    def run(self, inputs, model, dataset, model_outputs=None, config=None):
-        self.started.set()
-        try:
-            while not self.release.wait(0.02):
-                cancellation.check()
-        except cancellation.Cancelled as stop:
-            self.stopped.append(str(stop))
-            raise
-        return [{} for _ in inputs]
-
-
-@contextlib.contextmanager
-def local_server(model, limits: server.Limits, **interpreters) -> Iterator[tuple[str, server.HardenedLitApp]]:
-    """Serves the tiny model and `interpreters` (plus lit_sig's SIG and IG) on a free loopback port."""
-    app = server.HardenedLitApp(
-        {"tiny": model},
-        {DATASET: datasets.builtin(4)},
-        limits=limits,
-        client_root=str(offline_client.LIT_CLIENT_ROOT),
-        interpreters={SIG: lit_sig.SequentialIntegratedGradients(), IG: lit_sig.IntegratedGradients(), **interpreters},
-    )
-    httpd = server.make_server(app, "127.0.0.1", 0, limits.read_timeout_s)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}", app
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-def raw_exchange(base: str, request: bytes, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
-    """Sends raw bytes; returns the status, headers (lower-case names) and body of the answer."""
-    host, port = urllib.parse.urlsplit(base).netloc.split(":")
-    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
-        sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in header_lines)
-    return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}, body
-
-
-def sig_body(sentence: str, steps: int) -> dict:
-    return {"inputs": [new_input(sentence)], "config": {"Interpolation steps": steps, "Normalize": False}}
-
-
-TINY_PARAMS = {"model": "tiny", "dataset_name": DATASET, "do_predict": "1"}
-
-
-@pytest.fixture(scope="module")
-def quick_server(tiny_model) -> Iterator[tuple[str, server.HardenedLitApp]]:
-    with local_server(tiny_model, server.Limits(read_timeout_s=1, max_request_cost=50_000)) as served:
-        yield served
-
-
-@pytest.mark.parametrize(
-    "request_bytes, status, word",
-    [
-        (b"GARBAGE\r\n\r\n", 400, "Bad request"),
-        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, "URI Too Long"),
-        (b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n", 431, "Header"),
-        (b"POST /get_info HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "chunk"),
-        (b"POST /get_info HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}", 400, "shorter"),
-        (b"GET /static/%00../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 400, "NUL"),
-    ],
-)
-def test_protocol_errors_get_json(quick_server, request_bytes, status, word):
-    got_status, headers, body = raw_exchange(quick_server[0], request_bytes)
-    assert got_status == status, body
-    assert headers["content-type"].startswith("application/json")
-    assert headers["x-content-type-options"] == "nosniff"
-    assert word.lower() in json.loads(body)["error"].lower()
-
-
-def test_a_stalled_body_times_out_with_408(quick_server):
-    """Content-Length larger than what arrives: the read time-out (1 s here) answers instead of waiting forever."""
-    host, port = urllib.parse.urlsplit(quick_server[0]).netloc.split(":")
-    with socket.create_connection((host, int(port)), timeout=60) as sock:
-        sock.sendall(b"POST /get_info HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}")  # And then nothing.
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 408") and b"in time" in answer
-
-
-def test_chunked_body_over_the_limit_is_413(quick_server, monkeypatch):
-    monkeypatch.setattr(server, "MAX_REQUEST_BYTES", 10_000)
-    chunk = b"a" * 1000
-    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(20)) + b"0\r\n\r\n"
-    request = b"POST /get_info HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body
-    status, headers, answer = raw_exchange(quick_server[0], request)
-    assert status == 413 and "10000 bytes" in json.loads(answer)["error"]
-    small = b"POST /get_info HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
-    status, _, answer = raw_exchange(quick_server[0], small)
-    assert status == 200 and "models" in json.loads(answer)
-
-
-def test_request_cost_is_bounded(quick_server):
-    base, _ = quick_server
-    sentence = "a rather long sentence that has quite a few tokens in it"
-    status, _, body = call(base, "/get_interpretations", TINY_PARAMS | {"interpreter": SIG}, sig_body(sentence, 500))
-    message = json.loads(body)["error"]
-    assert status == 413 and "max_request_cost" in message and "50,000" in message
-    status, _, body = call(base, "/get_interpretations", TINY_PARAMS | {"interpreter": SIG}, sig_body(sentence, 2))
-    assert status == 200, body
-
-
-def test_too_many_inputs_is_413(quick_server):
-    base, app = quick_server
-    inputs = [new_input("one more")] * 1001
-    status, _, body = call(base, "/get_preds", {"model": "tiny", "dataset_name": DATASET}, {"inputs": inputs})
-    assert status == 413 and "1000" in json.loads(body)["error"]
-
-
-def test_a_bug_is_a_bare_500(quick_server, monkeypatch):
-    def broken(*args, **kw):
-        raise TypeError("secret detail")
-
-    monkeypatch.setattr(server.HardenedLitApp, "_check_names", broken)  # A bug inside the server.
-    status, content_type, body = call(quick_server[0], "/get_dataset", {"dataset_name": DATASET})
-    assert status == 500 and json.loads(body) == {"error": server.INTERNAL_ERROR}
-    assert b"secret" not in body and b"TypeError" not in body
-
-
-def test_deadline_stops_real_sig(tiny_model):
-    """A deadline that has passed before the first model pass: the path engine stops at its first check."""
-    with local_server(tiny_model, server.Limits(request_deadline_s=1e-9)) as (base, _):
-        status, _, body = call(base, "/get_interpretations", TINY_PARAMS | {"interpreter": SIG}, sig_body("good", 5))
-    assert status == 503 and "deadline" in json.loads(body)["error"]
-
-
-def test_busy_server_answers_503_and_quick_routes_still_answer(tiny_model):
-    """One heavy slot and one queue place: the third heavy request is refused at once; quick ones pass."""
-    slow = BlockingInterpreter()
-    with local_server(tiny_model, server.Limits(max_heavy_requests=1, max_queued_requests=1), Slow=slow) as (base, app):
-        params = TINY_PARAMS | {"interpreter": "Slow"}
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            running = pool.submit(call, base, "/get_interpretations", params, {"inputs": [new_input("first")]})
-            assert slow.started.wait(60)
-            queued = pool.submit(call, base, "/get_interpretations", params, {"inputs": [new_input("second")]})
-            while app.heavy_gate.admitted < 2:
-                time.sleep(0.01)
-            status, headers, body = raw_exchange(
-                base,
-                b"POST /get_interpretations?"
-                + urllib.parse.urlencode(params).encode()
-                + b' HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\n\r\n{"inputs":[]}',
-            )
-            assert status == 503 and headers["retry-after"] == "5" and "busy" in json.loads(body)["error"]
-            # The heavy ones are still held; quick routes answer meanwhile.
-            assert call(base, "/get_info")[0] == 200
-            assert len(call_ok(base, "/get_dataset", {"dataset_name": DATASET})) == 4
-            preds = call_ok(
-                base, "/get_preds", {"model": "tiny", "dataset_name": DATASET}, {"inputs": [new_input("quick")]}
-            )
-            assert len(preds) == 1 and not running.done() and not queued.done()
-            slow.release.set()
-            assert running.result()[0] == 200 and queued.result()[0] == 200
-
-
-def test_work_stops_when_its_client_leaves(tiny_model):
-    slow = BlockingInterpreter()
-    with local_server(tiny_model, server.Limits(), Slow=slow) as (base, app):
-        query = urllib.parse.urlencode(TINY_PARAMS | {"interpreter": "Slow"}).encode()
-        body = json.dumps({"inputs": [new_input("left")]}).encode()
-        host, port = urllib.parse.urlsplit(base).netloc.split(":")
-        with socket.create_connection((host, int(port)), timeout=60) as sock:
-            sock.sendall(
-                b"POST /get_interpretations?"
-                + query
-                + b" HTTP/1.1\r\nHost: x\r\nContent-Length: "
-                + str(len(body)).encode()
-                + b"\r\n\r\n"
-                + body
-            )
-            assert slow.started.wait(60)
-        while not slow.stopped:  # Never set (and the test times out) if the work went on.
-            time.sleep(0.01)
-        assert slow.stopped == [server_limits.CLIENT_GONE]
-        while app.heavy_gate.admitted:
-            time.sleep(0.01)
-
-
-def test_small_load_keeps_results_exact_and_errors_bounded(tiny_model):
-    """benchmarks.server_load in small: 4 clients for 2 s; only 503s may fail, SIG results equal the lone ones."""
-    from benchmarks import server_load
-
-    limits = server.Limits(max_heavy_requests=1, max_queued_requests=1)
-    with local_server(
-        tiny_model, limits, **{"Sequential Integrated Gradients": lit_sig.SequentialIntegratedGradients()}
-    ) as (base, app):
-        report = server_load.run_load(base, "tiny", clients=4, duration_s=2, max_requests=200, steps=3, backoff_s=0.05)
-        assert app.heavy_gate.admitted == 0
-    assert report["server_errors_other_than_503"] == 0 and report["no_answer"] == 0, report
-    assert report["sig_completed"] > 0 and report["sig_mismatches"] == 0, report
-    assert all(status in (200, 503) for status in (int(k.split()[1]) for k in report["statuses"])), report
-    assert not any(k.startswith("quick") and not k.endswith("200") for k in report["statuses"]), report
-    assert report["alone_after_equal"], report
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "TRACE", "OPTIONS", "HEAD"])
+def test_only_get_and_post_reach_the_api(demo, method):
+    for route, allowed in (("/get_info", "GET, POST"), ("/get_preds", "GET, POST"), ("/static/index.html", None)):
+        if allowed is None and method == "HEAD":
+            continue  # A file may be asked for its headers.
+        request = urllib.request.Request(
+            demo + route, data=b"{}" if method in ("PUT", "PATCH") else None, method=method
+        )
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(request, timeout=60)
+        assert raised.value.code == 405
+        assert raised.value.headers["Allow"] == (allowed or "GET, HEAD")
+        if method != "HEAD":
+            assert_json_error(405, raised.value.headers["Content-Type"], raised.value.read(), 405, "allowed")
+    request = urllib.request.Request(demo + "/", method="HEAD")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 200 and response.read() == b""

@@ -32,7 +32,7 @@ from lit_nlp.api import dataset as lit_dataset
 from lit_nlp.api import model as lit_model
 from lit_nlp.api import types as lit_types
 
-from lit_sig.core import attribution, engine, quadrature
+from lit_sig.core import attribution, cancellation, engine, quadrature
 from lit_sig.lit import fields as fields_lib
 from lit_sig.lit import inside, interpreters, protocol
 from lit_sig.lit.config import LAYER_PARAM, NEURON_PARAM, Param
@@ -412,6 +412,7 @@ class _MovableForward:
         self._all = bool(movable.all())
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        cancellation.check()  # A server's deadline or departed client stops captum too.
         if not self._all:
             full = self._prepared.x.to(rows.dtype).expand(len(rows), -1, -1).clone()  # [N, T, D]
             full[:, self._movable] = rows

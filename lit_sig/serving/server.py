@@ -47,6 +47,7 @@ from lit_nlp import app as lit_app
 from lit_nlp import dev_server
 from lit_nlp.api import dataset as lit_dataset
 from lit_nlp.api import model as lit_model
+from lit_nlp.api import types as lit_types
 from lit_nlp.components import projection, salience_clustering
 from lit_nlp.lib import caching, serialize, utils, wsgi_app
 from werkzeug import wrappers
@@ -178,10 +179,18 @@ class HardenedLitApp(lit_app.LitApp):
             # No loaders: the UI offers no "load model/data set" controls.
             kw.setdefault("model_loaders", {})
             kw.setdefault("dataset_loaders", {})
+        self._client_root = pathlib.Path(kw.get("client_root") or ".").resolve()
         warm_start, warm_projections = kw.pop("warm_start", 0.0), kw.pop("warm_projections", False)
         super().__init__(models, datasets, **kw)
         self._rekey_caches()
         self._warm(warm_start, warm_projections, kw.get("warm_start_progress_indicator"))
+
+    def _is_client_file(self, path: str) -> bool:
+        """Whether `path` names a file of the web client (as LIT's static handler maps it)."""
+        if path in ("", "/", "/index.html"):
+            return True
+        resolved = (self._client_root / path.lstrip("/")).resolve()
+        return resolved.is_relative_to(self._client_root) and resolved.is_file()
 
     # --- Caches ---
 
@@ -246,7 +255,7 @@ class HardenedLitApp(lit_app.LitApp):
                 stack.enter_context(self._clustering_lock)
             return fn(data, **args)
 
-    def _check_request(self, name: str, args: Mapping[str, str], data: Any) -> tuple[int, Any]:
+    def _check_request(self, name: str, args: dict[str, str], data: Any) -> tuple[int, Any]:
         """Checks the body for handler `name` (ValueError or RequestError); returns its cost and component.
 
         Inputs are replaced, in `data`, by what LIT's handlers take (ids derived from the data).
@@ -276,6 +285,8 @@ class HardenedLitApp(lit_app.LitApp):
             return self._check_component(args, "interpreter", self._interpreters, data["inputs"], config)
         if name == "_get_generated":
             return self._check_component(args, "generator", self._generators, data["inputs"], config)
+        if name == "_get_preds":
+            _check_requested_types(args.get("requested_types", ""))
         if name == "_get_metrics" and config is not None:
             chosen = [m for m in args.get("metrics", "").split(",") if m] or list(self._metrics)
             for metric in chosen:
@@ -283,7 +294,7 @@ class HardenedLitApp(lit_app.LitApp):
         return 0, None
 
     def _check_component(
-        self, args: Mapping[str, str], kind: str, components: Mapping[str, Any], inputs: list[dict], config: Any
+        self, args: dict[str, str], kind: str, components: Mapping[str, Any], inputs: list[dict], config: Any
     ) -> tuple[int, Any]:
         """The cost (token-rows) of running the `kind` named in `args`; 413 over `max_request_cost`."""
         missing = [p for p in ("model", "dataset_name", kind) if not args.get(p)]
@@ -296,6 +307,8 @@ class HardenedLitApp(lit_app.LitApp):
         )
         check = server_checks.interpretation_work if kind == "interpreter" else server_checks.generation_work
         work = check(component, name, call)
+        if isinstance(component, salience_clustering.SalienceClustering) and not inputs:
+            args["do_predict"] = "0"  # It runs on the whole data set; LIT's predictions of no inputs would not fit.
         if isinstance(component, projection.ProjectionManager):
             for example in call.examples:  # Projections of other inputs are not cached (LIT caches by id).
                 if not self._is_served_id(example.get("_id", "")):
@@ -444,14 +457,24 @@ class HardenedLitApp(lit_app.LitApp):
 
     def _check_method(self, environ: dict) -> None:
         """405 for a method the route does not take: LIT's API GET and POST, its client's files GET and HEAD."""
-        path = environ.get("PATH_INFO", "")
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD")
         allowed = API_METHODS if (path[:-1] if path.endswith("/") else path) in self._api_routes else STATIC_METHODS
-        if environ.get("REQUEST_METHOD") not in allowed:
+        if method not in allowed and allowed is STATIC_METHODS and not self._is_client_file(path):
+            raise RequestError(http.HTTPStatus.NOT_FOUND, "Not Found.")
+        if method not in allowed:
             raise RequestError(
                 http.HTTPStatus.METHOD_NOT_ALLOWED,
                 f"{environ.get('REQUEST_METHOD')} is not allowed here; allowed: {', '.join(allowed)}.",
                 {"Allow": ", ".join(allowed)},
             )
+
+
+def _check_requested_types(names: str) -> None:
+    """ValueError unless every comma-separated name is a LitType's (LIT would raise TypeError)."""
+    for name in filter(None, names.split(",")):
+        lit_type = getattr(lit_types, name, None)
+        if not (isinstance(lit_type, type) and issubclass(lit_type, lit_types.LitType)):
+            raise ValueError(f"requested_types: {name[:80]!r} is not a LitType name (such as MulticlassPreds).")
 
 
 def _check_init_args(loader: tuple[Callable, Any] | None, name: str | None, data: Any) -> None:

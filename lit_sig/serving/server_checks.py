@@ -68,9 +68,10 @@ def _check_text(text: str) -> None:
 
 def check_json(value: Any) -> None:
     """Raises ValueError for JSON the server does not take (see the module doc)."""
-    stack = [(value, 1)]
+    stack: list[tuple[Any, int, str | None]] = [(value, 1, None)]  # (value, depth, the key it is under)
     while stack:
-        item, depth = stack.pop()
+        item, depth, key = stack.pop()
+        where = f"{key!r}: " if key is not None else ""
         if depth > MAX_JSON_DEPTH:
             raise ValueError(f"Malformed JSON: nested more than {MAX_JSON_DEPTH} levels deep.")
         if isinstance(item, dict):
@@ -79,17 +80,17 @@ def check_json(value: Any) -> None:
                     f"JSON objects with {markers[0]!r} (LIT's type markers for arrays, tuples and LitTypes) are not"
                     " accepted from clients; send plain JSON."
                 )
-            for key, child in item.items():
-                _check_text(key)
-                stack.append((child, depth + 1))
+            for child_key, child in item.items():
+                _check_text(child_key)
+                stack.append((child, depth + 1, child_key))
         elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
+            stack.extend((child, depth + 1, key) for child in item)
         elif isinstance(item, str):
             _check_text(item)
         elif isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(f"Numbers must be finite, got {item!r} (JSON numbers past 1.8e308 are infinite).")
+            raise ValueError(f"{where}numbers must be finite, got {item!r} (JSON numbers past 1.8e308 are infinite).")
         elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > 1023:
-            raise ValueError(f"A number of {len(str(abs(item)))} digits is out of range.")
+            raise ValueError(f"{where}out of range: a number of {len(str(abs(item)))} digits.")
 
 
 # --- Inputs ---
@@ -272,6 +273,8 @@ def _salience_clustering(component: salience_clustering.SalienceClustering, call
     mapper = component.salience_mappers[mapper_name]
     if not mapper.is_compatible(model=call.model, dataset=call.dataset):
         raise ValueError(f"The Salience Mapper {mapper_name!r} does not apply to this model and data set.")
+    # Its mapper gets the same config: LIT's caps on IG steps and LIME samples hold here too.
+    rows = _lit_salience(mapper, dataclasses.replace(call, config=config))
     examples = call.dataset_examples()
     clusters = integer_in(config, salience_clustering.N_CLUSTERS_KEY, 2, 100)
     reuse = _boolean(config, salience_clustering.REUSE_CLUSTERING)
@@ -280,8 +283,7 @@ def _salience_clustering(component: salience_clustering.SalienceClustering, call
     integer_in(config, salience_clustering.TOP_K_TOKENS_KEY, 1, 20)
     integer_in(config, salience_clustering.N_TOKENS_TO_DISPLAY_KEY, 5, 50)
     integer_in(config, salience_clustering.SEED_KEY, 0, MAX_SEED)
-    # Its mapper gets the same config: LIT's caps on IG steps and LIME samples hold here too.
-    return [Work(examples, _lit_salience(mapper, dataclasses.replace(call, config=config)))]
+    return [Work(examples, rows)]
 
 
 def _tcav(component: tcav.TCAV, call: Call) -> list[Work]:
