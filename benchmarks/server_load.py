@@ -35,6 +35,7 @@ from lit_sig.lit import registry
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATASET = "sentences"
+ALONE_TRIES = 3
 
 
 def call(base: str, route: str, params: dict[str, str] | None, body: Any, timeout: float) -> tuple[int, bytes]:
@@ -97,10 +98,13 @@ def run_load(
     examples = json.loads(call(base, "/get_dataset", {"dataset_name": DATASET}, None, request_timeout_s)[1])
     ids = [ex["id"] for ex in examples]
     sigs, quicks = sig_requests(model, ids, steps), quick_requests(model, ids)
-    alone = {}
-    alone_before_s = []
+    alone, alone_before_s, alone_refused = {}, [], 0
     for i, request in enumerate(sigs):
-        status, body, seconds = timed(base, request, 600)
+        for _ in range(ALONE_TRIES):  # A busy machine may run a request alone past the server's deadline (503).
+            status, body, seconds = timed(base, request, 600)
+            if status != 503:
+                break
+            alone_refused += 1
         assert status == 200, body[:500]
         alone[i] = json.loads(body)
         alone_before_s.append(seconds)
@@ -168,7 +172,9 @@ def run_load(
         "quick_p50_s": statistics.median(quick_s) if quick_s else None,
         "quick_p95_s": sorted(quick_s)[int(0.95 * (len(quick_s) - 1))] if quick_s else None,
         "alone_before_s": alone_before_s,
+        "alone_503_before": alone_refused,
         "alone_after_s": after_s,
+        "alone_after_status": status,
         "alone_after_equal": status == 200 and json.loads(body) == alone[0],
         "rss_before_mb": rss_before,
         "rss_max_mb": max(rss_seen) if rss_seen else None,

@@ -238,6 +238,20 @@ def test_throughput_is_measured_from_completed_requests():
     assert throughput.rate == pytest.approx(0.7 * 10_000 + 0.3 * 20_000)
 
 
+def test_a_request_stopped_past_its_expected_time_lowers_the_throughput():
+    """Cancelled after 0.3 s where 1,000 token-rows were expected to take 0.05 s: the rate was at most
+    1,000 / 0.25 per s. One cancelled sooner than expected says nothing."""
+    gate = server_limits.AdmissionGate(1, 1, 1e6, server_limits.Throughput(prior=1e6))
+    with pytest.raises(cancellation.Cancelled), gate.admit(1_000, never):
+        time.sleep(0.3)
+        raise cancellation.Cancelled("deadline")
+    assert gate.throughput.rate <= 1_000 / 0.25
+    rate = gate.throughput.rate
+    with pytest.raises(cancellation.Cancelled), gate.admit(10**9, never):
+        raise cancellation.Cancelled("client gone")
+    assert gate.throughput.rate == rate
+
+
 def test_work_stops_when_its_client_leaves(tiny_model):
     slow = BlockingInterpreter()
     with local_server(tiny_model, server.Limits(), Slow=slow) as (base, app):

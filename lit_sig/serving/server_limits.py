@@ -291,8 +291,10 @@ class AdmissionGate:
         finally:
             with self._cond:
                 self._running.discard(ticket)
-                if completed:
-                    self.throughput.record(cost, time.monotonic() - ticket.started)
+                elapsed = time.monotonic() - ticket.started
+                # Stopped past its expected time (a deadline): its rate was at most cost / elapsed.
+                if completed or elapsed > self.throughput.seconds(cost):
+                    self.throughput.record(cost, elapsed)
                 self._cond.notify_all()
 
 
