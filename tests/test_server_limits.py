@@ -134,7 +134,7 @@ def test_a_bug_is_a_bare_500(quick_server, monkeypatch):
 def test_deadline_stops_real_work(tiny_model, interpreter):
     """A deadline that has passed before the first model pass: the path engine (or captum's forward) stops
     at its first check."""
-    bridged = captum_bridge.captum_interpreters(["Occlusion"])
+    bridged = {"captum Occlusion": captum_bridge.CaptumInterpreter("Occlusion")}
     with local_server(tiny_model, server.Limits(request_deadline_s=1e-9), **bridged) as (base, _):
         params = TINY_PARAMS | {"interpreter": interpreter}
         status, _, body = call(base, "/get_interpretations", params, {"inputs": [new_input("good fun")]})
