@@ -295,8 +295,18 @@ def test_posted_data_is_off_by_default_and_bounded_when_on(tiny_model):
     limits = server.Limits(max_new_data_bytes=400)
     params = {"dataset_name": DATASET}
     with local_server(tiny_model, limits, app_kw={"allow_new_data": True}) as (base, _):
-        for body, word in ((b"", "inputs"), ({"inputs": 5}, "inputs"), ({}, "inputs"), ({"inputs": [3]}, "example")):
+        mistakes = [
+            (b"", "inputs"),
+            ({"inputs": 5}, "inputs"),
+            ({}, "inputs"),
+            ({"inputs": [3]}, "example"),
+            ({"inputs": [{"data": {"sentence": "x"}}]}, "Unknown field"),  # An input as other routes take it.
+            ({"inputs": [{"label": "1"}]}, "required field"),
+            ({"inputs": [{"sentence": 5, "label": "1"}]}, "string"),
+        ]
+        for body, word in mistakes:
             assert_json_error(*call(base, "/post_new_data", params, body), 400, word)
+        assert_json_error(*call(base, "/post_new_data", {}, {"inputs": []}), 400, "dataset_name")
         examples = [{"sentence": "Stored for a link.", "label": "1"}]
         links = call_ok(base, "/post_new_data", params, {"inputs": examples})
         saved_id = links["load"].split("=", 1)[1]

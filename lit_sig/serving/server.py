@@ -264,7 +264,10 @@ class HardenedLitApp(lit_app.LitApp):
             raise ValueError(f"Malformed request: the body must be a JSON object, not a {type(data).__name__}.")
         if name == "_post_new_data":
             self._check_new_data()
-            server_checks.new_examples((data or {}).get("inputs"), self._max_inputs)
+            dataset = self._datasets.get(args.get("dataset_name", ""))
+            if dataset is None:
+                raise ValueError('Must provide a served "dataset_name" for the posted examples.')
+            server_checks.new_examples((data or {}).get("inputs"), self._max_inputs, dataset.spec())
             return 0, None
         if name not in _INPUT_HANDLERS:
             return 0, None

@@ -129,14 +129,26 @@ def model_inputs(inputs: list, dataset: lit_dataset.IndexedDataset | None, datas
     return prepared
 
 
-def new_examples(inputs: Any, max_inputs: int) -> list[dict]:
-    """`/post_new_data`'s inputs: a list of at most `max_inputs` plain examples (objects of fields)."""
+def new_examples(inputs: Any, max_inputs: int, spec: lit_types.Spec) -> list[dict]:
+    """`/post_new_data`'s inputs: at most `max_inputs` plain examples of the data set's `spec`.
+
+    Each is an object of the spec's fields, its required fields present, text fields strings.
+    """
     if not isinstance(inputs, list):
         raise ValueError('Malformed request: the body must be a JSON object with a list of "inputs" (examples).')
     if len(inputs) > max_inputs:
         raise ValueError(f"{len(inputs)} inputs; at most {max_inputs} can be posted at once (max_inputs).")
-    if not all(isinstance(example, dict) for example in inputs):
-        raise ValueError('Malformed request: each input of /post_new_data is an example, {"field": value, ...}.')
+    required = [k for k, v in spec.items() if v.required]
+    for example in inputs:
+        if not isinstance(example, dict):
+            raise ValueError('Malformed request: each input of /post_new_data is an example, {"field": value, ...}.')
+        if unknown := sorted(set(example) - set(spec)):
+            raise ValueError(f"Unknown field(s) {unknown[:5]} in a posted example; the data set's: {sorted(spec)}.")
+        if missing := [k for k in required if k not in example]:
+            raise ValueError(f"A posted example lacks the required field(s) {missing}.")
+        for key, value in example.items():
+            if isinstance(spec[key], lit_types.TextSegment) and not isinstance(value, str):
+                raise ValueError(f"{key!r} must be a string, got {str(value)[:40]!r}.")
     return inputs
 
 
