@@ -28,7 +28,6 @@ from lit_sig.lit import interpreters, registry
 from lit_sig.models import datasets
 from lit_sig.serving import server
 
-
 # Help for each `server.Limits` field, which the demos offer as a flag of the same name.
 LIMIT_FLAGS = {
     "max_inputs": "Inputs per prediction or interpretation request (raised to the data set's size).",
