@@ -24,10 +24,11 @@ import pytest
 import tokenizers
 import torch
 import transformers
+from lit_nlp.api import model as lit_model
 from tokenizers import decoders, pre_tokenizers, processors, trainers
 
 from lit_sig import models
-from lit_sig.lit import interpreters, registry
+from lit_sig.lit import interpreters, protocol, registry
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SST2_DIR = pathlib.Path(os.environ.get("LIT_SIG_SST2_DIR", REPO.parent / "shared" / "data" / "sst2"))
@@ -130,6 +131,31 @@ def run(interpreter, model, examples, **config):
 
 def salience_fields(model: models.HFSequenceClassifier) -> list[str]:
     return [models.gradients_field(f) for f in model.text_fields]
+
+
+class PredictOnly(lit_model.Model):
+    """A plain LIT model over the wrapper: its specs, `predict` and baselines, no device path."""
+
+    def __init__(self, model: models.HFSequenceClassifier, with_score: bool = True, with_baselines: bool = True):
+        self._model, self._with_score = model, with_score
+        if with_baselines:
+            self.baseline_embedding = model.baseline_embedding
+
+    def input_spec(self):
+        return self._model.input_spec()
+
+    def output_spec(self):
+        spec = dict(self._model.output_spec())
+        if not self._with_score:
+            del spec[protocol.TARGET_SCORE_FIELD]
+        return spec
+
+    def predict(self, inputs, **kw):
+        outputs = list(self._model.predict(inputs, **kw))
+        if not self._with_score:
+            for o in outputs:
+                del o[protocol.TARGET_SCORE_FIELD]
+        return outputs
 
 
 class PassRecorder:

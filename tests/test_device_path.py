@@ -4,7 +4,6 @@ exact SIG against an independent occlusion, and the protocol found through LIT's
 import numpy as np
 import pytest
 import torch
-from lit_nlp.api import model as lit_model
 from lit_nlp.lib import caching
 
 import lit_sig
@@ -17,6 +16,7 @@ from tests.helpers import (
     PAIR,
     SENTENCE,
     PassRecorder,
+    PredictOnly,
     assert_close_in_float32,
     occlusion,
     run,
@@ -27,31 +27,6 @@ from tests.helpers import (
 )
 
 EXACT = {interpreters.METHOD_KEY: interpreters.EXACT_METHOD}
-
-
-class PredictOnly(lit_model.Model):
-    """A plain LIT model over the wrapper: its specs, `predict` and baselines, no device path."""
-
-    def __init__(self, model: models.HFSequenceClassifier, with_score: bool = True, with_baselines: bool = True):
-        self._model, self._with_score = model, with_score
-        if with_baselines:
-            self.baseline_embedding = model.baseline_embedding
-
-    def input_spec(self):
-        return self._model.input_spec()
-
-    def output_spec(self):
-        spec = dict(self._model.output_spec())
-        if not self._with_score:
-            del spec[protocol.TARGET_SCORE_FIELD]
-        return spec
-
-    def predict(self, inputs, **kw):
-        outputs = list(self._model.predict(inputs, **kw))
-        if not self._with_score:
-            for o in outputs:
-                del o[protocol.TARGET_SCORE_FIELD]
-        return outputs
 
 
 @pytest.mark.parametrize("case", CASES)

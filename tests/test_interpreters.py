@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 from lit_nlp.components import gradient_maps
+from lit_nlp.lib import caching
 
 import lit_sig
 from lit_sig import models
 from lit_sig.core import quadrature
 from lit_sig.lit import config, interpreters, protocol
-from tests.helpers import RAW, SENTENCE, captum_ig, occlusion, salience, tiny_bert
+from tests.helpers import RAW, SENTENCE, PredictOnly, captum_ig, occlusion, salience, tiny_bert
 
 
 @pytest.mark.parametrize("method", quadrature.METHODS)
@@ -167,6 +168,43 @@ def test_adaptive_steps_share_passes_and_each_input_meets_its_tolerance(tokenize
         np.testing.assert_allclose(salience(result), exact, atol=tolerance + 1e-5 * np.abs(exact).max())
     alone = lit_sig.SequentialIntegratedGradients().run([{"sentence": "bad"}], one, None, config=config)[0]
     np.testing.assert_allclose(salience(together[1]), salience(alone), atol=2 * tolerance)
+
+
+TYPED_SPECIAL = "good [SEP] film"  # The tokenizer maps the typed "[SEP]" to its special id, inside the text.
+
+
+def test_a_typed_token_that_looks_special_still_moves(tiny_model):
+    """The wrapper's x holds the text's tokens only ([CLS]/[SEP] around it never enter), so all of them
+    move, a typed "[SEP]" too: exact SIG equals direct occlusion of its id, and it is not zero."""
+    config = {interpreters.METHOD_KEY: interpreters.EXACT_METHOD, "Class to explain": "1"}
+    result = explain(lit_sig.SequentialIntegratedGradients(), tiny_model, {"sentence": TYPED_SPECIAL}, **config)
+    assert list(result["token_grad_sentence"].tokens) == ["good", "[SEP]", "film"]
+    exact = occlusion(tiny_model, (TYPED_SPECIAL,), 1, "mask")
+    np.testing.assert_allclose(salience(result), exact, rtol=1e-5, atol=1e-6 * np.abs(exact).max())
+    assert abs(exact[1]) > 1e-3
+
+
+class MarksSpecial(PredictOnly):
+    """A plain LIT model that says which of its tokens are special: here the second word."""
+
+    def special_token_mask(self, tokens_field: str, tokens: list[str]) -> list[bool]:
+        assert tokens_field == "tokens_sentence"
+        return [i == 1 for i in range(len(tokens))]
+
+
+@pytest.mark.parametrize("cls", [lit_sig.IntegratedGradients, lit_sig.SequentialIntegratedGradients])
+def test_models_say_which_tokens_are_special_through_wrappers(tiny_model, cls):
+    """`special_token_mask`, found through LIT's CachingModelWrapper: the marked token keeps its embedding
+    (salience 0); without the method, tokens are judged by their text (a typed "[SEP]" stays)."""
+    example = {"sentence": SENTENCE, "label": "1"}
+    marked = explain(cls(), caching.CachingModelWrapper(MarksSpecial(tiny_model), "marked"), example)
+    plain = explain(cls(), PredictOnly(tiny_model), example)
+    assert salience(marked)[1] == 0.0 and np.all(salience(marked)[[0, 2, 3]] != 0.0)
+    assert salience(plain)[1] != 0.0
+    if cls is lit_sig.SequentialIntegratedGradients:  # Token i moves alone: the others' SIG is unchanged.
+        np.testing.assert_allclose(salience(marked)[[0, 2, 3]], salience(plain)[[0, 2, 3]], rtol=1e-6, atol=1e-9)
+    by_text = explain(cls(), PredictOnly(tiny_model), {"sentence": TYPED_SPECIAL, "label": "1"})
+    assert salience(by_text)[1] == 0.0 and np.all(salience(by_text)[[0, 2]] != 0.0)
 
 
 def test_two_segments_are_explained_together(tiny_pair_model):

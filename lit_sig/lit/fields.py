@@ -18,6 +18,10 @@ from lit_nlp.api import types as lit_types
 from lit_sig.core import attribution
 from lit_sig.lit import protocol
 
+# Tokens that never move along a path, by their text, for models that don't say which (see
+# `movable_tokens`): their baseline is themselves.
+SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>", "<cls>", "<sep>", "<|endoftext|>"})
+
 
 @dataclasses.dataclass(frozen=True)
 class GradField:
@@ -102,3 +106,28 @@ def scores_to_salience(
         offset += len(field_tokens)
     assert offset == len(scores)
     return result
+
+
+def movable_tokens(model: lit_model.Model, fields: list[GradField], prepared: protocol.PathInput) -> torch.Tensor:
+    """`[T]` bool: which tokens of `prepared` move along a path.
+
+    The model says: per position (`PathInput.movable`), else per field through
+    `special_token_mask` (found through LIT's wrappers); else the tokens whose text is in
+    `SPECIAL_TOKENS` stay fixed.
+    """
+    num_tokens, device = prepared.x.shape[0], prepared.x.device
+    if prepared.movable is not None:
+        movable = torch.as_tensor(prepared.movable, device=device)
+        if movable.shape != (num_tokens,) or movable.dtype != torch.bool:
+            raise ValueError(
+                f"PathInput.movable must be a [{num_tokens}] bool tensor, got {movable.dtype} {movable.shape}."
+            )
+        return movable
+    find = protocol.find_capability(model, protocol.SPECIAL_TOKEN_MASK_METHOD)
+    flags = []
+    for f, tokens in zip(fields, prepared.tokens):
+        special = [t in SPECIAL_TOKENS for t in tokens] if find is None else [bool(s) for s in find(f.tokens, tokens)]
+        if len(special) != len(tokens):
+            raise ValueError(f"special_token_mask({f.tokens!r}) gave {len(special)} flags for {len(tokens)} tokens.")
+        flags += [not s for s in special]
+    return torch.tensor(flags, dtype=torch.bool, device=device)

@@ -35,6 +35,7 @@ from lit_sig.lit.config import (
     PathSettings,
 )
 from lit_sig.lit.fields import (
+    SPECIAL_TOKENS,
     GradField,
     baseline_embeddings,
     find_grad_fields,
@@ -42,7 +43,7 @@ from lit_sig.lit.fields import (
     scores_to_salience,
 )
 from lit_sig.lit.gradients import GradientInterpreter
-from lit_sig.lit.paths import COMPLETENESS_KEY, SPECIAL_TOKENS, TOLERANCE_MET_KEY, PathInterpreter
+from lit_sig.lit.paths import COMPLETENESS_KEY, TOLERANCE_MET_KEY, PathInterpreter
 
 # The public names, as users and tests know them (the config keys and field helpers are re-exported).
 __all__ = [

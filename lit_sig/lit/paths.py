@@ -23,8 +23,6 @@ JsonDict = lit_types.JsonDict
 
 COMPLETENESS_KEY = "completeness_delta"
 TOLERANCE_MET_KEY = "tolerance_met"  # Adaptive steps only: whether every delta ended within the tolerance.
-# Tokens that never move along a path: their baseline is themselves.
-SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>", "<cls>", "<sep>", "<|endoftext|>"})
 
 
 class PathInterpreter(lit_components.Interpreter):
@@ -162,13 +160,10 @@ class PathInterpreter(lit_components.Interpreter):
     def _problem(
         self, model: lit_model.Model, fields: list[fields_lib.GradField], kind: str, prepared: protocol.PathInput
     ) -> engine.PathProblem:
-        """One example's paths: x `[T, D]`, its baseline, and the groups of its movable tokens (the
-        model's `PathInput.movable` where it says, else every token but `SPECIAL_TOKENS`)."""
+        """One example's paths: x `[T, D]`, its baseline, and the groups of its movable tokens
+        (`fields.movable_tokens`: as the model says, else judged by their text)."""
         x = prepared.x
-        movable = prepared.movable
-        if movable is None:
-            flat = [t for field_tokens in prepared.tokens for t in field_tokens]
-            movable = torch.tensor([t not in SPECIAL_TOKENS for t in flat], dtype=torch.bool, device=x.device)  # [T]
+        movable = fields_lib.movable_tokens(model, fields, prepared)  # [T]
         lengths = [len(field_tokens) for field_tokens in prepared.tokens]
         baseline = fields_lib.baseline_embeddings(model, fields, kind, lengths, x)  # [T, D]
         baseline = torch.where(movable[:, None], baseline, x)

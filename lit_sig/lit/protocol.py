@@ -13,6 +13,12 @@ which passes no extra methods through).
   None` returning the `[emb_dim]` embedding that stands in for a word token of
   that `TokenEmbeddings` field under a baseline `kind` ("mask" or "pad"), or None
   if the model has no such token.
+- A method `special_token_mask(tokens_field: str, tokens: list[str]) -> list[bool]`
+  (`SPECIAL_TOKEN_MASK_METHOD`) saying which tokens of that `Tokens` field are special
+  (True: it never moves along a path; its baseline is itself), for models without the
+  device path. Without it, tokens whose text is in `lit_sig.lit.fields.SPECIAL_TOKENS`
+  ([CLS], <s>, ...) stay fixed: a guess from the text, which also fixes a word that
+  merely reads "<s>". The device path says it per position (`PathInput.movable`).
 - An attribute `DEFAULT_BASELINE_ATTR` (`default_baseline`, a kind of `config.BASELINES`):
   the baseline the interpreters use when neither their config nor their constructor
   names one (a causal LM has no [MASK] and says `zero`).
@@ -37,6 +43,7 @@ from lit_nlp.api import types as lit_types
 
 TARGET_SCORE_FIELD = "grad_target_score"
 BASELINE_METHOD = "baseline_embedding"
+SPECIAL_TOKEN_MASK_METHOD = "special_token_mask"
 DEFAULT_BASELINE_ATTR = "default_baseline"
 DEVICE_PATH_METHOD = "path_inputs"
 INSIDE_METHOD = "inside_path_inputs"
@@ -56,7 +63,8 @@ class PathInput:
             model did not score x (it needed no prediction to know the class); the
             engine then scores x beside its other rows.
         movable: `[T]` bool, which tokens may move along a path (special tokens, a chat
-            template's markers never do); None: every token but the interpreters' special ones.
+            template's markers never do); None: the interpreters ask `special_token_mask`,
+            else judge by the tokens' text (`lit_sig.lit.fields.SPECIAL_TOKENS`).
     """
 
     tokens: list[list[str]]

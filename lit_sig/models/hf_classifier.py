@@ -368,6 +368,7 @@ class HFSequenceClassifier(DevicePath, lit_model.BatchedModel):
             x=full[positions],
             target=None if target is None else self.labels[target],
             input_score=score,  # 0-d on the device (no host round trip per example), or None: not scored.
+            movable=torch.ones(len(positions), dtype=torch.bool, device=self.device),  # x: the text's tokens only
             full=full,
             positions=positions,
             token_type_ids=None if types is None else types[b, offset : offset + length],
