@@ -8,6 +8,7 @@ A neuron is explained with the path at the word embeddings, [CLS]/[SEP] fixed:
 `NeuronIntegratedGradients`, `NeuronFeatureAblation` and `NeuronGradient` on its block.
 """
 
+import concurrent.futures
 import json
 
 import captum.attr
@@ -21,6 +22,7 @@ import lit_sig
 from lit_sig import models
 from lit_sig.cli import explain
 from lit_sig.lit import captum_bridge, config, interpreters, protocol
+from lit_sig.models import padding
 from tests import helpers
 from tests.helpers import COMMON, assert_close_in_float32, build, run, salience
 
@@ -63,8 +65,11 @@ def ids_and_baseline(model: models.HFSequenceClassifier, sentence: str) -> tuple
 
 
 def on_ids(model: models.HFSequenceClassifier):
+    """F of token ids, the model called as `model(**tokenizer(text))` calls it (with the tokenizer's type ids)."""
+
     def forward(ids: torch.Tensor) -> torch.Tensor:  # [N, T + 2] -> [N]
-        return model.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, TARGET]
+        ones = torch.ones_like(ids)
+        return model.model(input_ids=ids, attention_mask=ones, token_type_ids=0 * ones).logits[:, TARGET]
 
     return forward
 
@@ -652,3 +657,50 @@ def test_the_speed_benchmark_has_layer_rows(tmp_path):
         assert case["expected_fraction"] == 0.5 and case["ratio"] > 0 and case["fraction"] > 0
     with pytest.raises(SystemExit):
         speed.main(["--shape", "tiny", "--layers", "top", "--memory_tokens", "0"])
+
+
+# Passes that can't mix lengths, half precision, threads.
+
+
+def test_layers_where_passes_hold_one_length(tokenizer, monkeypatch):
+    """A head no padding fixes runs one length per pass, the layers below included; results equal each alone."""
+    monkeypatch.setattr(padding, "_padded_logits", lambda *args: None)
+    model = models.HFSequenceClassifier(build("gpt2"), tokenizer, labels=LABELS, device="cpu")
+    assert model.padding == padding.UNMIXED
+    together = run(lit_sig.IntegratedGradients(), model, [{"sentence": s} for s in SENTENCES], **layer_config(1))
+    for sentence, result in zip(SENTENCES, together):
+        ids, baseline = ids_and_baseline(model, sentence)
+        expected = captum.attr.LayerIntegratedGradients(on_ids(model), blocks(model)[0]).attribute(
+            ids, baselines=baseline, n_steps=STEPS, method="gausslegendre"
+        )
+        close(salience(result), expected[0].sum(-1).detach().numpy())
+
+
+def test_a_layer_in_bfloat16_is_float32_within_bfloat16s_precision(tokenizer):
+    module = build("bert")
+    exact = {interpreters.METHOD_KEY: interpreters.EXACT_METHOD}
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        model = models.HFSequenceClassifier(module, tokenizer, labels=LABELS, device="cpu", precision=precision)
+        ig = run(lit_sig.IntegratedGradients(), model, [{"sentence": SENTENCE}], **layer_config(1))[0]
+        sig = run(lit_sig.SequentialIntegratedGradients(), model, [{"sentence": SENTENCE}], **layer_config(1, **exact))
+        results[precision] = salience(ig), salience(sig[0])
+    for ours, theirs in zip(results["bfloat16"], results["float32"]):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=2**-4 * np.abs(theirs).max())
+    np.testing.assert_array_equal(results["bfloat16"][1], results["float32"][1])  # Score-only rows run in float32.
+
+
+def test_threads_explaining_at_different_layers_share_one_model(tiny_model):
+    configs = [layer_config(layer, **{interpreters.CLASS_KEY: "1"}) for layer in (0, 1, 2, "embeddings")]
+    configs.append({**configs[0], "Neuron": "1:3"})
+    serial = [
+        salience(run(lit_sig.IntegratedGradients(), tiny_model, [{"sentence": SENTENCE}], **c)[0]) for c in configs
+    ]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [
+            pool.submit(run, lit_sig.IntegratedGradients(), tiny_model, [{"sentence": SENTENCE}], **c)
+            for c in configs * 2
+        ]
+        threaded = [salience(f.result()[0]) for f in futures]
+    for ours, theirs in zip(threaded, serial * 2):
+        assert_close_in_float32(ours, theirs)

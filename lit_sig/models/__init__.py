@@ -7,7 +7,8 @@ built from pieces every family shares: `encoding` (tokenization), `forward` (the
 pass at a precision), `padding` (how inputs of different lengths share a pass,
 chosen at load), `device_path` and `rows` (the engine's rows on the device),
 `backoff` (out-of-memory halving), `first_token` (a cheaper view of BERT-style
-models) and `fields` (the LIT field names). `sst2_model`, `train_sst2`,
+models), `layers` and `inside` (rows at a layer's hidden states, a neuron's
+activation as the score) and `fields` (the LIT field names). `sst2_model`, `train_sst2`,
 `datasets` and `weights/` are the embedded SST-2 model, its training and its data.
 The public names are re-exported here, so `from lit_sig import models;
 models.HFSequenceClassifier` works.
