@@ -704,3 +704,15 @@ def test_threads_explaining_at_different_layers_share_one_model(tiny_model):
         threaded = [salience(f.result()[0]) for f in futures]
     for ours, theirs in zip(threaded, serial * 2):
         assert_close_in_float32(ours, theirs)
+
+
+def test_adaptive_sig_at_a_layer_reaches_exact_sig(tiny_model):
+    """Adaptive steps refine each position's path at the layer until its delta is under the tolerance."""
+    example = [{"sentence": SENTENCE}]
+    base = {interpreters.CLASS_KEY: "1", "Layer": 1}
+    adaptive = run(lit_sig.SequentialIntegratedGradients(), tiny_model, example, **base, **{"Adaptive steps": True})[0]
+    exact = {interpreters.METHOD_KEY: interpreters.EXACT_METHOD}
+    closed = run(lit_sig.SequentialIntegratedGradients(), tiny_model, example, **base, **exact)[0]
+    assert adaptive[interpreters.TOLERANCE_MET_KEY] and tokens(adaptive) == tokens(closed)
+    tolerance = config.PathSettings().tolerance
+    np.testing.assert_allclose(salience(adaptive), salience(closed), rtol=0, atol=tolerance + 2e-6)
