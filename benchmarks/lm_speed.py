@@ -28,6 +28,8 @@ import json
 import pathlib
 import platform
 import resource
+import subprocess
+import tempfile
 import time
 from typing import Any
 
@@ -307,6 +309,74 @@ def run_captum_ablation(lm: causal_lm.HFCausalLM, case: Case, floor: Floor) -> d
     }
 
 
+def run_inseq(lm: causal_lm.HFCausalLM, case: Case, args: argparse.Namespace, floor: Floor) -> list[dict]:
+    """inseq's IG (all target tokens) and SIG (the first target token) in inseq's own environment."""
+    text, _, _ = lm._encoder.prompt_text(case.example["prompt"])  # pylint: disable=protected-access
+    reports = []
+    for method, steps, tokens in (
+        ("integrated_gradients", args.steps, None),
+        ("sequential_integrated_gradients", args.inseq_sig_steps, 1),
+    ):
+        request = {
+            "model": args.model,
+            "prompt": text,
+            "target": case.example["target"],
+            "method": method,
+            "steps": steps,
+            "target_tokens": tokens,
+        }
+        with tempfile.TemporaryDirectory() as folder:
+            request_path, result_path = pathlib.Path(folder, "request.json"), pathlib.Path(folder, "result.json")
+            request_path.write_text(json.dumps(request))
+            script = pathlib.Path(__file__).with_name("inseq_peer.py")
+            subprocess.run([args.inseq_python, str(script), str(request_path), str(result_path)], check=True)
+            result = json.loads(result_path.read_text())
+        K = len(result["attributions"][0])
+        moved = sum(b != i for b, i in zip(result["baseline_ids"], result["input_ids"]))
+        rows = steps * K if method == "integrated_gradients" else steps * K * moved  # SIG: a path per token.
+        report = {
+            "method": f"inseq {result['inseq']} {method}",
+            "steps": steps,
+            "target_tokens": K,
+            "seconds": result["seconds"],
+            "rows": rows,
+            "floor_seconds": floor.of(rows, 0),
+            "ratio_to_floor": result["seconds"] / floor.of(rows, 0),
+        }
+        if method == "integrated_gradients":
+            report |= _inseq_agreement(lm, case, result, steps)
+        reports.append(report)
+        print(json.dumps(report), flush=True)
+    return reports
+
+
+def _inseq_agreement(lm: causal_lm.HFCausalLM, case: Case, result: dict, steps: int) -> dict:
+    """inseq's IG of -log p per target token, summed and negated, against lit_sig's IG of F on inseq's
+    path: every token but EOS from the UNK embedding."""
+    ids = result["input_ids"]
+    if ids != case.ids.tolist():
+        return {"agreement": None, "note": "inseq tokenized the prompt and target otherwise"}
+    theirs = -np.asarray(result["attributions"]).sum(-1)  # [L - 1]
+    (p,) = lm.path_inputs([case.example], [None], [causal_lm.EMBEDDINGS_FIELD])
+    moves = torch.tensor([b != i for b, i in zip(result["baseline_ids"], ids)], device=lm.device)
+    moves[int(case.positions[-1]) :] = False
+    baseline_ids = torch.tensor(result["baseline_ids"], device=lm.device)
+    with torch.no_grad():
+        baseline = torch.where(moves[:, None], lm.model.get_input_embeddings()(baseline_ids), p.x)
+    alphas, weights = quadrature.quadrature("gausslegendre", steps)
+    problem = engine.PathProblem(p, p.x, baseline, moves[None])
+    started = time.perf_counter()
+    (ours,) = engine.path_attributions([problem], lm, alphas, weights)
+    seconds = time.perf_counter() - started
+    ours_tokens = ours.token_attributions.double().numpy()[: len(theirs)]
+    return {
+        "agreement": _agreement(ours_tokens, theirs),
+        "ours_same_quantity_seconds": seconds,
+        "ours_same_quantity_completeness_delta": ours.completeness_delta,
+        "speedup_same_quantity": result["seconds"] / seconds,
+    }
+
+
 def _per_target_gaps(lm: causal_lm.HFCausalLM, case: Case, baseline: torch.Tensor) -> np.ndarray:
     """`[K]` log p(target k) at x minus at the baseline (target tokens at their own embeddings)."""
     with torch.no_grad():
@@ -336,7 +406,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=50, help="IG steps (ours and captum's).")
     parser.add_argument("--sig_steps", type=int, default=8, help="Path SIG steps (T x steps rows).")
     parser.add_argument("--target_tokens", type=int, default=8, help="The model's own answer, this many tokens.")
-    parser.add_argument("--peers", default="captum", help="Comma-separated: captum ('' for none).")
+    parser.add_argument("--peers", default="captum", help="Comma-separated: captum, inseq ('' for none).")
+    parser.add_argument(
+        "--inseq_python", default="/tmp/inseq/bin/python", help="A Python with inseq installed (its own venv)."
+    )
+    parser.add_argument("--inseq_sig_steps", type=int, default=2, help="inseq's SIG steps (first target token).")
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default="float32", choices=list(PRECISIONS))
     parser.add_argument("--json", default=None, help="Write the report here.")
@@ -370,6 +444,8 @@ def main(argv: list[str] | None = None) -> dict:
         for peer in (run_captum_ig(lm, case, args.steps, floor), run_captum_ablation(lm, case, floor)):
             report["cases"].append(peer)
             print(json.dumps(peer), flush=True)
+    if "inseq" in peers:
+        report["cases"] += run_inseq(lm, case, args, floor)
     if args.json:
         storage.write_atomically(pathlib.Path(args.json), json.dumps(report, indent=1))
     return report

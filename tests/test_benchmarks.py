@@ -85,3 +85,25 @@ def test_gpu_check_runs_on_the_cpu_and_reports_everything(tmp_path):
     assert [(p["shape"], p["precision"]) for p in report["profiles"]] == [("tiny", "float32"), ("tiny", "bfloat16")]
     text = (profiles / "profile_tiny_bfloat16.txt").read_text()
     assert text.startswith("SIG, T=8, n=5, bfloat16") and "gradient passes: [" in text and "aten::" in text
+
+
+def test_lm_speed_counts_rows_and_agrees_with_captum(tmp_path):
+    from benchmarks import lm_speed  # pylint: disable=import-outside-toplevel
+
+    out = tmp_path / "lm_speed.json"
+    steps = 4
+    report = lm_speed.main(
+        ["--model", "random:tiny", "--steps", str(steps), "--sig_steps", "2", "--target_tokens", "3"]
+        + ["--peers", "captum", "--device", "cpu", "--json", str(out)]
+    )
+    assert json.loads(out.read_text())["cases"] == json.loads(json.dumps(report["cases"]))
+    cases = {c["method"]: c for c in report["cases"]}
+    # IG: n gradient rows; forward only: the input and the all-baseline row.
+    assert (cases["ig"]["rows"], cases["ig"]["forward_rows"]) == (steps, 2)
+    movable = sum(s != 0 for s in cases["exact_sig"]["salience"])
+    assert cases["exact_sig"]["rows"] == 0 and cases["exact_sig"]["forward_rows"] >= movable + 1
+    captum_ig = next(c for m, c in cases.items() if "LayerIntegratedGradients" in m)
+    assert captum_ig["rows"] == steps * report["target_tokens"]
+    assert captum_ig["agreement"]["relative_to_largest"] < 1e-4
+    ablation = next(c for m, c in cases.items() if "FeatureAblation" in m)
+    assert ablation["agreement"]["relative_to_largest"] < 1e-4

@@ -1,0 +1,127 @@
+"""A 2,048-token prompt explained by exact SIG and by IG on a causal LM: peak memory, rows, time.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.lm_long_prompt --model PATH --method ig --steps 8
+    OMP_NUM_THREADS=1 python -m benchmarks.lm_long_prompt --model random:smollm2 --method exact_sig --max_rows 16
+
+Run one method per process: the peak resident memory above the loaded model (`ru_maxrss` after
+the run minus the resident memory after loading) is the method's own. A progress bar counts each
+phase's rows (`lit_sig.core.progress`). `--max_rows` stops after that many rows (through
+`lit_sig.core.cancellation`, as the server's deadline does) and reports the rows per second
+and the projected time of the whole run: on one CPU thread exact SIG of 2,048 tokens is
+2,049 forward passes of 2,048 tokens, hours of work, while its memory is that of one pass.
+"""
+
+import argparse
+import json
+import pathlib
+import resource
+import time
+
+import torch
+
+import lit_sig
+from benchmarks import lm_speed
+from lit_sig import storage
+from lit_sig.core import cancellation, progress
+from lit_sig.lit import interpreters
+
+PARAGRAPH = (
+    "The committee met on Tuesday to review the budget for the coming year. Several members argued that"
+    " the library needed new computers, while others wanted to repair the roof first. After a long"
+    " discussion, they agreed to ask the town for more money and to decide again next month. "
+)
+QUESTION = " Summarize the decision of the committee in one sentence."
+
+
+def rss_mb() -> float:
+    """The resident memory now, from /proc (MB)."""
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def long_prompt(lm, tokens: int) -> dict:
+    """A prompt of about `tokens` tokens (chat template included), and the model's 4-token answer."""
+    text = PARAGRAPH
+    while len(lm.tokenize([{"prompt": text + QUESTION, "target": " x"}])[0]) < tokens:
+        text += PARAGRAPH
+    example = {"prompt": text + QUESTION, "target": " The committee agreed"}
+    return example
+
+
+class RowCounter(progress.TqdmReport):
+    """A progress bar that also counts rows, to stop at `max_rows`."""
+
+    def __init__(self, max_rows: int | None):
+        super().__init__(mininterval=5)
+        self.rows, self.total, self.max_rows = 0, 0, max_rows
+
+    def begin(self, phase: str, rows: int) -> None:
+        super().begin(phase, rows)
+        self.total += rows
+
+    def advance(self, rows: int) -> None:
+        super().advance(rows)
+        self.rows += rows
+
+    def stop(self) -> str | None:
+        if self.max_rows is not None and self.rows >= self.max_rows:
+            return f"stopped after {self.rows} rows (--max_rows)"
+        return None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="random:smollm2", help="As benchmarks.lm_speed takes it.")
+    parser.add_argument("--method", default="exact_sig", choices=["ig", "exact_sig"])
+    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--max_rows", type=int, default=None, help="Stop after this many rows; project the rest.")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    lm = lm_speed.load(args.model, args.device, "float32")
+    example = long_prompt(lm, args.tokens)
+    length = len(lm.tokenize([example])[0])
+    loaded_mb = rss_mb()
+    interpreter = lit_sig.IntegratedGradients() if args.method == "ig" else lit_sig.SequentialIntegratedGradients()
+    config = {interpreters.NORMALIZATION_KEY: False, interpreters.INTERPOLATION_KEY: args.steps}
+    if args.method == "exact_sig":
+        config[interpreters.METHOD_KEY] = interpreters.EXACT_METHOD
+    counter = RowCounter(args.max_rows)
+    started = time.perf_counter()
+    finished, delta = True, None
+    with progress.scope(counter), cancellation.scope(counter.stop):
+        try:
+            (result,) = interpreter.run([example], lm, None, config=config)
+            delta = result[interpreters.COMPLETENESS_KEY]
+        except cancellation.Cancelled:
+            finished = False
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report = {
+        "model": args.model,
+        "method": args.method,
+        "steps": args.steps if args.method == "ig" else None,
+        "tokens": length,
+        "threads": torch.get_num_threads(),
+        "rows_per_pass": lm.rows_per_pass(length, args.method == "ig"),
+        "rows_done": counter.rows,
+        "rows_planned": counter.total,  # Of the phases begun (exact SIG: one phase of T + 1 rows).
+        "finished": finished,
+        "seconds": seconds,
+        "seconds_per_row": seconds / max(1, counter.rows),
+        "projected_seconds": seconds / max(1, counter.rows) * counter.total,
+        "loaded_model_rss_mb": loaded_mb,
+        "peak_rss_above_model_mb": peak_mb - loaded_mb,
+        "completeness_delta": delta,
+    }
+    print(json.dumps(report), flush=True)
+    if args.json:
+        storage.write_atomically(pathlib.Path(args.json), json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
