@@ -205,14 +205,18 @@ def test_a_known_class_saves_the_input_pass(request, model_name):
 
 @pytest.mark.parametrize("label", [None, "1"])
 def test_an_input_with_nothing_to_move(tiny_model, label):
-    """Only special tokens: every method gives zeros and a zero delta, with or without a known class."""
+    """Only special tokens: every method gives zeros and a zero delta, with or without a known class.
+
+    Through `predict` (no device path) a token whose text is special never moves; on the device path
+    the model says which tokens move, and a typed "[SEP]" is a word (tests/test_interpreters.py).
+    """
     example = {"sentence": "[SEP]"} | ({} if label is None else {"label": label})
     for interpreter, config in (
         (lit_sig.SequentialIntegratedGradients(), EXACT),
         (lit_sig.SequentialIntegratedGradients(), {interpreters.INTERPOLATION_KEY: 4}),
         (lit_sig.IntegratedGradients(), {interpreters.INTERPOLATION_KEY: 4}),
     ):
-        result = run(interpreter, tiny_model, [example], **config)[0]
+        result = run(interpreter, PredictOnly(tiny_model), [example], **config)[0]
         assert result["token_grad_sentence"].tokens == ["[SEP]"]
         np.testing.assert_array_equal(salience(result), [0.0])
         # IG: F(x) - F(baseline = x), two rows of one pass: zero up to float32 rounding.
