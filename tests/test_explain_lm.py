@@ -70,11 +70,21 @@ def test_rows_equal_the_interpreter_on_each_prompt(prompts, lm_dir, tmp_path, me
             assert row["completeness_delta"] is None
 
 
+def assert_rows_close(ours: list[dict], theirs: list[dict]) -> None:
+    """The same rows, their floats up to the float32 rounding of other batch mates."""
+    floats = ("salience", "score")
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert {k: v for k, v in a.items() if k not in floats} == {k: v for k, v in b.items() if k not in floats}
+        helpers.assert_close_in_float32(a["salience"], b["salience"])
+        assert a["score"] == pytest.approx(b["score"], rel=1e-5, abs=1e-6)
+
+
 def test_parquet_equals_jsonl_and_resume_skips_done_rows(prompts, lm_dir, tmp_path, monkeypatch):
     jsonl = run(prompts, lm_dir, tmp_path / "out.jsonl", "--method", "exact_sig")
     out = tmp_path / "out.parquet"
     first = run(prompts, lm_dir, out, "--method", "exact_sig", "--limit", "2")
-    assert first == jsonl[:2]
+    assert_rows_close(first, jsonl[:2])
     seen = []
     original = models.HFCausalLM.path_inputs
 
@@ -83,7 +93,7 @@ def test_parquet_equals_jsonl_and_resume_skips_done_rows(prompts, lm_dir, tmp_pa
         return original(self, inputs, *args)
 
     monkeypatch.setattr(models.HFCausalLM, "path_inputs", recording)
-    assert run(prompts, lm_dir, out, "--method", "exact_sig") == jsonl
+    assert_rows_close(run(prompts, lm_dir, out, "--method", "exact_sig"), jsonl)
     assert set(seen) == {PROMPTS[2]["prompt"]}
 
 
