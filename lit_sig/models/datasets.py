@@ -4,7 +4,8 @@ import csv
 import json
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from lit_nlp.api import dataset as lit_dataset
 from lit_nlp.api import types as lit_types
@@ -210,3 +211,20 @@ def read_prompts_jsonl(path: str | os.PathLike, max_examples: int | None = None)
 def prompts_jsonl(path: str | os.PathLike, max_examples: int | None = None) -> PromptData:
     examples = read_prompts_jsonl(path, max_examples)
     return PromptData(examples, f"{len(examples)} prompts from {pathlib.Path(path).name}")
+
+
+def json_lines(path: pathlib.Path, limit: int | None = None) -> Iterator[tuple[int, Any]]:
+    """`(line number, record)` of each non-blank line of a JSON Lines file, at most `limit` of them."""
+    count = 0
+    with path.open(encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if limit is not None and count >= limit:
+                return
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: not JSON ({error}).") from None
+            count += 1
+            yield line_number, record
