@@ -1,8 +1,8 @@
 """The hardened server's bounds on work, over real HTTP to an in-process server with the tiny model.
 
 Costs (LIT's own components priced by what they run), admission by expected
-wait, deadlines, cancellation when the client leaves, stored data within its
-cap, and the prediction cache keyed by the data.
+wait and finish (the arithmetic: test_server_admission), deadlines,
+cancellation when the client leaves, stored data within its cap, and the prediction cache keyed by the data.
 """
 
 import concurrent.futures
@@ -142,9 +142,10 @@ def test_deadline_stops_real_work(tiny_model, interpreter):
 
 
 def test_busy_server_answers_503_and_quick_routes_still_answer(tiny_model):
-    """One heavy slot and one queue place: the third heavy request is refused at once; quick ones pass."""
+    """One heavy slot and one queue place (no wait or deadline bound): the third heavy request is refused at
+    once; quick ones pass."""
     slow = BlockingInterpreter()
-    limits = server.Limits(max_heavy_requests=1, max_queued_requests=1, max_queue_wait_s=1e6)
+    limits = server.Limits(max_heavy_requests=1, max_queued_requests=1, max_queue_wait_s=1e6, request_deadline_s=1e6)
     with local_server(tiny_model, limits, Slow=slow) as (base, app):
         params = TINY_PARAMS | {"interpreter": "Slow"}
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -169,9 +170,9 @@ def test_busy_server_answers_503_and_quick_routes_still_answer(tiny_model):
             assert running.result()[0] == 200 and queued.result()[0] == 200
 
 
-def call_heavy(base: str, params: dict, sentence: str) -> tuple[int, dict[str, str], str]:
+def heavy_request(params: dict, sentence: str) -> bytes:
     body = json.dumps({"inputs": [new_input(sentence)]}).encode()
-    request = (
+    return (
         b"POST /get_interpretations?"
         + urllib.parse.urlencode(params).encode()
         + b" HTTP/1.1\r\nHost: x\r\nContent-Length: "
@@ -179,7 +180,10 @@ def call_heavy(base: str, params: dict, sentence: str) -> tuple[int, dict[str, s
         + b"\r\n\r\n"
         + body
     )
-    status, headers, answer = raw_exchange(base, request)
+
+
+def call_heavy(base: str, params: dict, sentence: str) -> tuple[int, dict[str, str], str]:
+    status, headers, answer = raw_exchange(base, heavy_request(params, sentence))
     return status, headers, json.loads(answer).get("error", "") if status != 200 else ""
 
 
@@ -208,48 +212,33 @@ def test_a_request_that_would_wait_too_long_gets_503_at_once(tiny_model):
         assert call_heavy(base, params, "third")[0] == 200
 
 
-def never() -> None:
-    return None
-
-
-def test_expected_wait_follows_the_queue_in_order():
-    """Two slots at 100 token-rows/s (+ 0.05 s per request): running requests of 1,000 and 2,000 token-rows
-    free their slots after ~10 s and ~20 s; a queued one of 500 then runs 10-15 s; a new one waits for the
-    second free slot: ~15 s."""
-    gate = server_limits.AdmissionGate(2, 16, 1e6, server_limits.Throughput(prior=100.0))
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        with gate.admit(1_000, never), gate.admit(2_000, never):
-            assert gate.expected_wait_s() == pytest.approx(10.05, abs=0.1)
-            queued = pool.submit(lambda: gate.admit(500, never).__enter__())
-            while gate.admitted < 3:
-                time.sleep(0.01)
-            assert gate.expected_wait_s() == pytest.approx(15.1, abs=0.1)
-            assert not queued.done()
-        assert queued.result(timeout=10) is None  # Ran once slots were free.
-
-
-def test_throughput_is_measured_from_completed_requests():
-    throughput = server_limits.Throughput(prior=100.0)
-    throughput.record(1_000, 0.01)  # Too short to say anything.
-    assert throughput.rate == 100.0
-    throughput.record(10_000, 1.05)
-    assert throughput.rate == pytest.approx(10_000)
-    throughput.record(20_000, 1.05)
-    assert throughput.rate == pytest.approx(0.7 * 10_000 + 0.3 * 20_000)
-
-
-def test_a_request_stopped_past_its_expected_time_lowers_the_throughput():
-    """Cancelled after 0.3 s where 1,000 token-rows were expected to take 0.05 s: the rate was at most
-    1,000 / 0.25 per s. One cancelled sooner than expected says nothing."""
-    gate = server_limits.AdmissionGate(1, 1, 1e6, server_limits.Throughput(prior=1e6))
-    with pytest.raises(cancellation.Cancelled), gate.admit(1_000, never):
-        time.sleep(0.3)
-        raise cancellation.Cancelled("deadline")
-    assert gate.throughput.rate <= 1_000 / 0.25
-    rate = gate.throughput.rate
-    with pytest.raises(cancellation.Cancelled), gate.admit(10**9, never):
-        raise cancellation.Cancelled("client gone")
-    assert gate.throughput.rate == rate
+def test_a_request_that_cannot_finish_in_time_gets_503_at_once(tiny_model):
+    """Two slots, a 50 s deadline, 1,000 token-rows/s measured: beside a running request of 30,000 token-rows
+    (3 tokens x 10,000 rows), another would share the cores and take 60 s: refused at once (503, Retry-After,
+    its expected time and the deadline in the JSON), though a slot is free. With the best rate measured at
+    500/s, the same request alone would take 60 s > 0.8 x 50 s: 413 however idle the server is."""
+    slow = BlockingInterpreter()
+    with local_server(tiny_model, server.Limits(max_heavy_requests=2), Slow=slow) as (base, app):
+        app.admission.throughput.rate = 1_000.0
+        params = TINY_PARAMS | {"interpreter": "Slow"}
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(call_heavy, base, params, "first")
+            assert slow.started.wait(60)
+            start = time.monotonic()
+            status, headers, answer = raw_exchange(base, heavy_request(params, "second"))
+            assert time.monotonic() - start < 10  # At once, not after the deadline (answered in ms).
+            error = json.loads(answer)
+            assert status == 503 and "deadline" in error["error"], error
+            assert error["deadline_s"] == pytest.approx(50, abs=1), error
+            assert error["expected_s"] == pytest.approx(60, abs=1), error
+            assert int(headers["retry-after"]) == error["retry_after_s"] >= 1
+            assert not running.done() and app.admission.admitted == 1
+            slow.release.set()
+            assert running.result()[0] == 200
+        app.admission.throughput.peak = 500.0
+        status, _, answer = raw_exchange(base, heavy_request(params, "third"))
+        error = json.loads(answer)
+        assert status == 413 and error["expected_s"] == pytest.approx(60, abs=1) and "deadline" in error["error"], error
 
 
 def test_work_stops_when_its_client_leaves(tiny_model):

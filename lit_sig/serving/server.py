@@ -37,6 +37,7 @@ import json
 import pathlib
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -52,8 +53,8 @@ from lit_nlp.components import projection, salience_clustering
 from lit_nlp.lib import caching, serialize, utils, wsgi_app
 from werkzeug import wrappers
 
-from lit_sig.core import cancellation
-from lit_sig.serving import offline_client, server_checks, server_http, server_limits
+from lit_sig.core import cancellation, progress
+from lit_sig.serving import offline_client, server_admission, server_checks, server_http, server_limits
 from lit_sig.serving.server_http import MAX_REQUEST_BYTES, error_body, error_response, read_body  # noqa: F401
 from lit_sig.serving.server_limits import Limits, RequestError
 
@@ -160,7 +161,7 @@ class HardenedLitApp(lit_app.LitApp):
         limits = limits or Limits()
         self._limits = limits
         self._max_inputs = max([limits.max_inputs, *(len(d) for d in datasets.values())])
-        self.admission = server_limits.AdmissionGate(
+        self.admission = server_admission.AdmissionGate(
             limits.max_heavy_requests, limits.max_queued_requests, limits.max_queue_wait_s
         )
         self._allow_loading = allow_loading
@@ -242,14 +243,13 @@ class HardenedLitApp(lit_app.LitApp):
         """Runs handler `fn`; model work under the deadline, heavy work through the admission gate."""
         if name not in _MODEL_HANDLERS:
             return fn(data, **args)
-        stop = server_limits.stop_check(
-            self._limits.request_deadline_s,
-            environ.get("werkzeug.socket"),
-            environ.get(server_http.ARRIVED_KEY),
-        )
+        arrived = environ.get(server_http.ARRIVED_KEY) or time.monotonic()
+        deadline_s = self._limits.request_deadline_s
+        stop = server_limits.stop_check(deadline_s, environ.get("werkzeug.socket"), arrived)
         with contextlib.ExitStack() as stack:
             if name in _HEAVY_HANDLERS and cost > self._limits.light_request_cost:
-                stack.enter_context(self.admission.admit(cost, stop))
+                ticket = stack.enter_context(self.admission.admit(cost, stop, arrived + deadline_s))
+                stack.enter_context(progress.scope(ticket.rows))
             stack.enter_context(cancellation.scope(stop))
             if isinstance(component, salience_clustering.SalienceClustering):
                 stack.enter_context(self._clustering_lock)
@@ -508,7 +508,7 @@ def _error_for(request: wrappers.Request, error: Exception) -> wrappers.Response
             logging.error("%s failed", request.path, exc_info=error)
     else:
         logging.warning("%s: %d %s", request.path, status, message[:200])
-    return error_response(status, message, getattr(error, "headers", None))
+    return error_response(status, message, getattr(error, "headers", None), getattr(error, "details", None))
 
 
 def check_device(device: str | None) -> None:

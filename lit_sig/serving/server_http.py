@@ -46,20 +46,23 @@ _MAX_TRAILER_LINES = 64
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
-def error_body(message: str) -> bytes:
-    """`{"error": message}` as JSON, with `<`, `>` and `&` escaped, cut to `MAX_ERROR_CHARS`."""
+def error_body(message: str, details: Mapping[str, Any] | None = None) -> bytes:
+    """`{"error": message, **details}` as JSON, with `<`, `>` and `&` escaped, the message cut to `MAX_ERROR_CHARS`."""
     if len(message) > MAX_ERROR_CHARS:
         message = message[:MAX_ERROR_CHARS] + "..."
-    body = json.dumps({"error": message})
+    body = json.dumps({"error": message, **(details or {})})
     return body.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
 
 
 def error_response(
-    status: http.HTTPStatus, message: str, headers: Mapping[str, str] | None = None
+    status: http.HTTPStatus,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> wrappers.Response:
-    """JSON `{"error": message}` that no browser renders as markup."""
+    """JSON `{"error": message, **details}` that no browser renders as markup."""
     return wrappers.Response(
-        error_body(message),
+        error_body(message, details),
         status=status,
         content_type="application/json; charset=utf-8",
         headers={"Cache-Control": "no-store", **(headers or {})},

@@ -1,26 +1,20 @@
 """Bounds on the work a LIT server takes on: inputs, cost, concurrency and time.
 
 `Limits` holds the numbers; `request_cost` prices an interpretation request in
-token-rows (the tokens of every model row it will run); `AdmissionGate` runs a
-bounded number of heavy requests at once, in arrival order, and admits a new one
-only if its expected wait for a slot (the queued cost over the measured
-throughput) is short; `stop_check` tells `lit_sig.core.cancellation` when a
+token-rows (the tokens of every model row it will run; `server_admission`
+admits heavy requests by it); `stop_check` tells `lit_sig.core.cancellation` when a
 request's deadline has passed or its client has gone.
 """
 
-import collections
-import contextlib
 import dataclasses
-import heapq
 import http
 import math
 import os
 import re
 import select
 import socket
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lit_nlp.api import model as lit_model
@@ -32,11 +26,6 @@ from lit_sig.lit import interpreters
 
 MAX_LIME_SAMPLES = 1024
 CLIENT_GONE = "The client closed its connection."
-# Throughput before any measurement, in token-rows per second per slot: a slow CPU's, so the first
-# requests are not promised more than the machine gives. Each completed heavy request replaces it.
-PRIOR_TOKEN_ROWS_PER_S = 2_000.0
-OVERHEAD_S = 0.05  # Per request, whatever its cost.
-_MIN_SAMPLE_S = 0.2  # Shorter requests say more about the overhead than about throughput.
 _POLL_S = 0.25
 _WORDS = re.compile(r"\w+|[^\w\s]")
 # Rows one adaptive path may use: both ends plus two per refinement round.
@@ -44,12 +33,19 @@ _ADAPTIVE_ROWS = 2 + 2 * getattr(adaptive, "DEFAULT_MAX_ROUNDS", 64)
 
 
 class RequestError(Exception):
-    """A request the server refuses, with its HTTP status and extra headers."""
+    """A request the server refuses, with its HTTP status, extra headers and extra JSON fields (`details`)."""
 
-    def __init__(self, status: http.HTTPStatus, message: str, headers: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        status: http.HTTPStatus,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        details: Mapping[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.headers = dict(headers or {})
+        self.details = dict(details or {})
 
 
 def _cores() -> int:
@@ -192,110 +188,6 @@ def request_cost(
 ) -> int:
     """Token-rows an interpretation request will run (see `Limits.max_request_cost`)."""
     return cost_of(rows_per_token_and_input(interpreter, config), token_counts(model, examples))
-
-
-class Throughput:
-    """Token-rows per second per slot: a moving average over completed heavy requests."""
-
-    def __init__(self, prior: float = PRIOR_TOKEN_ROWS_PER_S):
-        self.rate = prior
-        self.samples = 0
-
-    def record(self, cost: int, seconds: float) -> None:
-        """Counts a request of `cost` token-rows that ran `seconds` in its slot."""
-        if cost <= 0 or seconds < _MIN_SAMPLE_S:
-            return
-        sample = cost / max(seconds - OVERHEAD_S, _MIN_SAMPLE_S / 2)
-        self.rate = sample if self.samples == 0 else 0.7 * self.rate + 0.3 * sample
-        self.samples += 1
-
-    def seconds(self, cost: int) -> float:
-        """Expected seconds in a slot for `cost` token-rows."""
-        return OVERHEAD_S + cost / self.rate
-
-
-@dataclasses.dataclass(eq=False)
-class _Ticket:
-    cost: int
-    started: float = math.nan
-
-
-class AdmissionGate:
-    """At most `slots` heavy requests at once, in arrival order; a request is refused (503) at once
-    when `queue` are already waiting or its expected wait for a slot exceeds `max_wait_s`."""
-
-    def __init__(self, slots: int, queue: int, max_wait_s: float, throughput: Throughput | None = None):
-        self._slots, self._queue, self._max_wait_s = slots, queue, max_wait_s
-        self.throughput = throughput or Throughput()
-        self._cond = threading.Condition()
-        self._waiting: collections.deque[_Ticket] = collections.deque()
-        self._running: set[_Ticket] = set()
-
-    @property
-    def admitted(self) -> int:
-        """Heavy requests running or queued now."""
-        with self._cond:
-            return len(self._running) + len(self._waiting)
-
-    def expected_wait_s(self) -> float:
-        """Seconds a request arriving now would wait for a slot, by the measured throughput."""
-        with self._cond:
-            return self._expected_wait_locked(time.monotonic())
-
-    def _expected_wait_locked(self, now: float) -> float:
-        # Slots free up as running requests end; queued ones take them first, in order.
-        free = [max(0.0, self.throughput.seconds(t.cost) - (now - t.started)) for t in self._running]
-        free += [0.0] * (self._slots - len(free))
-        heapq.heapify(free)
-        for ticket in self._waiting:
-            heapq.heapreplace(free, free[0] + self.throughput.seconds(ticket.cost))
-        return free[0]
-
-    def _refuse(self, wait_s: float, why: str) -> RequestError:
-        retry = max(1, math.ceil(wait_s - self._max_wait_s if wait_s > self._max_wait_s else wait_s))
-        return RequestError(
-            http.HTTPStatus.SERVICE_UNAVAILABLE,
-            f"The server is busy: {why}; retry in {retry} s.",
-            {"Retry-After": str(retry)},
-        )
-
-    @contextlib.contextmanager
-    def admit(self, cost: int, should_stop: cancellation.StopCheck) -> Iterator[None]:
-        """Runs the body in a slot; raises a 503 RequestError at once if refused, Cancelled if stopped queued."""
-        ticket = _Ticket(cost)
-        with self._cond:
-            wait_s = self._expected_wait_locked(time.monotonic())
-            if len(self._waiting) >= self._queue and len(self._running) >= self._slots:
-                raise self._refuse(wait_s, f"{self._queue} heavy requests are waiting for a slot")
-            if wait_s > self._max_wait_s:
-                raise self._refuse(
-                    wait_s, f"a heavy request would wait about {wait_s:.0f} s for a slot (at most {self._max_wait_s:g})"
-                )
-            self._waiting.append(ticket)
-            try:
-                while not (self._waiting[0] is ticket and len(self._running) < self._slots):
-                    self._cond.wait(_POLL_S)
-                    if reason := should_stop():
-                        raise cancellation.Cancelled(reason)
-            except BaseException:
-                self._waiting.remove(ticket)
-                self._cond.notify_all()
-                raise
-            self._waiting.popleft()
-            ticket.started = time.monotonic()
-            self._running.add(ticket)
-        completed = False
-        try:
-            yield
-            completed = True
-        finally:
-            with self._cond:
-                self._running.discard(ticket)
-                elapsed = time.monotonic() - ticket.started
-                # Stopped past its expected time (a deadline): its rate was at most cost / elapsed.
-                if completed or elapsed > self.throughput.seconds(cost):
-                    self.throughput.record(cost, elapsed)
-                self._cond.notify_all()
 
 
 def client_gone(sock: socket.socket) -> bool:
