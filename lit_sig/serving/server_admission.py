@@ -8,9 +8,10 @@ the same cores), and admits a new request only if, by a simulation of the
 running and queued work, it starts within `max_wait_s` and finishes within
 `SAFETY` of its deadline without pushing an admitted request past its own (an
 idle server takes any request, so a cold estimate cannot lock work out).
-Otherwise it refuses at once: 503 with Retry-After (the server is busy), or 413
-when the request alone would not finish in time even at the best throughput
-measured here (it asks for too much work).
+Otherwise it refuses at once with 503 and Retry-After, also when the request
+alone would not finish before its deadline even at the best throughput
+measured here (the message says so: ask for less work). These answers depend
+on measured speed, which changes; 413 stays for the fixed limits.
 """
 
 import collections
@@ -194,17 +195,16 @@ class AdmissionGate:
         return simulate(self._running, [*self._waiting, *([new] if new else [])], self._slots, self.throughput.rate)
 
     def _refusal(self, new: Ticket, now: float) -> RequestError | None:
-        """Why `new` may not join the queue now (503, or 413 if it could never finish in time), else None."""
+        """Why `new` may not join the queue now (a 503 RequestError), else None."""
         deadline_s = new.due - now
         alone_s = OVERHEAD_S + new.cost / self.throughput.peak  # NaN (never refused) before any measurement.
-        if alone_s > SAFETY * deadline_s:
-            return RequestError(
-                http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"This request ({new.cost:,} token-rows) would take about {alone_s:.0f} s even alone at the"
-                f" best throughput measured here ({self.throughput.peak:,.0f} token-rows/s), more than"
-                f" {SAFETY:.0%} of the server's {deadline_s:.0f} s deadline. Send fewer or shorter inputs,"
-                " or ask for less work (Interpolation steps, samples).",
-                details={"expected_s": round(alone_s, 1), "deadline_s": round(deadline_s, 1)},
+        if alone_s > deadline_s:  # Even on an idle server; between SAFETY and 1, tried only when idle.
+            return _busy(
+                deadline_s,
+                f"this request ({new.cost:,} token-rows) would take about {alone_s:.0f} s even alone at the best"
+                f" throughput measured here ({self.throughput.peak:,.0f} token-rows/s), past its {deadline_s:.0f} s"
+                " deadline. Send fewer or shorter inputs or ask for less work (Interpolation steps, samples), or",
+                {"expected_s": alone_s, "deadline_s": deadline_s},
             )
         if len(self._waiting) >= self._queue and len(self._running) >= self._slots:
             wait_s = self._wait_s()
@@ -244,7 +244,7 @@ class AdmissionGate:
 
     @contextlib.contextmanager
     def admit(self, cost: int, should_stop: cancellation.StopCheck, due: float = math.inf) -> Iterator[Ticket]:
-        """Runs the body in a slot; raises a RequestError at once if refused, Cancelled if stopped while queued.
+        """Runs the body in a slot; raises a 503 RequestError at once if refused, Cancelled if stopped while queued.
 
         Args:
             cost: the request's token-rows.
