@@ -17,14 +17,13 @@ Built from the pieces lit_sig's model families share: `encoding` (the cache),
 `forward` (the pass at a precision), `padding` (checked at load: right padding is
 exact for the real positions of a causal LM), `device_path` / `rows` (the engine's
 rows on the device, out-of-memory halving), `lm_score` (the head at the target
-positions only), and `embedding` (token embeddings as the embedding module gives them).
+positions only), `prefix_cache` (score-only rows reuse the prompt's keys and values),
+`lm_generate` (greedy responses) and `embedding` (token embeddings as the embedding module gives them).
 """
 
-import copy
 import dataclasses
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -49,9 +48,11 @@ from lit_sig.models.fields import LM_EMBEDDINGS_FIELD as EMBEDDINGS_FIELD
 from lit_sig.models.fields import LM_GRADIENTS_FIELD as GRADIENTS_FIELD
 from lit_sig.models.fields import LM_TOKENS_FIELD as TOKENS_FIELD
 from lit_sig.models.forward import Batch, ForwardRunner, check_precision, default_device
-from lit_sig.models.lm_encoding import PromptEncoder, PromptEncoding
+from lit_sig.models.lm_encoding import PromptEncoder, PromptEncoding, model_max_length, prompt_text, selected_targets
+from lit_sig.models.lm_generate import greedy_response
 from lit_sig.models.lm_score import TargetLogProbs, target_log_probs_view
 from lit_sig.models.padding import choose_padding
+from lit_sig.models.prefix_cache import PrefixCache
 
 # Baselines an LM has: `zero` always; a token's embedding where the tokenizer has that token.
 BASELINE_TOKENS = {"pad": "pad_token_id", "eos": "eos_token_id", "bos": "bos_token_id", "unk": "unk_token_id"}
@@ -138,7 +139,7 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
         self.tokenizer = tokenizer
         self.precision = precision
         self.max_new_tokens = max_new_tokens
-        model_max = _model_max_length(model.config)
+        model_max = model_max_length(model.config)
         self.max_length = min(max_length or model_max, model_max)
         self._encoder = PromptEncoder(tokenizer, self.max_length, chat_template, system_prompt)
         self._embedding = model.get_input_embeddings()
@@ -146,6 +147,7 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
         self._embedder = Embedder(self._embedding, tokenizer.pad_token_id, padding)
         view = target_log_probs_view(self.model) if head_at_targets else TargetLogProbs(self.model, False)
         self.head_at_targets = view.head_at_targets
+        self.prefix_cache = PrefixCache(view, _HEAD_ELEMENTS)  # Exact SIG's rows reuse the prompt's keys/values.
         self._init_device_path(
             device,
             ForwardRunner(self.model, view, precision, torch_compile),
@@ -240,28 +242,16 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
         """
         responses = []
         for example in inputs:
-            encoding = self._encoder.encode((_prompt(example), ""))
+            encoding = self._encoder.encode((prompt_text(example), ""))
             key = tuple(encoding.input_ids)
             with self._responses_lock:
                 cached = self._responses.get(key)
             if cached is None:
-                cached = self._generate(encoding.input_ids)
+                cached = greedy_response(self.model, self.tokenizer, encoding.input_ids, self.max_new_tokens)
                 with self._responses_lock:
                     self._responses[key] = cached
             responses.append(cached)
         return responses
-
-    def _generate(self, prompt_ids: list[int]) -> str:
-        config = copy.deepcopy(self.model.generation_config)
-        config.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
-        config.max_new_tokens = self.max_new_tokens
-        config.max_length = None
-        if config.pad_token_id is None:
-            config.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
-        ids = torch.tensor([prompt_ids], device=self.device)
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
-        return self.tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True)
 
     def tokenize(self, inputs: Sequence[lit_types.JsonDict]) -> list[list[str]]:
         """The `tokens` of each input (the prompt, template included, then the target or response)."""
@@ -276,11 +266,11 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
                 target = self.generate([example])[0]
                 if not target:
                     raise ValueError(
-                        f"The model's response to {_prompt(example)[:60]!r} is empty; give a target to explain."
+                        f"The model's response to {prompt_text(example)[:60]!r} is empty; give a target to explain."
                     )
             elif not isinstance(target, str):
                 raise ValueError(f"Field {TARGET_FIELD!r} must be a string, got {type(target).__name__}.")
-            encodings.append(self._encoder.encode((_prompt(example), target)))
+            encodings.append(self._encoder.encode((prompt_text(example), target)))
         return encodings
 
     def score(self, inputs: Sequence[lit_types.JsonDict]) -> list[float]:
@@ -320,7 +310,7 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
 
     def _path_input(self, example: lit_types.JsonDict, encoding: PromptEncoding) -> LMPathInput:
         L = len(encoding)
-        targets = _selected_targets(example.get(TARGET_MASK_FIELD), encoding)  # [K] positions >= 1
+        targets = selected_targets(example.get(TARGET_MASK_FIELD), encoding)  # [K] positions >= 1
         needed = int(targets[-1])  # Positions 0 .. needed - 1 are read; the last target's own embedding is not.
         ids = torch.tensor(encoding.input_ids, device=self.device)  # [L]
         with torch.no_grad():
@@ -346,7 +336,10 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
 
     def score_rows(self, pieces: Sequence[rows.Piece], with_grads: bool) -> list[rows.PieceResult]:
         """Per `(input, rows [r, T, D])`: F `[r]` and, `with_grads`, its gradients `[r, T, D]` (0 from the
-        last target on). Passes are split where their logits at the targets would exceed `_HEAD_ELEMENTS`."""
+        last target on). Passes are split where their logits at the targets would exceed `_HEAD_ELEMENTS`;
+        score-only rows reuse the prompt's keys and values where `prefix_cache` applies."""
+        if self.prefix_cache.applies(pieces, with_grads):
+            return self.prefix_cache.score_rows(pieces)
         results = []
         for part in self._head_sized(pieces):
             truncated = [(p, r[:, : len(p.full)]) for p, r in part]
@@ -403,41 +396,3 @@ def _gradient_output(p: LMPathInput, score: torch.Tensor, grads: torch.Tensor) -
         GRAD_DOT_INPUT_FIELD: (grads * x).sum(-1).cpu().numpy(),
         protocol.TARGET_SCORE_FIELD: float(score),
     }
-
-
-def _prompt(example: lit_types.JsonDict) -> str:
-    prompt = example.get(PROMPT_FIELD)
-    if not isinstance(prompt, str):
-        raise ValueError(f"Input needs a string field {PROMPT_FIELD!r}; got {type(prompt).__name__}.")
-    if not prompt.strip():
-        raise ValueError(f"Field {PROMPT_FIELD!r} is empty; give at least one word.")
-    return prompt
-
-
-def _selected_targets(mask: Any, encoding: PromptEncoding) -> np.ndarray:
-    """`[K]` positions (ascending, >= 1) of the target tokens F sums: `mask`'s, else the whole target."""
-    L = len(encoding)
-    if mask is None:
-        selected = np.arange(max(encoding.prompt_length, 1), L)
-        if not len(selected):
-            raise ValueError("Nothing to explain: the target is empty.")
-        return selected
-    mask = np.asarray(mask, dtype=np.float64).reshape(-1)
-    if len(mask) != L:
-        raise ValueError(
-            f"{TARGET_MASK_FIELD} has {len(mask)} entries; expected {L}, one per token of the prompt and target."
-        )
-    if not np.isfinite(mask).all():
-        raise ValueError(f"{TARGET_MASK_FIELD} holds a NaN or infinite value.")
-    selected = np.flatnonzero(mask[1:] != 0) + 1  # The first token is never predicted.
-    if not len(selected):
-        raise ValueError(f"{TARGET_MASK_FIELD} selects no token after the first; nothing to explain.")
-    return selected
-
-
-def _model_max_length(config: Any) -> int:
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 2048

@@ -14,11 +14,13 @@ template changes the content (strips or rewrites it), only special tokens are he
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import transformers
 
 from lit_sig.models.encoding import Encoding, TextEncoder
+from lit_sig.models.fields import PROMPT_FIELD, TARGET_MASK_FIELD
 
 _SENTINEL = "\x00lit_sig_prompt\x00"
 
@@ -132,3 +134,41 @@ def _inside(offsets: Sequence[tuple[int, int]], span: tuple[int, int] | None) ->
         return np.ones(len(offsets), dtype=bool)
     start, end = span
     return np.array([a < end and b > start for a, b in offsets], dtype=bool)
+
+
+def prompt_text(example: dict[str, Any]) -> str:
+    prompt = example.get(PROMPT_FIELD)
+    if not isinstance(prompt, str):
+        raise ValueError(f"Input needs a string field {PROMPT_FIELD!r}; got {type(prompt).__name__}.")
+    if not prompt.strip():
+        raise ValueError(f"Field {PROMPT_FIELD!r} is empty; give at least one word.")
+    return prompt
+
+
+def selected_targets(mask: Any, encoding: PromptEncoding) -> np.ndarray:
+    """`[K]` positions (ascending, >= 1) of the target tokens F sums: `mask`'s, else the whole target."""
+    L = len(encoding)
+    if mask is None:
+        selected = np.arange(max(encoding.prompt_length, 1), L)
+        if not len(selected):
+            raise ValueError("Nothing to explain: the target is empty.")
+        return selected
+    mask = np.asarray(mask, dtype=np.float64).reshape(-1)
+    if len(mask) != L:
+        raise ValueError(
+            f"{TARGET_MASK_FIELD} has {len(mask)} entries; expected {L}, one per token of the prompt and target."
+        )
+    if not np.isfinite(mask).all():
+        raise ValueError(f"{TARGET_MASK_FIELD} holds a NaN or infinite value.")
+    selected = np.flatnonzero(mask[1:] != 0) + 1  # The first token is never predicted.
+    if not len(selected):
+        raise ValueError(f"{TARGET_MASK_FIELD} selects no token after the first; nothing to explain.")
+    return selected
+
+
+def model_max_length(config: Any) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048

@@ -25,7 +25,7 @@ import logging
 import torch
 from torch import nn
 
-_RTOL_FLOAT32 = 1e-4  # Of the largest |log p|: float32 rounding is ~1e-6 of it, another function O(1).
+RTOL_FLOAT32 = 1e-4  # Of the largest |log p|: float32 rounding is ~1e-6 of it, another function O(1).
 _HALF_EPS_MULTIPLE = 32  # Half-precision weights: 32 roundings of the weights' epsilon.
 _PROBE_LENGTH = 9
 
@@ -142,5 +142,5 @@ def _head_at_targets_matches(model: nn.Module) -> bool:
 
 def _tolerance(dtype: torch.dtype) -> float:
     if dtype in (torch.float32, torch.float64):
-        return _RTOL_FLOAT32
+        return RTOL_FLOAT32
     return _HALF_EPS_MULTIPLE * torch.finfo(dtype).eps
