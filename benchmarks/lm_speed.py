@@ -10,6 +10,10 @@ it asked for (forward+backward and forward only, counted), its completeness delt
 floor: as many rows of the sequence through the bare Hugging Face model at its fastest batch
 (forward+backward of F from the full logits for gradient rows, forward for score rows).
 
+Exact SIG runs twice, alternately `--repeats` times each (the fastest kept): with the prompt's
+keys/values reused (`lit_sig.models.prefix_cache`, the default) and with whole rows
+(`exact_sig_plain`); `exact_sig_reuse` compares both with the floor of their T + 1 forward rows.
+
 Peers on the same prompt, target and steps: captum 0.9's
 `LLMGradientAttribution(LayerIntegratedGradients)` (one IG per target token) and
 `LLMAttribution(FeatureAblation)`; their agreement with lit_sig where both compute the same
@@ -177,15 +181,21 @@ class Floor:
         return rows * self.seconds_per_row(True) + forward_rows * self.seconds_per_row(False)
 
 
+EXACT_PLAIN = "exact_sig_plain"  # Exact SIG without the prefix's keys/values reused (whole rows).
+
+
 def run_ours(lm: causal_lm.HFCausalLM, case: Case, method: str, steps: int, floor: Floor) -> dict:
     """One `interpreter.run` of a lit_sig method, its rows, completeness delta and floor."""
     interpreter = lit_sig.IntegratedGradients() if method == "ig" else lit_sig.SequentialIntegratedGradients()
+    cache = lm.prefix_cache
+    cache.enabled = method != EXACT_PLAIN
+    reused_before, plain_before, positions_before = cache.rows_reused, cache.rows_plain, cache.positions
     config = {
         interpreters.NORMALIZATION_KEY: False,
         interpreters.BASELINE_KEY: causal_lm.DEFAULT_BASELINE,
         interpreters.INTERPOLATION_KEY: steps,
     }
-    if method == "exact_sig":
+    if method in ("exact_sig", EXACT_PLAIN):
         config[interpreters.METHOD_KEY] = interpreters.EXACT_METHOD
     counting = CountingModel(lm)
     synchronize(lm.device)
@@ -193,18 +203,50 @@ def run_ours(lm: causal_lm.HFCausalLM, case: Case, method: str, steps: int, floo
     (result,) = interpreter.run([case.example], counting, None, config=config)
     synchronize(lm.device)
     seconds = time.perf_counter() - started
+    cache.enabled = True
     floor_seconds = floor.of(counting.rows, counting.forward_only)
     return {
         "method": method,
-        "steps": None if method == "exact_sig" else steps,
+        "steps": None if method in ("exact_sig", EXACT_PLAIN) else steps,
         "seconds": seconds,
         "rows": counting.rows,
         "forward_rows": counting.forward_only,
         "floor_seconds": floor_seconds,
         "ratio_to_floor": seconds / floor_seconds,
         "completeness_delta": result[interpreters.COMPLETENESS_KEY],
+        "prefix_rows_reused": cache.rows_reused - reused_before,  # Score rows through the prompt's KV cache.
+        "prefix_rows_plain": cache.rows_plain - plain_before,
+        "prefix_positions": cache.positions - positions_before,  # Of the reused rows (and the cached prompt).
         "salience": [float(s) for s in result[causal_lm.GRADIENTS_FIELD].salience],
     }
+
+
+def run_exact(lm: causal_lm.HFCausalLM, case: Case, floor: Floor, repeats: int) -> tuple[list[dict], dict]:
+    """Exact SIG with and without the prefix reused, alternately `repeats` times (the fastest of each kept)."""
+    best: dict[str, dict] = {}
+    for _ in range(repeats):
+        for method in ("exact_sig", EXACT_PLAIN):
+            run = run_ours(lm, case, method, interpreters.DEFAULT_STEPS, floor)  # Steps unused.
+            if method not in best or run["seconds"] < best[method]["seconds"]:
+                best[method] = run
+    reuse, plain = best["exact_sig"], best[EXACT_PLAIN]
+    difference = np.abs(np.asarray(reuse["salience"]) - np.asarray(plain["salience"])).max()
+    summary = {
+        "tokens": len(case.ids),
+        "forward_rows": reuse["forward_rows"],
+        "repeats": repeats,
+        "reuse_seconds": reuse["seconds"],
+        "plain_seconds": plain["seconds"],
+        "floor_seconds": reuse["floor_seconds"],  # The bare model's forward rows, whole, at its best batch.
+        "plain_over_reuse": plain["seconds"] / reuse["seconds"],
+        # The work saved: positions run with reuse over the whole rows' (forward rows x tokens).
+        "positions_reuse_over_plain": reuse["prefix_positions"] / (plain["forward_rows"] * len(case.ids)),
+        "reuse_over_floor": reuse["seconds"] / reuse["floor_seconds"],
+        "plain_over_floor": plain["seconds"] / plain["floor_seconds"],
+        "max_abs_difference": float(difference),
+        "relative_to_largest": float(difference / (np.abs(plain["salience"]).max() or 1.0)),
+    }
+    return [reuse, plain], summary
 
 
 def captum_input(lm: causal_lm.HFCausalLM, case: Case):
@@ -411,6 +453,10 @@ def main(argv: list[str] | None = None) -> dict:
         "--inseq_python", default="/tmp/inseq/bin/python", help="A Python with inseq installed (its own venv)."
     )
     parser.add_argument("--inseq_sig_steps", type=int, default=2, help="inseq's SIG steps (first target token).")
+    parser.add_argument(
+        "--methods", default="ig,exact_sig,sig", help="Ours: ig, exact_sig (with and without reuse), sig."
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="Exact SIG runs of each kind (the fastest kept).")
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default="float32", choices=list(PRECISIONS))
     parser.add_argument("--json", default=None, help="Write the report here.")
@@ -435,10 +481,19 @@ def main(argv: list[str] | None = None) -> dict:
         "floor_batch": dict(floor.batch),
         "cases": [],
     }
+    methods = [m for m in args.methods.split(",") if m]
     for method, steps in (("ig", args.steps), ("exact_sig", args.steps), ("sig", args.sig_steps)):
-        case_report = run_ours(lm, case, method, steps, floor)
-        report["cases"].append(case_report)
-        print(json.dumps({k: v for k, v in case_report.items() if k != "salience"}), flush=True)
+        if method not in methods:
+            continue
+        if method == "exact_sig":
+            case_reports, report["exact_sig_reuse"] = run_exact(lm, case, floor, args.repeats)
+        else:
+            case_reports = [run_ours(lm, case, method, steps, floor)]
+        for case_report in case_reports:
+            report["cases"].append(case_report)
+            print(json.dumps({k: v for k, v in case_report.items() if k != "salience"}), flush=True)
+    if "exact_sig_reuse" in report:
+        print(json.dumps({"exact_sig_reuse": report["exact_sig_reuse"]}), flush=True)
     peers = [p for p in args.peers.split(",") if p]
     if "captum" in peers:
         for peer in (run_captum_ig(lm, case, args.steps, floor), run_captum_ablation(lm, case, floor)):

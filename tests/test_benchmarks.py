@@ -102,6 +102,12 @@ def test_lm_speed_counts_rows_and_agrees_with_captum(tmp_path):
     assert (cases["ig"]["rows"], cases["ig"]["forward_rows"]) == (steps, 2)
     movable = sum(s != 0 for s in cases["exact_sig"]["salience"])
     assert cases["exact_sig"]["rows"] == 0 and cases["exact_sig"]["forward_rows"] >= movable + 1
+    # Exact SIG with the prompt's keys/values reused and with whole rows: the same rows, the same numbers, less work.
+    reuse, plain = cases["exact_sig"], cases["exact_sig_plain"]
+    assert reuse["prefix_rows_reused"] == reuse["forward_rows"] == plain["prefix_rows_plain"] == plain["forward_rows"]
+    assert plain["prefix_rows_reused"] == 0 and reuse["prefix_rows_plain"] == 0
+    assert report["exact_sig_reuse"]["relative_to_largest"] < 1e-5
+    assert 0 < report["exact_sig_reuse"]["positions_reuse_over_plain"] < 1
     captum_ig = next(c for m, c in cases.items() if "LayerIntegratedGradients" in m)
     assert captum_ig["rows"] == steps * report["target_tokens"]
     assert captum_ig["agreement"]["relative_to_largest"] < 1e-4

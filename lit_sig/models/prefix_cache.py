@@ -15,7 +15,7 @@ activation) of a model whose head runs at the targets (`lm_score.TargetLogProbs`
 and whose cache holds every position of every layer (no sliding window), checked on
 first use: a cached pass must give the uncached log-probabilities (the tolerance of
 `lm_score`). Elsewhere `applies` is False and the plain rows run; `reason` says why,
-and `rows_reused` / `rows_plain` count the rows scored each way.
+and `rows_reused` / `rows_plain` count the rows scored each way (`positions`: the positions the reused ones ran).
 """
 
 import inspect
@@ -30,7 +30,11 @@ from absl import logging
 from lit_sig.models import lm_score, rows
 
 _PROBE_LENGTH = 9
-_BLOCKS_PER_PIECE = 8  # A piece's rows, sorted by their first changed position, in at most this many blocks.
+# A piece's rows, sorted by their first changed position, run in at most this many blocks, each of at least
+# _MIN_BLOCK_ROWS rows: a pass of few short rows streams every weight for little work (on one CPU thread 1-row
+# blocks of ~20 positions took as long as 8 whole 70-token rows).
+_BLOCKS_PER_PIECE = 8
+_MIN_BLOCK_ROWS = 8
 
 
 class PrefixCache:
@@ -46,6 +50,7 @@ class PrefixCache:
         self.enabled = True  # Users and benchmarks may turn the reuse off (then the plain rows run).
         self.rows_reused = 0
         self.rows_plain = 0
+        self.positions = 0  # Positions the reused rows ran (the prompts' cached passes included).
         self._head_elements = head_elements
         self._verified: bool | None = None  # None: not checked yet.
         self.reason = "" if view.head_at_targets else "the full model computes the logits (no head at the targets)"
@@ -83,10 +88,11 @@ class PrefixCache:
         first = first.clamp(max=cached.first_score_position).cpu()  # One host read per piece.
         scores = torch.empty(len(piece_rows), dtype=torch.float32, device=piece_rows.device)
         order = torch.argsort(first, stable=True)
-        block = max(1, -(-len(order) // _BLOCKS_PER_PIECE))
+        block = max(_MIN_BLOCK_ROWS, -(-len(order) // _BLOCKS_PER_PIECE))
         head_rows = max(1, self._head_elements // (len(p.score_ids) * self.view.head.weight.shape[0]))
         for start in range(0, len(order), min(block, head_rows)):
             chosen = order[start : start + min(block, head_rows)]
+            self.positions += len(chosen) * max(0, length - int(first[chosen[0]]))
             block_scores = _block_scores(
                 self.view, cached, piece_rows[chosen], int(first[chosen[0]]), p.score_positions, p.score_ids
             )
@@ -98,6 +104,7 @@ class PrefixCache:
             cached = self._caches.get(p)
         if cached is None:
             cached = _InputCache.build(self.view, p.full, p.score_positions, p.score_ids)
+            self.positions += len(p.full)
             with self._lock:
                 self._caches[p] = cached
         return cached
