@@ -499,11 +499,20 @@ def local_server(model, limits=None, app_kw: dict | None = None, **interpreters_
         | interpreters_by_name,
         **(app_kw or {}),
     )
+    with serving(app, limits) as base:
+        yield base, app
+
+
+@contextlib.contextmanager
+def serving(app, limits) -> Iterator[str]:
+    """Serves a `server.HardenedLitApp` under `limits` on a free loopback port; yields its base URL."""
+    from lit_sig.serving import server  # pylint: disable=import-outside-toplevel
+
     httpd = server.make_server(app, "127.0.0.1", 0, limits)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_port}", app
+        yield f"http://127.0.0.1:{httpd.server_port}"
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -13,9 +13,11 @@ import pytest
 import transformers
 
 import lit_sig
+from lit_sig.lit import sequence_salience
 from lit_sig.models import datasets
 from lit_sig.serving import lm_demo as lm_demo_lib
-from tests.helpers import REPO, SEQUENCE_SALIENCE_NOTEBOOK, added_input, call, call_ok
+from lit_sig.serving import offline_client, server
+from tests.helpers import REPO, SEQUENCE_SALIENCE_NOTEBOOK, added_input, call, call_ok, serving
 
 DATASET = lm_demo_lib.DATASET
 FIELDS = ("grad_l2", "grad_dot_input", "exact_sig", "ig")  # As the lm_demo fixture serves them.
@@ -94,6 +96,41 @@ def test_served_salience_maps_equal_notebook(lm_demo, name, prompts, lm_info, no
     notebook = lit_sig.SequentialIntegratedGradients().run([data], notebook_lm, config=config)[0]["token_grad"]
     assert served["token_grad"]["tokens"] == list(notebook.tokens)
     np.testing.assert_allclose(served["token_grad"]["salience"], notebook.salience, rtol=1e-5, atol=1e-6)
+
+
+def test_sequence_salience_is_priced_by_what_it_runs(notebook_lm):
+    """The module's one request runs every field: the gradient pass (a row per input, read by grad_l2 and
+    grad_dot_input), exact SIG (T + 1 rows per token) and IG (50 steps: 51 rows), on the T tokens of prompt
+    and target: T x (T + 53) token-rows. One token-row over the cap is 413 naming both; at the cap it runs,
+    through the heavy-work gate (which refuses it once its best measured rate is 1 token-row/s), while the LM's
+    own predictions stay unpriced."""
+    prompts = datasets.builtin_prompts()
+    data = {k: v for k, v in prompts.examples[3].items() if not k.startswith("_")}
+    tokens = notebook_lm.tokenize([data])[0]
+    count = len(tokens)
+    expected = count * (count + 1 + 51 + 1)
+    body = {"inputs": [added_input(data | {"target_mask": [0] * (count - 1) + [1]})]}
+    params = {"model": "_lm_salience", "dataset_name": DATASET, "requested_types": "Tokens,TokenScores"}
+    plain = (params | {"model": "lm"}, {"inputs": [added_input(data)]})
+    for cap in (expected - 1, expected):
+        limits = server.Limits(max_request_cost=cap, light_request_cost=1)
+        group = sequence_salience.model_group("lm", notebook_lm, FIELDS)
+        app = server.HardenedLitApp(
+            group, {DATASET: prompts}, limits=limits, interpreters={}, client_root=str(offline_client.LIT_CLIENT_ROOT)
+        )
+        with serving(app, limits) as base:
+            status, _, answer = call(base, "/get_preds", params, body)
+            if cap < expected:
+                error = json.loads(answer)["error"]
+                assert status == 413 and f"run {expected:,} token-rows" in error and f"limit is {cap:,}" in error
+                continue
+            assert status == 200, answer[:500]
+            (served,) = json.loads(answer)
+            assert served["tokens"] == tokens and set(FIELDS) <= set(served)
+            app.admission.throughput.peak = 1.0
+            status, _, answer = call(base, "/get_preds", params, body)
+            assert status == 503 and "even alone" in json.loads(answer)["error"], answer[:500]
+            assert call(base, "/get_preds", *plain)[0] == 200
 
 
 def test_the_client_draws_lit_sigs_signed_fields_signed(lm_demo):

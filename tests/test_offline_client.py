@@ -47,3 +47,15 @@ def test_localize_patches_main_js_only_when_asked(tmp_path):
     assert "fonts.googleapis.com" not in (signed / offline_client.INDEX_FILE).read_text(encoding="utf-8")
     # Cached: the same inputs give the same folder, in any order.
     assert offline_client.localize(cache_dir=tmp_path, faces=(), signed_salience_fields=SIGNED[::-1]) == signed
+
+
+def test_a_cached_client_whose_links_dangle_is_rebuilt(tmp_path):
+    """A copy built through a path that has since gone (another checkout's venv link) serves 404s: rebuilt."""
+    built = offline_client.localize(cache_dir=tmp_path, faces=())
+    link = built / "main.js.map"
+    link.unlink()
+    link.symlink_to(tmp_path / "gone" / "main.js.map")
+    assert not link.exists()
+    again = offline_client.localize(cache_dir=tmp_path, faces=())
+    assert again == built and (again / "main.js.map").exists()
+    assert (again / offline_client.MAIN_JS).resolve() == (offline_client.LIT_CLIENT_ROOT / "main.js").resolve()

@@ -533,6 +533,8 @@ def test_only_get_and_post_reach_the_api(demo, method):
         assert raised.value.headers["Allow"] == (allowed or "GET, HEAD")
         if method != "HEAD":
             assert_json_error(405, raised.value.headers["Content-Type"], raised.value.read(), 405, "allowed")
-    request = urllib.request.Request(demo + "/", method="HEAD")
-    with urllib.request.urlopen(request, timeout=60) as response:
-        assert response.status == 200 and response.read() == b""
+    # The UI's files take HEAD, by choice (RFC 9110: HEAD wherever GET): GET's status and type, no body.
+    for route, kind in (("/", "text/html"), ("/main.js", "javascript")):
+        request = urllib.request.Request(demo + route, method="HEAD")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 200 and kind in response.headers["Content-Type"] and response.read() == b""

@@ -48,6 +48,7 @@ from lit_sig.lit import registry
 JsonDict = lit_types.JsonDict
 FieldNames = pd_constants.FieldNames
 TOKENS_FIELD = FieldNames.TOKENS
+TARGET_FIELD = FieldNames.TARGET
 LM_BASELINE = "zero"  # An LM has no [MASK]; the zero vector is the baseline every LM has.
 # The module's button names are the fields': LIT's own for the two gradient methods (it preselects
 # `grad_l2` and draws `grad_dot_input` signed), the registry's name for every other method.
@@ -173,6 +174,23 @@ class SequenceSalienceModel(lit_model.BatchedModel):
     @property
     def signed_fields(self) -> tuple[str, ...]:
         return signed_fields(self._methods)
+
+    @property
+    def reads_gradients(self) -> bool:
+        """Whether `predict` runs the LM's one gradient pass (a row per input), which the gradient fields read."""
+        return any(m.uses_gradients for m in self._methods.values())
+
+    def salience_runs(self) -> list[tuple[lit_components.Interpreter, JsonDict]]:
+        """What `predict` runs on every input beside that pass: the interpreter and config of each other field."""
+        return [self.method(name) for name, method in self._methods.items() if not method.uses_gradients]
+
+    def token_counts(self, inputs: Sequence[JsonDict]) -> list[int]:
+        """Tokens each input is scored on (prompt with its template, then target), without running the LM.
+
+        An input without a target (which `predict` would first generate) counts its target as one token.
+        """
+        filled = [{**_model_input(e), TARGET_FIELD: e.get(TARGET_FIELD) or "."} for e in inputs]
+        return [len(tokens) for tokens in self._lm.tokenize(filled)]
 
     def input_spec(self) -> lit_types.Spec:
         return pd_constants.INPUT_SPEC | pd_constants.INPUT_SPEC_SALIENCE

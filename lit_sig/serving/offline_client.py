@@ -14,6 +14,7 @@ clamp to white). With `signed_salience_fields`, the copy's `main.js` draws
 those fields signed too (`rewrite_main_js`).
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -169,7 +170,7 @@ def localize(
         FileNotFoundError: a font file is missing (install `FONT_PACKAGES`).
         ValueError: `signed_salience_fields` with a client that is not LIT 1.3's build.
     """
-    source = pathlib.Path(source)
+    source = pathlib.Path(source).resolve()  # Links to the files themselves, not through a venv's symlink.
     missing = sorted({str(face.path) for face in faces if not face.path.is_file()})
     if missing:
         raise FileNotFoundError(
@@ -183,8 +184,13 @@ def localize(
         cache = pathlib.Path(tempfile.mkdtemp(prefix="lit_sig_client_"))
     signed_fields = tuple(sorted(set(signed_salience_fields)))
     target = cache / f"client-{_cache_key(source, faces, signed_fields)}"
-    if target.is_dir():
+    if target.is_dir() and all(path.exists() for path in target.rglob("*")):
         return target
+    if target.is_dir():  # Its links dangle: built through a path that has gone (another checkout's venv).
+        stale = pathlib.Path(tempfile.mkdtemp(prefix=".stale-", dir=cache))
+        with contextlib.suppress(OSError):
+            target.rename(stale / target.name)
+        shutil.rmtree(stale, ignore_errors=True)
     building = pathlib.Path(tempfile.mkdtemp(prefix=".building-", dir=cache))
     try:
         _write_client(source, building, faces, signed_fields)

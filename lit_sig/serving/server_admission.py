@@ -28,7 +28,7 @@ from lit_sig.serving.server_limits import RequestError
 
 # Token-rows per second, all slots together, before any measurement: a slow CPU's, so the first requests are
 # not promised more than the machine gives. The first finished heavy request replaces it.
-PRIOR_TOKEN_ROWS_PER_S = 2_000.0
+PRIOR_TOKEN_ROWS_PER_S = 1_000.0
 OVERHEAD_S = 0.05  # Per request, whatever its cost.
 SAFETY = 0.8  # A request is admitted only if it is expected to finish within this share of its deadline.
 _MIN_SAMPLE_S = 0.2  # Shorter requests say more about the overhead than about throughput.

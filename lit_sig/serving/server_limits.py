@@ -22,7 +22,7 @@ from lit_nlp.api import types as lit_types
 from lit_nlp.components import gradient_maps, lime_explainer
 
 from lit_sig.core import adaptive, cancellation
-from lit_sig.lit import interpreters
+from lit_sig.lit import interpreters, protocol
 
 MAX_LIME_SAMPLES = 1024
 CLIENT_GONE = "The client closed its connection."
@@ -161,7 +161,10 @@ def _unwrapped(model: lit_model.Model) -> lit_model.Model:
 
 
 def token_counts(model: lit_model.Model, examples: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Tokens per example: the model's own tokenizer (truncated as it truncates), else words + 2."""
+    """Tokens per example: the model's own count (`token_counts`), its tokenizer (truncated as it truncates),
+    else words + 2."""
+    if (count := protocol.find_capability(model, "token_counts")) is not None:
+        return list(count(examples))
     fields = [k for k, v in model.input_spec().items() if isinstance(v, lit_types.TextSegment)]
     base = _unwrapped(model)
     tokenizer, max_length = getattr(base, "tokenizer", None), getattr(base, "max_length", None)

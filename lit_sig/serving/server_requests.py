@@ -19,12 +19,13 @@ from lit_sig.serving import server_checks, server_work
 from lit_sig.serving.server_limits import RequestError
 
 # LIT handlers (by function name) whose `inputs` run the model, and those that
-# wait for a heavy-work slot.
+# are priced (so may wait for a heavy-work slot): interpretations and generations,
+# and predictions of models that run interpreters (`server_work.prediction_work`).
 MODEL_HANDLERS = frozenset(
     {"_get_preds", "_get_interpretations", "_get_metrics", "_get_generated", "_annotate_new_data"}
 )
 INPUT_HANDLERS = MODEL_HANDLERS | {"_save_datapoints"}
-HEAVY_HANDLERS = frozenset({"_get_interpretations", "_get_generated"})
+HEAVY_HANDLERS = frozenset({"_get_interpretations", "_get_generated", "_get_preds", "_get_metrics"})
 
 
 def parse_json(body: bytes) -> Any:
@@ -83,6 +84,10 @@ class RequestChecks:
             chosen = [m for m in args.get("metrics", "").split(",") if m] or list(self._metrics)
             for metric in chosen:
                 server_work.lit_component_spec(self._metrics[metric], f"Metric {metric}", config)
+        model = self._models.get(args.get("model", ""))
+        if name in ("_get_preds", "_get_metrics") and model is not None:
+            work = server_work.prediction_work(model, [ex["data"] for ex in data["inputs"]])
+            return (self._priced(model, work), None) if work else (0, None)
         return 0, None
 
     def _check_component(
@@ -105,15 +110,19 @@ class RequestChecks:
             for example in call.examples:  # Projections of other inputs are not cached (LIT caches by id).
                 if not self._is_served_id(example.get("_id", "")):
                     example["_id"] = ""
+        return self._priced(model, work), component
+
+    def _priced(self, model: Any, work: list[server_work.Work]) -> int:
+        """The token-rows of `work` on `model`; 413 over `max_request_cost`."""
         cost = server_work.cost(model, work)
         if cost > self._limits.max_request_cost:
             raise RequestError(
                 http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"This request would run {cost:,} token-rows (the sum over the examples it runs of tokens x model"
                 f" rows); the server's limit is {self._limits.max_request_cost:,} (max_request_cost). Send fewer or"
-                " shorter inputs, or ask for less work (Interpolation steps, samples).",
+                " shorter inputs, or ask for less work (Interpolation steps, samples, salience methods).",
             )
-        return cost, component
+        return cost
 
     def _check_names(self, args: Mapping[str, str]) -> None:
         """Raises a 404 RequestError for a model, data set or component `args` name that isn't served."""

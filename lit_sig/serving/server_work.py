@@ -3,7 +3,8 @@
 `interpretation_work` / `generation_work`: a LIT component's config checked as
 strictly as ours (required keys, types, ranges, names that exist), and what the
 request will run: the examples (the whole data set where LIT uses it) and model
-rows per example, so the server can price it in token-rows (`cost`).
+rows per example, so the server can price it in token-rows (`cost`);
+`prediction_work` does the same for models whose `predict` runs interpreters.
 
 Every problem raises ValueError naming it and the accepted values.
 """
@@ -33,6 +34,7 @@ from lit_nlp.components import (
 )
 from lit_nlp.lib import utils
 
+from lit_sig.lit import protocol
 from lit_sig.serving import server_limits
 from lit_sig.serving.server_limits import integer_in
 
@@ -66,6 +68,21 @@ class Call:
     def dataset_examples(self) -> Sequence[Mapping[str, Any]]:
         """The inputs, or the whole data set where the component uses it for no inputs."""
         return self.examples or self.dataset.examples
+
+
+def prediction_work(model: lit_model.Model, examples: Sequence[Mapping[str, Any]]) -> list[Work]:
+    """What predicting `examples` runs beyond plain model rows (none for most models).
+
+    A model that runs interpreters in its `predict` (`salience_runs()`, such as
+    the LM demo's Sequence Salience model) runs each one's rows, and one
+    gradient row per input where `reads_gradients`.
+    """
+    runs = protocol.find_capability(model, "salience_runs")
+    if runs is None:
+        return []
+    rows = [server_limits.rows_per_token_and_input(interpreter, config) for interpreter, config in runs()]
+    gradient_pass = int(bool(protocol.find_capability(model, "reads_gradients")))
+    return [Work(examples, (sum(r[0] for r in rows), sum(r[1] for r in rows) + gradient_pass))]
 
 
 def cost(model: lit_model.Model, work: Sequence[Work]) -> int:
