@@ -34,10 +34,12 @@ LIMIT_FLAGS = {
     "max_request_cost": "Token-rows per interpretation or generation: the sum over the examples it runs of tokens"
     " x model rows (IG: steps; SIG: tokens x steps; LIME: samples).",
     "light_request_cost": "Interpretations of at most this many token-rows run at once, without a heavy slot.",
-    "max_heavy_requests": "Heavier interpretations running at once (default: the CPU cores).",
+    "max_heavy_requests": "Heavier interpretations, generations and priced predictions running at once (default:"
+    " the CPU cores).",
     "max_queued_requests": "Heavy requests waiting for a slot; more are answered 503 with Retry-After.",
     "max_queue_wait_s": "A heavy request expected to wait longer for a slot gets 503 with Retry-After at once.",
-    "request_deadline_s": "Seconds after its arrival at which a request's work is abandoned (503).",
+    "request_deadline_s": "Seconds after its arrival at which a request's work is abandoned (503); a heavy request"
+    " is admitted only if expected to finish within 80% of it (else 503 with Retry-After at once).",
     "read_timeout_s": "Seconds a connection may stay silent while a request is read.",
     "header_timeout_s": "Seconds in all to send a request's line and headers (408 beyond).",
     "body_timeout_s": "Seconds in all to send a request's body (408 beyond).",

@@ -70,7 +70,8 @@ class Limits:
         max_queue_wait_s: a heavy request whose expected wait for a slot is
             longer gets 503 with Retry-After at once.
         request_deadline_s: seconds after its arrival at which a request's
-            work is abandoned (503).
+            work is abandoned (503); a heavy request is admitted only if
+            expected to finish within `server_admission.SAFETY` of it.
         read_timeout_s: seconds a connection may stay silent while the server
             reads a request.
         header_timeout_s: seconds in all to send a request line and headers.
