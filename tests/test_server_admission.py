@@ -44,6 +44,16 @@ def test_simulation_shares_the_throughput_between_running_requests():
     assert forecast.finish_s == pytest.approx({a: 20.1, c: 30.2, b: 35.15})
 
 
+def test_simulation_of_huge_and_equal_costs_ends_them_together():
+    """Two of 10^12 token-rows at 10^6/s share: both end at 2 x (10^12 + 5 x 10^4) / 10^6 s; float rounding
+    of the remainders does not leave one running a step longer."""
+    a, b, c = Ticket(10**12), Ticket(10**12), Ticket(3)
+    forecast = simulate([a, b], [c], slots=2, rate=1e6)
+    both = 2 * (1e12 + 5e4) / 1e6
+    assert forecast.finish_s[a] == forecast.finish_s[b] == pytest.approx(both, rel=1e-12)
+    assert forecast.start_s[c] == forecast.finish_s[a]
+
+
 def test_simulation_counts_the_work_already_done():
     """A has reported a quarter of its rows: 750 + 5 left, alone at 100/s: 7.55 s."""
     a = Ticket(1_000)

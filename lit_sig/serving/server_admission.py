@@ -129,11 +129,12 @@ def simulate(running: list[Ticket], waiting: list[Ticket], slots: int, rate: flo
         active.append(queue.popleft())
     while active:
         share = rate / len(active)
-        step = min(remaining[t] for t in active) / share
-        now += step
+        smallest = min(remaining[t] for t in active)
+        now += smallest / share
+        ending = [t for t in active if remaining[t] - smallest <= 1e-9 * smallest]
         for ticket in active:
-            remaining[ticket] -= step * share
-        for ticket in [t for t in active if remaining[t] <= 1e-9 * overhead]:
+            remaining[ticket] -= smallest
+        for ticket in ending:
             finish_s[ticket] = now
             active.remove(ticket)
         while queue and len(active) < slots:
