@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lit_sig import models
-from lit_sig.cli import explain
+from lit_sig.cli import explain, job, rows_io
 from lit_sig.lit import interpreters, registry
 from tests.helpers import assert_close_in_float32, captum_ig, direct_gradient, occlusion, tiny_bert
 
@@ -34,11 +34,11 @@ def data(tmp_path_factory) -> pathlib.Path:
 
 def run(data: pathlib.Path, tiny_model_dir: pathlib.Path, out: pathlib.Path, *flags: str) -> list[dict]:
     explain.main(["--data", str(data), "--model", str(tiny_model_dir), "--out", str(out), "--batch_size", "2", *flags])
-    return explain.read_rows(out)
+    return rows_io.read_rows(out)
 
 
-JOB = explain.Job(
-    model=explain.EMBEDDED_MODEL,
+JOB = job.Job(
+    model=job.EMBEDDED_MODEL,
     labels=("0", "1"),
     method="sig",
     steps=4,
@@ -78,7 +78,7 @@ def test_rows_equal_a_notebook_run_and_direct_references(data, tiny_model_dir, t
     reference by direct Hugging Face / captum calls; SIG's rows are occlusion within their delta."""
     rows = run(data, tiny_model_dir, tmp_path / "out.jsonl", "--method", method, "--steps", "4")
     assert [r["id"] for r in rows] == list(range(len(SENTENCES)))
-    assert not explain.partial_path(tmp_path / "out.jsonl").exists()
+    assert not rows_io.partial_path(tmp_path / "out.jsonl").exists()
     model = models.HFSequenceClassifier.from_pretrained(str(tiny_model_dir), device="cpu")
     interpreter, config = registry.interpreter_and_config(method, 4, "mask", False)
     spec = registry.get(method)
@@ -199,7 +199,7 @@ def test_resume_skips_rows_already_in_the_output(data, tiny_model_dir, tmp_path,
     assert [r["id"] for r in first] == [0, 1, 2]
     # Mark row 1: a recomputed row would lose the mark.
     first[1]["salience"] = [123.0] * len(first[1]["salience"])
-    explain._write_atomically(first, out)
+    rows_io.write_atomically(first, out)
 
     seen = explained_sentences(monkeypatch)
     rows = run(data, tiny_model_dir, out, "--method", "grad_dot_input")
@@ -216,7 +216,7 @@ def test_a_crash_leaves_no_output_and_the_rerun_finishes(data, tiny_model_dir, t
     out = tmp_path / "out.jsonl"
     expected = run(data, tiny_model_dir, tmp_path / "expected.jsonl", "--method", "sig", "--steps", "2")
     calls = []
-    explain_batch = explain.Explainer.explain
+    explain_batch = job.Explainer.explain
 
     def crash_on_second_batch(self, examples):
         calls.append(len(examples))
@@ -224,13 +224,13 @@ def test_a_crash_leaves_no_output_and_the_rerun_finishes(data, tiny_model_dir, t
             raise RuntimeError("power cut")
         return explain_batch(self, examples)
 
-    monkeypatch.setattr(explain.Explainer, "explain", crash_on_second_batch)
+    monkeypatch.setattr(job.Explainer, "explain", crash_on_second_batch)
     with pytest.raises(RuntimeError, match="power cut"):
         run(data, tiny_model_dir, out, "--method", "sig", "--steps", "2")
     monkeypatch.undo()
-    partial = explain.partial_path(out)
+    partial = rows_io.partial_path(out)
     assert not out.exists() and list(tmp_path.glob("*.tmp")) == []
-    finished = explain.read_rows(partial)
+    finished = rows_io.read_rows(partial)
     assert len(finished) == 2
     with partial.open("a") as f:  # A row cut off mid-write.
         f.write('{"id": 5, "sentence": "<scr')
@@ -330,7 +330,7 @@ def test_resume_with_another_model_labels_or_data_is_refused(data, tiny_model_di
     err = capsys.readouterr().err
     assert f"another {change}=" in err and "resume with the same flags" in err
     assert out.read_bytes() == before
-    row = explain.read_rows(out)[0]
+    row = rows_io.read_rows(out)[0]
     assert (row["model"], row["labels"], row["data"]) == (
         str(tiny_model_dir.resolve()),
         ["0", "1"],
@@ -348,7 +348,7 @@ def test_jsonl_data_with_a_text_field(tiny_model_dir, tmp_path):
 
 def test_batches_are_sorted_longest_first(tokenizer):
     examples = [{"id": i, "sentence": s, "label": None} for i, (s, _) in enumerate(SENTENCES)]
-    batches = explain.length_batches(examples, tokenizer, 4)
+    batches = rows_io.length_batches(examples, tokenizer, 4)
     assert [len(b) for b in batches] == [4, 2]
     lengths = [len(tokenizer.tokenize(e["sentence"])) for b in batches for e in b]
     assert lengths == sorted(lengths, reverse=True)

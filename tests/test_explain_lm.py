@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lit_sig import models
-from lit_sig.cli import explain
+from lit_sig.cli import explain, rows_io
 from lit_sig.lit import registry
 from tests import helpers
 
@@ -40,7 +40,7 @@ def run(prompts: pathlib.Path, lm_dir: pathlib.Path, out: pathlib.Path, *flags: 
         ["--data", str(prompts), "--model", str(lm_dir), "--out", str(out), "--batch_size", "2", "--device", "cpu"]
         + list(flags)
     )
-    return explain.read_rows(out)
+    return rows_io.read_rows(out)
 
 
 @pytest.mark.parametrize("method", ["exact_sig", "ig", "grad_norm", "captum_featureablation"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lit_sig import models
-from lit_sig.cli import explain, faithfulness
+from lit_sig.cli import faithfulness, rows_io
 from lit_sig.core import erasure
 from lit_sig.lit import interpreters
 from tests.helpers import occlusion
@@ -105,7 +105,7 @@ def test_rows_equal_direct_forwards_of_the_erased_tokens(data, tiny_model_dir, t
     out = tmp_path / "f.jsonl"
     rows = run(data, tiny_model_dir, out, "--methods", ",".join(METHODS))
     assert [(r["id"], r["method"]) for r in rows] == [(i, m) for i in range(len(SENTENCES)) for m in METHODS]
-    assert not explain.partial_path(out).exists()
+    assert not rows_io.partial_path(out).exists()
     model = models.HFSequenceClassifier.from_pretrained(str(tiny_model_dir), device="cpu")
     for row in rows:
         sentence, label = SENTENCES[row["id"]]
@@ -184,7 +184,7 @@ def test_a_crash_leaves_no_output_and_the_rerun_finishes(data, tiny_model_dir, t
     monkeypatch.setattr(faithfulness, "score_batch", crash_on_fourth_batch)
     with pytest.raises(RuntimeError, match="power cut"):
         run(data, tiny_model_dir, out, "--methods", "ig,random")
-    partial = explain.partial_path(out)
+    partial = rows_io.partial_path(out)
     assert not out.exists() and len(partial.read_text().splitlines()) == 5  # ig: batches of 2, 2, 1
     with partial.open("a") as f:
         f.write('{"id": 4, "sente')  # a row cut off mid-write

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lit_sig import models
-from lit_sig.cli import explain, faithfulness
+from lit_sig.cli import faithfulness, rows_io
 from tests import helpers
 
 PROMPTS = [
@@ -48,7 +48,7 @@ def test_rows_equal_direct_erasure_and_the_summary_has_intervals(prompts, lm_dir
     methods = "exact_sig,grad_norm,random"
     args = ["--data", str(prompts), "--model", str(lm_dir), "--out", str(out), "--device", "cpu"]
     faithfulness.main([*args, "--methods", methods, "--max_new_tokens", "4", "--resamples", "200"])
-    rows = explain.read_rows(out)
+    rows = rows_io.read_rows(out)
     assert len(rows) == 9 and {r["method"] for r in rows} == set(methods.split(","))
     lm = models.HFCausalLM.from_pretrained(str(lm_dir), device="cpu", max_new_tokens=4)
     for row in (r for r in rows if r["method"] == "exact_sig"):
@@ -99,9 +99,9 @@ def test_resume_and_classifier_flags(prompts, lm_dir, tmp_path, capsys):
     out = tmp_path / "faith.jsonl"
     args = ["--data", str(prompts), "--model", str(lm_dir), "--out", str(out), "--device", "cpu"]
     faithfulness.main([*args, "--methods", "random", "--resamples", "50", "--limit", "2"])
-    first = explain.read_rows(out)
+    first = rows_io.read_rows(out)
     faithfulness.main([*args, "--methods", "random", "--resamples", "50"])
-    rows = explain.read_rows(out)
+    rows = rows_io.read_rows(out)
     assert rows[:2] == first and len(rows) == 3
     with pytest.raises(SystemExit):
         faithfulness.main([*args, "--labels", "a,b"])

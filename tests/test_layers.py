@@ -20,7 +20,7 @@ from lit_nlp.lib import caching
 
 import lit_sig
 from lit_sig import models
-from lit_sig.cli import explain
+from lit_sig.cli import explain, rows_io
 from lit_sig.lit import captum_bridge, config, interpreters, protocol
 from lit_sig.models import padding
 from tests import helpers
@@ -596,7 +596,7 @@ def explain_cli(tmp_path, tiny_model_dir, out, *flags) -> list[dict]:
     data = tmp_path / "dev.tsv"
     data.write_text("sentence\tlabel\n" + "".join(f"{s}\t1\n" for s in SENTENCES))
     explain.main(["--data", str(data), "--model", str(tiny_model_dir), "--out", str(out), *flags])
-    return explain.read_rows(out)
+    return rows_io.read_rows(out)
 
 
 def test_the_explain_cli_takes_a_layer_and_a_neuron_and_records_them(tmp_path, tiny_model_dir, tiny_model, capsys):

@@ -108,7 +108,7 @@ def text_of(example: dict[str, Any]) -> str:
 
 
 class LMExplainer:
-    """Explains batches of prompts with one causal LM (see `explain.Explainer`)."""
+    """Explains batches of prompts with one causal LM (see `job.Explainer`)."""
 
     def __init__(self, model: models.HFCausalLM, interpreter: Any, config: dict[str, Any], reuse: bool):
         self._model, self._interpreter, self._config, self._reuse = model, interpreter, config, reuse

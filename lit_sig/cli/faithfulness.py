@@ -36,14 +36,15 @@ import tqdm
 from lit_nlp.api import components as lit_components
 
 from lit_sig import models, storage
-from lit_sig.cli import explain, explain_lm, faithfulness_lm
+from lit_sig.cli import explain, explain_lm, faithfulness_lm, rows_io
+from lit_sig.cli import job as job_lib
 from lit_sig.core import erasure, quadrature
 from lit_sig.lit import interpreters, registry
 
 METHODS = (*registry.list_methods(), erasure.RANDOM)  # The registry's, and the random control.
 DEFAULT_METHODS = ("sig", "ig", "grad_norm", "grad_dot_input", erasure.RANDOM)
 SETTINGS_FIELDS = ("steps", "baseline", "top_fraction")
-SOURCE_FIELDS = explain.SOURCE_FIELDS
+SOURCE_FIELDS = job_lib.SOURCE_FIELDS
 SUMMARY_SUFFIX = ".summary.json"
 
 
@@ -142,9 +143,9 @@ def _read_done(
     out: pathlib.Path, examples: list[dict[str, Any]], wanted: dict[str, Any], text_key: str = "sentence"
 ) -> dict[tuple[int, str], dict]:
     done: dict[tuple[int, str], dict] = {}
-    for path in (out, explain.partial_path(out)):
+    for path in (out, rows_io.partial_path(out)):
         rows = list(storage.read_jsonl(path))
-        explain.check_resumable(rows, examples, wanted, path, text_key)
+        rows_io.check_resumable(rows, examples, wanted, path, text_key)
         done.update(((r["id"], r["method"]), r) for r in rows)
     return done
 
@@ -166,7 +167,7 @@ def evaluate(
     Raises:
         ValueError: `out` or its sidecar holds rows of other settings, model, labels or data.
     """
-    partial = explain.partial_path(out)
+    partial = rows_io.partial_path(out)
     is_lm = isinstance(model, models.HFCausalLM)
     text_key = explain_lm.TEXT_FIELD if is_lm else "sentence"
     done = _read_done(out, examples, dataclasses.asdict(settings) | source, text_key)
@@ -176,7 +177,7 @@ def evaluate(
     with tqdm.tqdm(total=total, unit="explanation", desc="faithfulness", dynamic_ncols=True) as progress:
         for method in methods:
             for batch in (
-                explain.length_batches(pending[method], model.tokenizer, batch_size) if pending[method] else []
+                rows_io.length_batches(pending[method], model.tokenizer, batch_size) if pending[method] else []
             ):
                 progress.set_postfix_str(method)
                 rows = scorer(model, method, settings, batch, source)
@@ -201,8 +202,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--summary", default=None, help=f"Summary JSON (default: OUT with {SUMMARY_SUFFIX}).")
     parser.add_argument(
         "--model",
-        default=explain.EMBEDDED_MODEL,
-        help=f"{explain.EMBEDDED_MODEL!r} (the embedded SST-2 model), a Hugging Face classifier path or name,"
+        default=job_lib.EMBEDDED_MODEL,
+        help=f"{job_lib.EMBEDDED_MODEL!r} (the embedded SST-2 model), a Hugging Face classifier path or name,"
         f" or a causal LM: {explain_lm.SMOLLM2!r} or a *ForCausalLM checkpoint (JSON Lines of prompt, target).",
     )
     parser.add_argument("--labels", default=None, help=explain.LABELS_HELP)
@@ -267,7 +268,7 @@ def _load(
     args: argparse.Namespace, labels: tuple[str, ...], is_lm: bool = False
 ) -> tuple[models.HFSequenceClassifier | models.HFCausalLM, dict[str, Any]]:
     """The model and what identifies it in rows (model, labels, data; an LM's generation settings)."""
-    job = explain.Job(
+    job = job_lib.Job(
         model=args.model,
         labels=labels,
         method="sig",
@@ -314,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             examples = explain_lm.read_prompts(pathlib.Path(args.data), args.limit)
         else:
             labels = explain.resolve_labels(args.model, args.labels)
-            examples = explain.read_examples(pathlib.Path(args.data), args.text_field, args.limit, labels)
+            examples = rows_io.read_examples(pathlib.Path(args.data), args.text_field, args.limit, labels)
         model, source = _load(args, labels, is_lm)
         if args.baseline is None:
             args.baseline = explain_lm.DEFAULT_BASELINE if is_lm else interpreters.DEFAULT_BASELINE
