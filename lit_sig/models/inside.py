@@ -4,7 +4,7 @@
 - at layer L, x and the baseline become the `[L_seq, H]` states of layer L for the
   input and for the baseline input (the input with its word embeddings at the
   baseline), every position included: the layers below run once for each, and
-  the rows then run only the layers above (`layers.SegmentView`);
+  the rows then run only the layers above (`segments.SegmentView`);
 - with a neuron, the rows' score F is that unit's activation (`neuron_scores`),
   and passes stop at the neuron's layer.
 The engine and the methods see rows and scores as always.
