@@ -68,17 +68,8 @@ class SentimentData(lit_dataset.Dataset):
     """Labelled sentences with a `sentence` text field and a `label` in {"0", "1"}."""
 
     def __init__(self, examples: list[dict[str, str]], description: str = ""):
-        self._examples = examples
-        self._description = description
-
-    def description(self) -> str:
-        return self._description
-
-    def spec(self) -> lit_types.Spec:
-        return {
-            "sentence": lit_types.TextSegment(),
-            "label": lit_types.CategoryLabel(vocab=list(LABELS)),
-        }
+        spec = {"sentence": lit_types.TextSegment(), "label": lit_types.CategoryLabel(vocab=list(LABELS))}
+        super().__init__(spec=spec, examples=examples, description=description)
 
 
 def builtin(max_examples: int | None = None) -> SentimentData:
@@ -159,18 +150,12 @@ class PromptData(lit_dataset.Dataset):
     """Prompts for a causal LM: `prompt`, an optional reference `target`, and their `source` (kind)."""
 
     def __init__(self, examples: list[dict[str, str]], description: str = ""):
-        self._examples = examples
-        self._description = description
-
-    def description(self) -> str:
-        return self._description
-
-    def spec(self) -> lit_types.Spec:
-        return {
+        spec = {
             "prompt": lit_types.TextSegment(),
             "target": lit_types.TextSegment(required=False),
             "source": lit_types.CategoryLabel(),
         }
+        super().__init__(spec=spec, examples=examples, description=description)
 
 
 def builtin_prompts(max_examples: int | None = None) -> PromptData:
