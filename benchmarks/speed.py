@@ -198,7 +198,15 @@ class LayerFloor(Floor):
         return super().of(counts) + self.lower_seconds()
 
 
-def time_case(model, method: str, texts: list[str], floors: list[Floor], config: dict, repeats: int) -> dict:
+def time_case(
+    model,
+    method: str,
+    texts: list[str],
+    floors: list[Floor],
+    config: dict,
+    repeats: int,
+    repeat_below: int = REPEAT_BELOW,
+) -> dict:
     """Ours and the floor alternate; the fastest of each counts (the machine is shared).
 
     On CUDA the case runs once untimed first, as the floor's minibatch search warms the floor:
@@ -208,7 +216,7 @@ def time_case(model, method: str, texts: list[str], floors: list[Floor], config:
     first = explain(model, method, texts, config)["seconds"] if model.device.type == "cuda" else None
     case = explain(model, method, texts, config)
     times, floor_times = [case["seconds"]], [sum(f.of(case) / len(texts) for f in floors)]
-    repeat_below = REPEAT_BELOW * (10 if model.device.type == "cuda" else 1) * len(texts)
+    repeat_below *= (10 if model.device.type == "cuda" else 1) * len(texts)
     while len(times) < repeats and case["rows"] * len(texts[0].split()) <= repeat_below:
         times.append(explain(model, method, texts, config)["seconds"])
         floor_times.append(sum(f.of(case) / len(texts) for f in floors))
@@ -306,6 +314,7 @@ def run_cases(
     ig_batch: int,
     adaptive: bool = True,
     class_to_explain: str = DEFAULT_CLASS,
+    repeat_below: int = REPEAT_BELOW,
 ) -> list[dict]:
     """Times every method at every length (and IG over `ig_batch` sentences), printing a table row each.
 
@@ -326,7 +335,10 @@ def run_cases(
             method_config = config
             if method == ADAPTIVE_SIG and tolerance is not None:
                 method_config = {**config, interpreters.TOLERANCE_KEY: tolerance}
-            case = time_case(model, method, [text], [floor], method_config, repeats) | {"tokens": T, "steps": steps}
+            case = time_case(model, method, [text], [floor], method_config, repeats, repeat_below) | {
+                "tokens": T,
+                "steps": steps,
+            }
             case["rows_per_pass"] = model.rows_per_pass(T, True)  # Ours, as the model sized them.
             by_method[method] = case
             cases.append(case)
@@ -438,7 +450,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ig_batch", type=int, default=0, help="IG over this many sentences in one run (0: skip)")
     parser.add_argument("--memory_tokens", type=int, default=510, help="0 skips the memory check")
     parser.add_argument("--memory_seconds", type=float, default=120.0)
-    parser.add_argument("--repeats", type=int, default=3, help=f"timings per case when rows * T <= {REPEAT_BELOW}")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per case when rows * T <= --repeat_below")
+    parser.add_argument("--repeat_below", type=int, default=REPEAT_BELOW, help="rows * T up to which cases repeat")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -474,6 +487,7 @@ def main(argv: list[str] | None = None) -> None:
             args.ig_batch,
             adaptive=args.adaptive,
             class_to_explain=args.class_to_explain,
+            repeat_below=args.repeat_below,
         ),
     }
     if layers:
