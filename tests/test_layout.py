@@ -57,3 +57,21 @@ def test_no_modules_at_the_top_but_the_helpers():
     """Every module lives in its layer; the old top-level aliases (explain, protocol, ...) are gone."""
     top = {path.stem for path in PACKAGE.glob("*.py")}
     assert top == {"__init__"} | TOP_LEVEL_HELPERS
+
+
+MAX_LINES = 420  # "about 400": a module a newcomer reads at once.
+README = PACKAGE.parent / "README.md"
+
+
+def test_every_module_is_short_or_the_layout_section_says_why():
+    """A module over MAX_LINES must be named in the README's layout section with `(N lines: why)`."""
+    layout = README.read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    long = {
+        str(path.relative_to(PACKAGE.parent)): len(path.read_text().splitlines())
+        for path in PACKAGE.rglob("*.py")
+        if len(path.read_text().splitlines()) > MAX_LINES
+    }
+    unexplained = {
+        name: n for name, n in long.items() if f"`{pathlib.Path(name).name}` ({n // 100 * 100}+ lines:" not in layout
+    }
+    assert not unexplained, f"over {MAX_LINES} lines, no reason in the README's layout section: {unexplained}"
