@@ -107,8 +107,9 @@ def test_a_request_that_would_push_an_admitted_one_past_its_deadline_is_refused(
 
 def test_a_request_too_big_for_the_deadline_even_alone_is_refused_on_an_idle_server_too():
     """Best rate measured: 10,000 token-rows/s. 500,000 token-rows alone: 50.05 s > 50 s: 503, even on an idle
-    server, retry in 50 s (the measured speed may change; the message asks for less work). 450,000 (45.05 s,
-    past the 80% margin but not the deadline) is tried on an idle server only."""
+    server, until it has been idle a deadline long (retry in 50 s; 20 s later, in 30 s): the measured speed may
+    change, and is measured again by trying; the message asks for less work. 450,000 (45.05 s, past the 80%
+    margin but not the deadline) is tried on an idle server only."""
     gate, clock = gate_at(100.0)
     gate.throughput.record(10_000, 1.05)
     with pytest.raises(RequestError) as refused:
@@ -124,6 +125,14 @@ def test_a_request_too_big_for_the_deadline_even_alone_is_refused_on_an_idle_ser
     with gate.admit(450_000, never, due=clock.now + 50):
         refusal = gate._refusal(Ticket(450_000, clock.now + 50), clock.now)
         assert refusal is not None and refusal.status == http.HTTPStatus.SERVICE_UNAVAILABLE
+        clock.now += 60  # Slower than the best rate: 7,506 token-rows/s.
+    assert gate.throughput.peak == pytest.approx(10_000)
+    clock.now += 20  # Idle for 20 s since that one ended.
+    refusal = gate._refusal(Ticket(500_000, clock.now + 50), clock.now)
+    assert refusal is not None and refusal.headers == {"Retry-After": "30"}
+    clock.now += 30
+    with gate.admit(500_000, never, due=clock.now + 50):  # Tried: the server may be faster now.
+        pass
 
 
 def test_an_idle_server_takes_a_request_whatever_its_cold_estimate():

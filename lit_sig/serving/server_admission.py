@@ -7,7 +7,9 @@ sharing that throughput (each of k running requests gets 1/k of it: they share
 the same cores), and admits a new request only if, by a simulation of the
 running and queued work, it starts within `max_wait_s` and finishes within
 `SAFETY` of its deadline without pushing an admitted request past its own (an
-idle server takes any request, so a cold estimate cannot lock work out).
+idle server takes any request, so a cold estimate cannot lock work out; one
+that even alone would miss its deadline at the best rate measured only after a
+deadline's time without heavy work, in case the machine got faster).
 Otherwise it refuses at once with 503 and Retry-After, also when the request
 alone would not finish before its deadline even at the best throughput
 measured here (the message says so: ask for less work). These answers depend
@@ -166,6 +168,7 @@ class AdmissionGate:
         self._waiting: collections.deque[Ticket] = collections.deque()
         self._running: list[Ticket] = []
         self._accounted = clock()
+        self._idle_since = self._accounted  # When the last heavy request left (or the gate was made).
 
     @property
     def admitted(self) -> int:
@@ -199,9 +202,12 @@ class AdmissionGate:
         """Why `new` may not join the queue now (a 503 RequestError), else None."""
         deadline_s = new.due - now
         alone_s = OVERHEAD_S + new.cost / self.throughput.peak  # NaN (never refused) before any measurement.
-        if alone_s > deadline_s:  # Even on an idle server; between SAFETY and 1, tried only when idle.
+        idle = not self._running and not self._waiting
+        # Retried once the server has been idle a deadline long (the machine may have got faster since).
+        retry_s = max(0.0, self._idle_since + deadline_s - now) if idle else deadline_s
+        if alone_s > deadline_s and retry_s > 0:  # Between SAFETY and 1, tried only when idle.
             return _busy(
-                deadline_s,
+                retry_s,
                 f"this request ({new.cost:,} token-rows) would take about {alone_s:.0f} s even alone at the best"
                 f" throughput measured here ({self.throughput.peak:,.0f} token-rows/s), past its {deadline_s:.0f} s"
                 " deadline. Send fewer or shorter inputs or ask for less work (Interpolation steps, samples), or",
@@ -210,7 +216,7 @@ class AdmissionGate:
         if len(self._waiting) >= self._queue and len(self._running) >= self._slots:
             wait_s = self._wait_s()
             return _busy(wait_s, f"{self._queue} heavy requests are waiting for a slot", {"expected_wait_s": wait_s})
-        if not self._running and not self._waiting:
+        if idle:
             return None  # An idle server tries whatever is not over the limits, and so learns its throughput.
         without = self._forecast(None)
         forecast = self._forecast(new)
@@ -268,6 +274,7 @@ class AdmissionGate:
                         raise cancellation.Cancelled(reason)
             except BaseException:
                 self._waiting.remove(ticket)
+                self._note_idle()
                 self._cond.notify_all()
                 raise
             self._account()
@@ -282,8 +289,13 @@ class AdmissionGate:
             with self._cond:
                 self._account()
                 self._running.remove(ticket)
+                self._note_idle()
                 self._learn(ticket, finished)
                 self._cond.notify_all()
+
+    def _note_idle(self) -> None:
+        if not self._running and not self._waiting:
+            self._idle_since = self._clock()
 
     def _learn(self, ticket: Ticket, finished: bool) -> None:
         elapsed = self._clock() - ticket.started
