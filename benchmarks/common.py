@@ -6,6 +6,7 @@ import transformers
 from tokenizers import models as tokenizer_models
 from tokenizers import pre_tokenizers, processors
 
+from benchmarks import tiny_models
 from lit_sig import models
 
 # Words that are one word piece each, so a sentence of T of them has T tokens.
@@ -66,34 +67,9 @@ class CountingModel:
         return getattr(self.model, name)
 
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 def byte_tokenizer(vocab_size: int = 1000) -> transformers.PreTrainedTokenizerFast:
     """A GPT-2 style byte-level BPE with ChatML markers, trained in code on `WORDS` (nothing to download)."""
-    tokenizer = tokenizers.Tokenizer(tokenizer_models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = tokenizers.decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = tokenizers.trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator([" ".join(WORDS)] * 4, trainer)
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-        additional_special_tokens=specials[1:],
-    )
-    fast.chat_template = CHATML_TEMPLATE
-    return fast
+    return tiny_models.byte_tokenizer((" ".join(WORDS),) * 4, vocab_size, bos_token="<|im_start|>")
 
 
 def synthetic_tokenizer() -> transformers.PreTrainedTokenizerFast:

@@ -9,6 +9,12 @@ phase's rows (`lit_sig.core.progress`). `--max_rows` stops after that many rows 
 `lit_sig.core.cancellation`, as the server's deadline does) and reports the rows per second
 and the projected time of the whole run: on one CPU thread exact SIG of 2,048 tokens is
 2,049 forward passes of 2,048 tokens, hours of work, while its memory is that of one pass.
+
+Exact SIG reuses the prompt's keys/values by default (`lit_sig.models.prefix_cache`: the row of token i
+runs positions i..L-1 only); `--no_reuse` runs whole rows. With reuse the first rows are the longest,
+so the projection scales by positions: the seconds per position run so far times the positions of all
+planned rows (the cached pass, and per pass its rows times L minus its first changed position
+min(i, first target position); one row per pass on the CPU at this length).
 """
 
 import argparse
@@ -24,6 +30,7 @@ from benchmarks import lm_speed
 from lit_sig import storage
 from lit_sig.core import cancellation, progress
 from lit_sig.lit import interpreters
+from lit_sig.models import causal_lm
 
 PARAGRAPH = (
     "The committee met on Tuesday to review the budget for the coming year. Several members argued that"
@@ -78,12 +85,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--max_rows", type=int, default=None, help="Stop after this many rows; project the rest.")
+    parser.add_argument("--no_reuse", action="store_true", help="Exact SIG without the prefix's keys/values reused.")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     lm = lm_speed.load(args.model, args.device, "float32")
+    lm.prefix_cache.enabled = not args.no_reuse
     example = long_prompt(lm, args.tokens)
     length = len(lm.tokenize([example])[0])
+    planned_positions = _planned_positions(lm, example)
     loaded_mb = rss_mb()
     interpreter = lit_sig.IntegratedGradients() if args.method == "ig" else lit_sig.SequentialIntegratedGradients()
     config = {interpreters.NORMALIZATION_KEY: False, interpreters.INTERPOLATION_KEY: args.steps}
@@ -100,6 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
             finished = False
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    reused = args.method == "exact_sig" and lm.prefix_cache.rows_reused > 0
+    projected = seconds / max(1, counter.rows) * counter.total
+    if reused:
+        projected = seconds / max(1, lm.prefix_cache.positions) * planned_positions
     report = {
         "model": args.model,
         "method": args.method,
@@ -112,7 +126,12 @@ def main(argv: list[str] | None = None) -> dict:
         "finished": finished,
         "seconds": seconds,
         "seconds_per_row": seconds / max(1, counter.rows),
-        "projected_seconds": seconds / max(1, counter.rows) * counter.total,
+        "prefix_reused": reused,
+        "prefix_rows_reused": lm.prefix_cache.rows_reused,
+        "prefix_rows_plain": lm.prefix_cache.rows_plain,
+        "positions_done": lm.prefix_cache.positions if reused else counter.rows * length,
+        "positions_planned": planned_positions if reused else counter.total * length,
+        "projected_seconds": projected,
         "loaded_model_rss_mb": loaded_mb,
         "peak_rss_above_model_mb": peak_mb - loaded_mb,
         "completeness_delta": delta,
@@ -121,6 +140,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         storage.write_atomically(pathlib.Path(args.json), json.dumps(report, indent=1))
     return report
+
+
+def _planned_positions(lm, example: dict) -> int:
+    """Positions exact SIG's rows run with reuse: the cached pass, then per pass of rows (in order) the rows
+    times L minus the pass's first changed position (a pass of at most 8 rows is one block)."""
+    (p,) = lm.path_inputs([example], [None], [causal_lm.EMBEDDINGS_FIELD])
+    length, first_score = len(p.full), int(p.score_positions[0])
+    starts = p.movable[:length].nonzero()[:, 0].clamp(max=first_score).tolist()  # Each row's first change.
+    per_pass = max(1, lm.rows_per_pass(length, False))
+    passes = [starts[i : i + per_pass] for i in range(0, len(starts), per_pass)]
+    return length + sum(len(chunk) * (length - min(chunk)) for chunk in passes)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import torch
 import transformers
 
 import lit_sig
+from benchmarks import tiny_models
 from benchmarks.common import CountingModel, byte_tokenizer
 from lit_sig import storage
 from lit_sig.core import engine, quadrature
@@ -53,35 +54,7 @@ PROMPT = (
     "Review: The acting was wooden and the plot made no sense, but the soundtrack was lovely."
     " Is this review positive or negative? Answer in one word."
 )
-SHAPES = {
-    "tiny": dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=1000,
-        tie_word_embeddings=False,
-    ),
-    "smollm2": dict(
-        hidden_size=576,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        intermediate_size=1536,
-        vocab_size=49152,
-        tie_word_embeddings=True,
-    ),
-    "llama-1b": dict(
-        hidden_size=2048,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        intermediate_size=8192,
-        vocab_size=128256,
-        tie_word_embeddings=True,
-    ),
-}
+SHAPES = tiny_models.LLAMA_SHAPES
 CPU_BATCHES = (1, 2, 4, 8)
 CUDA_BATCHES = (8, 16, 32, 64, 128)
 
@@ -95,9 +68,7 @@ def load(name: str, device: str | None, precision: str) -> causal_lm.HFCausalLM:
     elif name.startswith("random:"):
         shape = name.removeprefix("random:")
         tokenizer = _shape_tokenizer() if shape != "tiny" else byte_tokenizer()
-        torch.manual_seed(0)
-        config = transformers.LlamaConfig(max_position_embeddings=8192, **SHAPES[shape])
-        model = transformers.LlamaForCausalLM(config).eval()
+        model = tiny_models.random_llama(shape, 0, max_position_embeddings=8192)
     else:
         model = transformers.AutoModelForCausalLM.from_pretrained(name)
         tokenizer = transformers.AutoTokenizer.from_pretrained(name)

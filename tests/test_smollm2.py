@@ -12,6 +12,7 @@ import tokenizers
 import torch
 import transformers
 
+from benchmarks import tiny_models
 from lit_sig.models import smollm2
 
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -30,21 +31,16 @@ def word_tokenizer(words: tuple[str, ...] = tuple("abcdefghij")) -> transformers
 
 def tiny_llama(vocab_size: int = 13, seed: int = 0) -> transformers.LlamaForCausalLM:
     """A 2-layer random Llama in float32 (13 words: `word_tokenizer()`'s)."""
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
+    return tiny_models.random_llama(
+        "micro",
+        seed,
         vocab_size=vocab_size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
         max_position_embeddings=64,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,
         tie_word_embeddings=True,
     )
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 class FakeConversion:
