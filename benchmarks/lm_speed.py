@@ -12,7 +12,7 @@ floor: as many rows of the sequence through the bare Hugging Face model at its f
 
 Exact SIG runs twice, alternately `--repeats` times each (the fastest kept): with the prompt's
 keys/values reused (`lit_sig.models.prefix_cache`, the default) and with whole rows
-(`exact_sig_plain`); `exact_sig_reuse` compares both with the floor of their T + 1 forward rows.
+(`prefix_reuse` false); `exact_sig_reuse` compares both with the floor of their T + 1 forward rows.
 
 Peers on the same prompt, target and steps: captum 0.9's
 `LLMGradientAttribution(LayerIntegratedGradients)` (one IG per target token) and
@@ -177,7 +177,8 @@ def run_ours(lm: causal_lm.HFCausalLM, case: Case, method: str, steps: int, floo
     cache.enabled = True
     floor_seconds = floor.of(counting.rows, counting.forward_only)
     return {
-        "method": method,
+        "method": "exact_sig" if method == EXACT_PLAIN else method,  # Registry names; `prefix_reuse` tells which.
+        "prefix_reuse": method == "exact_sig" if method in ("exact_sig", EXACT_PLAIN) else None,
         "steps": None if method in ("exact_sig", EXACT_PLAIN) else steps,
         "seconds": seconds,
         "rows": counting.rows,
