@@ -12,7 +12,7 @@ import transformers
 
 import lit_sig
 from lit_sig.lit import interpreters
-from lit_sig.models import causal_lm
+from lit_sig.models import causal_lm, prefix_cache
 from tests import helpers
 
 EXACT = {
@@ -139,3 +139,23 @@ def test_the_plain_rows_run_where_the_cache_cant_be_trusted(make):
     assert lm.prefix_cache.rows_reused == 0 and lm.prefix_cache.rows_plain > 0
     assert lm.prefix_cache.reason
     assert_close(ours, *direct_occlusion(lm, EXAMPLES[0]))
+
+
+def test_out_of_memory_with_reuse_scores_the_rest_as_whole_rows(monkeypatch):
+    lm = build("llama", max_rows_per_pass=64)
+    expected = exact_sig(lm, EXAMPLES)
+    real, calls = prefix_cache.PrefixCache._piece_scores, []
+
+    def fail_second(self, p, piece_rows):
+        calls.append(len(piece_rows))
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("simulated")
+        return real(self, p, piece_rows)
+
+    monkeypatch.setattr(prefix_cache.PrefixCache, "_piece_scores", fail_second)
+    reused, plain = lm.prefix_cache.rows_reused, lm.prefix_cache.rows_plain
+    together = exact_sig(lm, EXAMPLES)
+    assert lm.prefix_cache.rows_reused - reused == calls[0]  # The first piece, before the failure.
+    assert lm.prefix_cache.rows_plain - plain == sum(1 + int(np.count_nonzero(s)) for s in expected) - calls[0]
+    for ours, theirs, score in zip(together, expected, lm.score(EXAMPLES)):
+        assert_close(ours, theirs, score)

@@ -339,7 +339,10 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
         last target on). Passes are split where their logits at the targets would exceed `_HEAD_ELEMENTS`;
         score-only rows reuse the prompt's keys and values where `prefix_cache` applies."""
         if self.prefix_cache.applies(pieces, with_grads):
-            return self.prefix_cache.score_rows(pieces)
+            return self.prefix_cache.score_rows(pieces, lambda rest: self._plain_score_rows(rest, False))
+        return self._plain_score_rows(pieces, with_grads)
+
+    def _plain_score_rows(self, pieces: Sequence[rows.Piece], with_grads: bool) -> list[rows.PieceResult]:
         results = []
         for part in self._head_sized(pieces):
             truncated = [(p, r[:, : len(p.full)]) for p, r in part]

@@ -21,7 +21,7 @@ and `rows_reused` / `rows_plain` count the rows scored each way (`positions`: th
 import inspect
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import transformers
@@ -70,12 +70,23 @@ class PrefixCache:
             self.rows_plain += rows.count_rows(pieces)
         return usable
 
-    def score_rows(self, pieces: Sequence[rows.Piece]) -> list[rows.PieceResult]:
-        """Per `(input, rows [r, T, D])`: F `[r]` (float32) and no gradients."""
+    def score_rows(
+        self, pieces: Sequence[rows.Piece], plain: Callable[[Sequence[rows.Piece]], list[rows.PieceResult]]
+    ) -> list[rows.PieceResult]:
+        """Per `(input, rows [r, T, D])`: F `[r]` (float32) and no gradients. Out of device memory, the pieces
+        not yet scored go to `plain` (whole rows, which halve their passes)."""
         results = []
         with torch.inference_mode():
-            for p, piece_rows in pieces:
-                results.append((self._piece_scores(p, piece_rows[:, : len(p.full)]), None))
+            for index, (p, piece_rows) in enumerate(pieces):
+                try:
+                    scores = self._piece_scores(p, piece_rows[:, : len(p.full)])
+                except torch.OutOfMemoryError:
+                    logging.warning("Out of memory with the prompt's keys/values reused; whole rows instead.")
+                    self._caches.clear()
+                    rest = pieces[index:]
+                    self.rows_plain += rows.count_rows(rest)
+                    return results + plain(rest)
+                results.append((scores, None))
                 self.rows_reused += len(piece_rows)
         return results
 
