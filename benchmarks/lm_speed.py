@@ -298,21 +298,23 @@ def run_captum_ig(lm: causal_lm.HFCausalLM, case: Case, steps: int, floor: Floor
     }
 
 
-def run_captum_ablation(lm: causal_lm.HFCausalLM, case: Case, floor: Floor) -> dict:
+def run_captum_ablation(lm: causal_lm.HFCausalLM, case: Case, floor: Floor, in_tokens: bool = False) -> dict:
+    """captum's LLMAttribution(FeatureAblation): `in_tokens` is captum's default `forward_in_tokens=True`
+    (the target fed token by token through the KV cache), False its one-pass mode."""
     from captum.attr import FeatureAblation, LLMAttribution  # pylint: disable=import-outside-toplevel
 
     inp, prompt_length = captum_input(lm, case)
     target = case.ids[prompt_length:].cpu()
     attribution = LLMAttribution(FeatureAblation(lm.model), lm.tokenizer)
     started = time.perf_counter()
-    result = attribution.attribute(inp, target=target, forward_in_tokens=False)
+    result = attribution.attribute(inp, target=target, forward_in_tokens=in_tokens)
     seconds = time.perf_counter() - started
     theirs = result.seq_attr.detach().double().cpu().numpy()
     features = captum_features(lm, case)
     ours, ours_seconds, _ = ours_on_captums_quantity(lm, case, features, None)
     rows = int(features.sum()) + 1
     return {
-        "method": "captum LLMAttribution(FeatureAblation), forward_in_tokens=False",
+        "method": f"captum LLMAttribution(FeatureAblation), forward_in_tokens={in_tokens}",
         "seconds": seconds,
         "rows": rows,
         "floor_seconds": floor.of(0, rows),
@@ -414,13 +416,21 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+PEERS = ("captum", "captum_ig", "captum_ablation", "captum_ablation_in_tokens", "inseq")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", help="smollm2, random:smollm2, random:llama-1b, or a path.")
     parser.add_argument("--steps", type=int, default=50, help="IG steps (ours and captum's).")
     parser.add_argument("--sig_steps", type=int, default=8, help="Path SIG steps (T x steps rows).")
     parser.add_argument("--target_tokens", type=int, default=8, help="The model's own answer, this many tokens.")
-    parser.add_argument("--peers", default="captum", help="Comma-separated: captum, inseq ('' for none).")
+    parser.add_argument(
+        "--peers",
+        default="captum",
+        help="Comma-separated: captum (captum_ig and captum_ablation), captum_ig, captum_ablation,"
+        " captum_ablation_in_tokens (captum's default, token by token), inseq ('' for none).",
+    )
     parser.add_argument(
         "--inseq_python", default="/tmp/inseq/bin/python", help="A Python with inseq installed (its own venv)."
     )
@@ -433,6 +443,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precision", default="float32", choices=list(PRECISIONS))
     parser.add_argument("--json", default=None, help="Write the report here.")
     args = parser.parse_args(argv)
+    peers = [p for p in args.peers.split(",") if p]
+    if bad := sorted(set(peers) - set(PEERS)):
+        parser.error(f"unknown --peers {bad}; accepted: {', '.join(PEERS)}")
     lm = load(args.model, args.device, args.precision)
     case = make_case(lm, args.target_tokens)
     floor = Floor(lm, case)
@@ -466,9 +479,16 @@ def main(argv: list[str] | None = None) -> dict:
             print(json.dumps({k: v for k, v in case_report.items() if k != "salience"}), flush=True)
     if "exact_sig_reuse" in report:
         print(json.dumps({"exact_sig_reuse": report["exact_sig_reuse"]}), flush=True)
-    peers = [p for p in args.peers.split(",") if p]
+    runs = {
+        "captum_ig": lambda: run_captum_ig(lm, case, args.steps, floor),
+        "captum_ablation": lambda: run_captum_ablation(lm, case, floor),
+        "captum_ablation_in_tokens": lambda: run_captum_ablation(lm, case, floor, in_tokens=True),
+    }
     if "captum" in peers:
-        for peer in (run_captum_ig(lm, case, args.steps, floor), run_captum_ablation(lm, case, floor)):
+        peers += ["captum_ig", "captum_ablation"]
+    for name, run in runs.items():
+        if name in peers:
+            peer = run()
             report["cases"].append(peer)
             print(json.dumps(peer), flush=True)
     if "inseq" in peers:

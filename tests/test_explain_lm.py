@@ -60,7 +60,13 @@ def test_rows_equal_the_interpreter_on_each_prompt(prompts, lm_dir, tmp_path, me
         (alone,) = interpreter.run([example], lm, None, config=config)
         salience = alone[models.causal_lm.GRADIENTS_FIELD]
         assert row["tokens"] == salience.tokens
-        np.testing.assert_allclose(row["salience"], salience.salience, rtol=1e-4, atol=1e-6)
+        if method in ("exact_sig", "captum_featureablation"):
+            # Each salience is F(x) - F(x with one token moved): differences of two float32 values of F, which
+            # other batch mates (and which prefix blocks the rows share) round differently.
+            scale = max(abs(row["score"]), float(np.abs(salience.salience).max()))
+            helpers.assert_close_in_float32(row["salience"], salience.salience, scale=scale)
+        else:
+            np.testing.assert_allclose(row["salience"], salience.salience, rtol=1e-4, atol=1e-6)
         assert row["score"] == pytest.approx(lm.score([example])[0], rel=1e-5)
         if method == "exact_sig":
             assert row["completeness_delta"] == 0.0
