@@ -232,6 +232,27 @@ ERROR_CASES = {
         400,
         "finite",
     ),
+    "PCA of a field that is not an embedding": (
+        "/get_interpretations",
+        PREDS_PARAMS | {"interpreter": "pca"},
+        {"inputs": [], "config": {"field_name": "probas", "proj_kw": {"n_components": 3}}},
+        400,
+        "field_name",
+    ),
+    "PCA with 4 components": (
+        "/get_interpretations",
+        PREDS_PARAMS | {"interpreter": "pca"},
+        {"inputs": [], "config": {"field_name": "mean_pooled_emb", "proj_kw": {"n_components": 4}}},
+        400,
+        "n_components",
+    ),
+    "nearest neighbors of a field that is not an embedding": (
+        "/get_interpretations",
+        PREDS_PARAMS | {"interpreter": "nearest neighbors"},
+        {"inputs": [new_input("a sentence")], "config": {"embedding_name": "probas", "num_neighbors": 2}},
+        400,
+        "embedding_name",
+    ),
     "Ablation Flip {}": (
         "/get_generated",
         PREDS_PARAMS | {"generator": "Ablation Flip"},
@@ -538,3 +559,16 @@ def test_only_get_and_post_reach_the_api(demo, method):
         request = urllib.request.Request(demo + route, method="HEAD")
         with urllib.request.urlopen(request, timeout=60) as response:
             assert response.status == 200 and kind in response.headers["Content-Type"] and response.read() == b""
+
+
+def test_a_valid_projection_and_neighbour_search_still_run(demo, examples):
+    """The checks refuse bad PCA / nearest-neighbour configs (above) but let LIT's own work through."""
+    ids = [ex["id"] for ex in examples[:4]]
+    params = PREDS_PARAMS | {"interpreter": "pca"}
+    config = {"field_name": "mean_pooled_emb", "proj_kw": {"n_components": 3}}
+    projected = call_ok(demo, "/get_interpretations", params, {"inputs": ids, "config": config})
+    assert len(projected) == 4 and all(len(p["z"]) == 3 for p in projected)
+    params = PREDS_PARAMS | {"interpreter": "nearest neighbors"}
+    config = {"embedding_name": "mean_pooled_emb", "num_neighbors": 2}
+    (found,) = call_ok(demo, "/get_interpretations", params, {"inputs": ids[:1], "config": config})
+    assert [n["id"] for n in found["nearest_neighbors"]][0] == ids[0]  # An example is its own nearest.

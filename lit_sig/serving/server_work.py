@@ -232,13 +232,25 @@ def _projection(component: projection.ProjectionManager, call: Call) -> list[Wor
         raise ValueError(f"Unknown config key(s) {unknown}; accepted: {sorted(_PROJECTION_KEYS)}.")
     _one_of(config, "dataset_name", call.dataset_names, optional=True)
     _one_of(config, "model_name", call.model_names, optional=True)
-    use_input = _boolean(config, "use_input")
-    spec = call.dataset.spec() if use_input else call.model.output_spec()
-    _one_of(config, "field_name", _fields_of(spec, (lit_types.Embeddings,)))
+    use_input = _embeddings_field(config, "field_name", call)
     proj_kw = config.get("proj_kw", {})
     if not isinstance(proj_kw, dict) or set(proj_kw) - {"n_components"}:
         raise ValueError("'proj_kw' may only set 'n_components', e.g. {'n_components': 3}.")
     integer_in(proj_kw, "n_components", 1, 3)
+    return _embeddings_work(call, use_input)
+
+
+def _embeddings_field(config: Mapping[str, Any], key: str, call: Call) -> bool:
+    """Checks `config[key]` names an Embeddings field of the data (`use_input`) or the model's outputs;
+    returns `use_input`."""
+    use_input = _boolean(config, "use_input")
+    spec = call.dataset.spec() if use_input else call.model.output_spec()
+    _one_of(config, key, _fields_of(spec, (lit_types.Embeddings,)))
+    return use_input
+
+
+def _embeddings_work(call: Call, use_input: bool) -> list[Work]:
+    """The data set's and the inputs' embeddings: read from the data, or one forward pass each."""
     rows = (0, 0) if use_input else (0, 1)
     return [Work(call.dataset.examples, rows), Work(call.examples, rows)]
 
@@ -249,12 +261,9 @@ def _nearest_neighbors(component: nearest_neighbors.NearestNeighbors, call: Call
         raise ValueError("Nearest neighbors needs a config with 'embedding_name' and 'num_neighbors'.")
     if len(call.examples) != 1:
         raise ValueError(f"Nearest neighbors takes exactly 1 input, got {len(call.examples)}.")
-    use_input = _boolean(config, "use_input")
-    spec = call.dataset.spec() if use_input else call.model.output_spec()
-    _one_of(config, "embedding_name", _fields_of(spec, (lit_types.Embeddings,)))
+    use_input = _embeddings_field(config, "embedding_name", call)
     integer_in(config, "num_neighbors", 1, max(len(call.dataset), 1))
-    rows = (0, 0) if use_input else (0, 1)
-    return [Work(call.dataset.examples, rows), Work(call.examples, rows)]
+    return _embeddings_work(call, use_input)
 
 
 def _pdp(component: pdp.PdpInterpreter, call: Call) -> list[Work]:
