@@ -74,8 +74,7 @@ class TargetLogProbs(nn.Module):
                 kwargs["logits_to_keep"] = length - first
             all_logits = self.model(inputs_embeds=inputs_embeds, **kwargs).logits  # [R, L or L - first, V]
             logits = _gather_positions(all_logits, score_positions - (length - all_logits.shape[1]))  # [R, K, V]
-        log_probs = torch.log_softmax(logits.float(), dim=-1)  # [R, K, V]
-        return log_probs.gather(-1, score_ids.unsqueeze(-1)).squeeze(-1)  # [R, K]
+        return log_probs_of(logits, score_ids)  # [R, K]
 
     def forward(
         self,
@@ -88,6 +87,12 @@ class TargetLogProbs(nn.Module):
     ) -> torch.Tensor:
         log_probs = self.log_probs(inputs_embeds, score_positions, score_ids, attention_mask, position_ids)
         return (log_probs * score_weights).sum(-1)  # [R]
+
+
+def log_probs_of(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """`[R, K]` float32 log-probabilities of `ids [R, K]` under `logits [R, K, V]`."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)  # [R, K, V]
+    return log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
 
 def _gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -188,9 +188,8 @@ def _block_scores(
 
 
 def _summed_log_probs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """`[b]` sum over K of the float32 log-probability of `ids [K]` under `logits [b, K, V]`."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)  # [b, K, V]
-    return log_probs.gather(-1, ids.expand(len(logits), -1).unsqueeze(-1)).squeeze(-1).sum(-1)
+    """`[b]` F: the summed log-probabilities of `ids [K]` under `logits [b, K, V]`."""
+    return lm_score.log_probs_of(logits, ids.expand(len(logits), -1)).sum(-1)
 
 
 def _cache_matches(view: lm_score.TargetLogProbs) -> tuple[bool, str]:
