@@ -18,17 +18,19 @@ min(i, first target position); one row per pass on the CPU at this length).
 """
 
 import argparse
+import contextlib
 import json
 import pathlib
 import resource
 import time
 
+import numpy as np
 import torch
 
 import lit_sig
 from benchmarks import lm_speed
 from lit_sig import storage
-from lit_sig.core import cancellation, progress
+from lit_sig.core import cancellation, checkpoint, progress
 from lit_sig.lit import interpreters
 from lit_sig.models import causal_lm
 
@@ -49,12 +51,23 @@ def rss_mb() -> float:
 
 
 def long_prompt(lm, tokens: int) -> dict:
-    """A prompt of about `tokens` tokens (chat template included), and the model's 4-token answer."""
-    text = PARAGRAPH
-    while len(lm.tokenize([{"prompt": text + QUESTION, "target": " x"}])[0]) < tokens:
-        text += PARAGRAPH
-    example = {"prompt": text + QUESTION, "target": " The committee agreed"}
-    return example
+    """A prompt of at most `tokens` tokens with its target (chat template included), as long as whole words allow."""
+    words = []
+    while len(_tokens(lm, words)) < tokens:
+        words += PARAGRAPH.split(" ")
+    low, high = 0, len(words)  # The most words whose prompt fits: a bisection over prefixes.
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if len(_tokens(lm, words[:middle])) <= tokens else (low, middle - 1)
+    return _example(words[:low])
+
+
+def _example(words: list[str]) -> dict:
+    return {"prompt": " ".join(words).strip() + QUESTION, "target": " The committee agreed"}
+
+
+def _tokens(lm, words: list[str]) -> list[str]:
+    return lm.tokenize([_example(words)])[0]
 
 
 class RowCounter(progress.TqdmReport):
@@ -86,9 +99,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--max_rows", type=int, default=None, help="Stop after this many rows; project the rest.")
     parser.add_argument("--no_reuse", action="store_true", help="Exact SIG without the prefix's keys/values reused.")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="Exact SIG: keep its rows in this file (lit_sig.core.checkpoint); run again with it to resume.",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.checkpoint and args.method != "exact_sig":
+        parser.error("--checkpoint keeps score-only rows: exact SIG's (IG's gradient rows are not kept)")
     lm = lm_speed.load(args.model, args.device, "float32")
     lm.prefix_cache.enabled = not args.no_reuse
     example = long_prompt(lm, args.tokens)
@@ -102,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     counter = RowCounter(args.max_rows)
     started = time.perf_counter()
     finished, delta = True, None
-    with progress.scope(counter), cancellation.scope(counter.stop):
+    kept = checkpoint.scope(args.checkpoint) if args.checkpoint else contextlib.nullcontext()
+    with progress.scope(counter), cancellation.scope(counter.stop), kept as store:
         try:
             (result,) = interpreter.run([example], lm, None, config=config)
             delta = result[interpreters.COMPLETENESS_KEY]
@@ -136,10 +157,37 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_rss_above_model_mb": peak_mb - loaded_mb,
         "completeness_delta": delta,
     }
+    if args.checkpoint:
+        report |= _runs_so_far(pathlib.Path(args.checkpoint), report, store, planned_positions)
+    if finished:
+        tokens = result[causal_lm.GRADIENTS_FIELD].tokens
+        salience = np.asarray(result[causal_lm.GRADIENTS_FIELD].salience, dtype=np.float64)
+        top = np.argsort(-np.abs(salience), kind="stable")[:10]
+        report["top_tokens"] = [[int(i), tokens[i], float(salience[i])] for i in top]
+        report["salience_sum"] = float(salience.sum())
     print(json.dumps(report), flush=True)
     if args.json:
         storage.write_atomically(pathlib.Path(args.json), json.dumps(report, indent=1))
     return report
+
+
+def _runs_so_far(path: pathlib.Path, report: dict, store, planned_positions: int) -> dict:
+    """This run appended to the checkpoint's log of runs (`PATH.runs.json`), and the totals over them."""
+    log = path.with_name(path.name + ".runs.json")
+    runs = json.loads(log.read_text()) if log.exists() else []
+    keys = ("seconds", "threads", "positions_done", "peak_rss_above_model_mb", "finished")
+    runs.append({k: report[k] for k in keys} | {"rows_read": store.rows_read, "rows_written": store.rows_written})
+    storage.write_atomically(log, json.dumps(runs, indent=1))
+    seconds, positions = sum(r["seconds"] for r in runs), sum(r["positions_done"] for r in runs)
+    remaining = max(0, planned_positions - positions) * report["seconds"] / max(1, report["positions_done"])
+    return {
+        "checkpoint_runs": len(runs),
+        "rows_from_checkpoint": store.rows_read,
+        "rows_scored_this_run": store.rows_written,
+        "seconds_all_runs": seconds,
+        "positions_all_runs": positions,
+        "projected_seconds_left": 0.0 if report["finished"] else remaining,
+    }
 
 
 def _planned_positions(lm, example: dict) -> int:

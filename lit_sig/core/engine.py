@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from lit_sig.core import cancellation, progress
+from lit_sig.core import cancellation, checkpoint, progress
 
 Piece = tuple[Any, torch.Tensor]
 """`(key, rows [r, T_key, D])`: rows of one example, `key` as given in its `PathProblem`."""
@@ -178,8 +178,10 @@ def _endpoint_scores(problems: Sequence[PathProblem], scorer: RowScorer) -> list
     scores = [
         torch.empty(len(plan.group), dtype=accumulation_dtype(p), device=device) for p, plan in zip(problems, plans)
     ]
-    for index, _, rows, (row_scores, _) in evaluate_rows(problems, plans, scorer, with_grads=False):
-        scores[index][rows] = row_scores.to(scores[index].dtype)
+    kept = _KeptRows(problems, plans, scores, scorer)
+    for index, todo, rows, (row_scores, _) in evaluate_rows(problems, kept.todo, scorer, with_grads=False):
+        scores[index][kept.positions(index, rows)] = row_scores.to(scores[index].dtype)
+        kept.record(index, todo, rows, row_scores)
     ends = []
     for p, s in zip(problems, scores):
         G = len(p.groups)
@@ -189,6 +191,41 @@ def _endpoint_scores(problems: Sequence[PathProblem], scorer: RowScorer) -> list
         input_score = s[G] if given is None else torch.as_tensor(given, dtype=s.dtype, device=device)
         ends.append((input_score, s[:G]))
     return ends
+
+
+class _KeptRows:
+    """The score-only rows still to score, after those a `checkpoint` scope already holds.
+
+    Attributes:
+        todo: per problem, the plan of its rows not in the checkpoint (all rows outside a scope).
+        index: per problem, `[R_todo]` where those rows sit in its whole plan (None: all rows are to do).
+    """
+
+    def __init__(
+        self, problems: Sequence[PathProblem], plans: Sequence[RowPlan], scores: list[torch.Tensor], scorer: RowScorer
+    ) -> None:
+        self.store = checkpoint.active()
+        self.todo: list[RowPlan] = list(plans)
+        self.index: list[torch.Tensor | None] = [None] * len(plans)
+        self.keys: list[str] = []
+        if self.store is None:
+            return
+        for i, (p, plan) in enumerate(zip(problems, plans)):
+            key = checkpoint.problem_key(scorer, p.key, p.x, p.baseline, p.groups)
+            known, stored = self.store.lookup(key, plan.group, plan.alpha)  # [R] each, on the CPU
+            scores[i][known.to(scores[i].device)] = stored[known].to(scores[i])
+            todo = (~known).nonzero()[:, 0].to(plan.group.device)  # [R_todo]
+            self.todo[i], self.index[i] = RowPlan(plan.group[todo], plan.alpha[todo], None), todo
+            self.keys.append(key)
+
+    def positions(self, index: int, rows: slice) -> slice | torch.Tensor:
+        """Where rows `rows` of problem `index`'s todo plan sit in its whole plan."""
+        return rows if self.index[index] is None else self.index[index][rows]
+
+    def record(self, index: int, todo: RowPlan, rows: slice, row_scores: torch.Tensor) -> None:
+        """Appends the scored rows to the checkpoint, if one is active."""
+        if self.store is not None:
+            self.store.record(self.keys[index], todo.group[rows], todo.alpha[rows], row_scores)
 
 
 def _input_rows(problem: PathProblem) -> int:

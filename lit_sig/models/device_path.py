@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from lit_sig.lit import protocol
-from lit_sig.models import backoff, inside, rows
+from lit_sig.models import backoff, fingerprint, inside, rows
 from lit_sig.models.forward import Batch, ForwardRunner
 from lit_sig.models.layers import LayerViews
 from lit_sig.models.padding import Padding
@@ -60,6 +60,18 @@ class DevicePath:
     def _row_scores(self, pieces: Sequence[rows.Piece], batch: Batch, with_grads: bool) -> torch.Tensor:
         """`[R]` float32 explained scores of the pass's rows (differentiable to `batch.embs`)."""
         raise NotImplementedError
+
+    def score_fingerprint(self, key: rows.SequencePathInput) -> bytes:
+        """Bytes that change whenever F of `key`'s rows could (`lit_sig.core.checkpoint`): the model's
+        weights, precision and score settings, and the key's inputs of F (targets, positions, entry)."""
+        if getattr(self, "_weights_digest", None) is None:
+            self._weights_digest = fingerprint.weights_digest(self.runner.model)
+        settings = f"{type(self).__qualname__} {self.runner.precision} {self._score_settings()}".encode()
+        return self._weights_digest + settings + fingerprint.value_bytes(key)
+
+    def _score_settings(self) -> str:
+        """The family's settings of F that its keys do not hold (a classifier's logit or probability)."""
+        return ""
 
     def num_layers(self) -> int | None:
         """N: layers 0..N can be entered or hold a neuron (`protocol.InsideModel`); None: no layer."""

@@ -376,6 +376,9 @@ class HFSequenceClassifier(DevicePath, lit_model.BatchedModel):
             target_index=target,
         )
 
+    def _score_settings(self) -> str:
+        return f"grad_wrt={self.score.grad_wrt}"
+
     def _row_scores(self, pieces: Sequence[rows.Piece], batch: Batch, with_grads: bool) -> torch.Tensor:
         """`[R]` scores of the rows' classes. Score-only rows (exact SIG, completeness endpoints) run in
         float32: differences of bfloat16 scores would be mostly rounding, and there are few of them."""
