@@ -8,6 +8,7 @@ import pytest
 
 from lit_sig import models
 from lit_sig.cli import explain, rows_io
+from lit_sig.core import cancellation
 from lit_sig.lit import registry
 from tests import helpers
 
@@ -155,3 +156,39 @@ def test_ray_output_equals_local_output(prompts, lm_dir, tmp_path):
         }
         for key in floats:
             np.testing.assert_allclose(ray_row[key], local_row[key], rtol=1e-5, atol=1e-6)
+
+
+class _StopAfter:
+    """A cancellation check that stops the run before its pass number `passes + 1`."""
+
+    def __init__(self, passes: int) -> None:
+        self.passes, self.checks = passes, 0
+
+    def __call__(self) -> str | None:
+        self.checks += 1
+        return "stopped for the test" if self.checks > self.passes else None
+
+
+def test_a_stopped_exact_sig_keeps_its_model_rows_and_the_rerun_scores_only_the_rest(
+    prompts, lm_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(models.HFCausalLM, "rows_per_pass", lambda self, tokens, with_grads: 4)
+    scored = []
+    original = models.HFCausalLM.score_rows
+
+    def counting(self, pieces, with_grads):
+        scored.append(sum(len(r) for _, r in pieces))
+        return original(self, pieces, with_grads)
+
+    monkeypatch.setattr(models.HFCausalLM, "score_rows", counting)
+    whole = run(prompts, lm_dir, tmp_path / "whole.jsonl", "--method", "exact_sig")
+    total, scored[:] = sum(scored), []
+    out = tmp_path / "out.jsonl"
+    with cancellation.scope(_StopAfter(3)), pytest.raises(cancellation.Cancelled):
+        run(prompts, lm_dir, out, "--method", "exact_sig")  # Stopped inside the first batch.
+    kept = rows_io.rows_checkpoint_path(out)
+    assert kept.read_text().count("\n") - 1 == 12  # Three passes of 4 rows (the rows of F(x) come first).
+    assert not rows_io.partial_path(out).exists()
+    scored[:] = []
+    assert_rows_close(run(prompts, lm_dir, out, "--method", "exact_sig"), whole)
+    assert sum(scored) == total - 12 and not kept.exists()

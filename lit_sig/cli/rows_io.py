@@ -19,6 +19,7 @@ from lit_sig.models import datasets
 
 DATA_SUFFIXES = (".tsv", ".jsonl")
 PARTIAL_SUFFIX = ".partial.jsonl"
+ROWS_CHECKPOINT_SUFFIX = ".rows.jsonl"
 
 
 def read_examples(
@@ -68,6 +69,11 @@ def _read_jsonl_data(path: pathlib.Path, text_field: str, limit: int | None) -> 
 
 def partial_path(out: pathlib.Path) -> pathlib.Path:
     return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def rows_checkpoint_path(out: pathlib.Path) -> pathlib.Path:
+    """The model rows of the batch in progress (`lit_sig.core.checkpoint`), beside the partial rows."""
+    return out.with_name(out.name + ROWS_CHECKPOINT_SUFFIX)
 
 
 def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 batch's rows saved as it finishes, the output written whole at the end.
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -16,6 +17,8 @@ import transformers
 from lit_sig import storage
 from lit_sig.cli import rows_io
 from lit_sig.cli.job import BATCH_COLUMN, Explainer, Job
+from lit_sig.core import checkpoint
+from lit_sig.lit import registry
 
 
 def _run_local(job: Job, batches: list[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
@@ -92,17 +95,22 @@ def explain_dataset(
     if not pending and not partial.exists() and out.exists():
         print(f"All {len(done)} rows are already in {out}.", file=sys.stderr)
         return len(done)
+    kept_rows = rows_io.rows_checkpoint_path(out)
     if pending:
         batches = rows_io.length_batches(pending, tokenizer, job.batch_size)
+        keep = ray_address is None and registry.get(job.method).score_rows_only
         if ray_address is None:
             results = _run_local(job, batches)
         else:
             results = _run_ray(job, batches, ray_address, ray_workers)
-        with tqdm.tqdm(total=len(pending), unit="ex", desc=job.method, dynamic_ncols=True) as progress:
+        # A local exact SIG keeps its model rows as they are scored: a stop mid-batch loses none of them.
+        kept = checkpoint.scope(kept_rows) if keep else contextlib.nullcontext()
+        with tqdm.tqdm(total=len(pending), unit="ex", desc=job.method, dynamic_ncols=True) as progress, kept:
             for rows in results:
                 storage.append_jsonl(partial, rows)
                 done.update((row["id"], row) for row in rows)
                 progress.update(len(rows))
     rows_io.write_atomically([done[i] for i in sorted(done)], out, job.schema)
     partial.unlink(missing_ok=True)
+    kept_rows.unlink(missing_ok=True)
     return len(done)

@@ -38,6 +38,7 @@ class Method:
         takes_baseline: its config takes a baseline.
         extra: fixed config entries (exact SIG's integration method, adaptive steps).
         reads_model_gradients: its salience comes from `predict`'s gradients (no passes of its own).
+        score_rows_only: all its rows are score-only (exact SIG): a `lit_sig.core.checkpoint` keeps every one.
     """
 
     name: str
@@ -48,6 +49,7 @@ class Method:
     takes_baseline: bool = False
     extra: tuple[tuple[str, Any], ...] = ()
     reads_model_gradients: bool = False
+    score_rows_only: bool = False
 
     def config(self, steps: int | None, baseline: str | None, normalize: bool) -> dict[str, Any]:
         """The interpreter config for these settings (validate it with the interpreter's `parse_config`)."""
@@ -96,6 +98,7 @@ METHODS: dict[str, Method] = {
             _SIG,
             takes_baseline=True,
             extra=((interpreters.METHOD_KEY, interpreters.EXACT_METHOD),),
+            score_rows_only=True,
         ),
         Method(
             "adaptive_sig",
