@@ -40,6 +40,8 @@ from benchmarks.common import SHAPES, WORDS, random_model
 from lit_sig import models, storage
 from lit_sig.lit import interpreters, registry
 
+PRECISIONS = ("float32", "bfloat16")  # Timed eager for every shape; compiled for --compile_precisions.
+
 SENTENCES = [" ".join(WORDS[i % len(WORDS)] for i in range(start, start + n)) for start, n in ((0, 7), (3, 20))]
 PATH_METHODS = (speed.IG, speed.SIG, speed.EXACT_SIG)  # Registry names (lit_sig.lit.registry).
 
@@ -184,7 +186,7 @@ def speed_table(
     With `profile_dir`, also profiles one SIG run per shape and precision at the shortest length.
     """
     for shape in shapes:
-        for precision in ("float32", "bfloat16"):
+        for precision in PRECISIONS:
             print(f"\n{shape}, {precision}:", flush=True)
             try:
                 model = random_model(shape, device, precision)
@@ -209,13 +211,21 @@ def speed_table(
             _save(report, out)
 
 
-def compiled_table(device: str, shapes: tuple[str, ...], steps: int, report: dict, out: str | None) -> None:
-    """For each of `shapes`, after the eager table: SIG with `torch_compile=True` beside each eager SIG case.
+def compiled_table(
+    device: str,
+    shapes: tuple[str, ...],
+    steps: int,
+    report: dict,
+    out: str | None,
+    precisions: tuple[str, ...] = PRECISIONS,
+) -> None:
+    """For each of `shapes` and `precisions`, after the eager table: SIG with `torch_compile=True` beside
+    each eager SIG case.
 
     Last, as compiling takes minutes: a run cut short keeps the eager table.
     """
     for shape in shapes:
-        for precision in ("float32", "bfloat16"):
+        for precision in precisions:
             print(f"\n{shape}, {precision}, torch_compile:", flush=True)
             cases = [
                 c for c in report["speed"] if (c["shape"], c["precision"], c["method"]) == (shape, precision, speed.SIG)
@@ -320,7 +330,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compile_shapes", default="", help="also time SIG with torch_compile=True for these shapes (comma-separated)"
     )
+    parser.add_argument(
+        "--compile_precisions",
+        default=",".join(PRECISIONS),
+        help="the precisions --compile_shapes compiles (each compile takes a minute on a CPU)",
+    )
     args = parser.parse_args(argv)
+    compile_precisions = tuple(p for p in args.compile_precisions.split(",") if p)
+    if bad := sorted(set(compile_precisions) - set(PRECISIONS)):
+        parser.error(f"--compile_precisions {bad}: accepted: {', '.join(PRECISIONS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu for a smoke test")
     shapes, tokens = args.shapes.split(","), [int(t) for t in args.tokens.split(",")]
@@ -345,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     if bad := sorted(set(compile_shapes) - set(SHAPES)):
         parser.error(f"--compile_shapes {bad}: accepted: {', '.join(SHAPES)}")
     speed_table(args.device, shapes, tokens, steps, ig_batch, report, args.json, profile_dir)
-    compiled_table(args.device, compile_shapes, steps, report, args.json)
+    compiled_table(args.device, compile_shapes, steps, report, args.json, compile_precisions)
     print(f"errors: {len(report['errors'])}", flush=True)
     for error in report["errors"]:
         print(error, flush=True)

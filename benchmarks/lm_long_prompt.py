@@ -22,6 +22,7 @@ import contextlib
 import json
 import pathlib
 import resource
+import signal
 import time
 
 import numpy as np
@@ -76,6 +77,7 @@ class RowCounter(progress.TqdmReport):
     def __init__(self, max_rows: int | None):
         super().__init__(mininterval=5)
         self.rows, self.total, self.max_rows = 0, 0, max_rows
+        self.signalled: int | None = None
 
     def begin(self, phase: str, rows: int) -> None:
         super().begin(phase, rows)
@@ -86,9 +88,16 @@ class RowCounter(progress.TqdmReport):
         self.rows += rows
 
     def stop(self) -> str | None:
+        if self.signalled:
+            return f"stopped by signal {self.signalled} after {self.rows} rows"
         if self.max_rows is not None and self.rows >= self.max_rows:
             return f"stopped after {self.rows} rows (--max_rows)"
         return None
+
+    def on_signal(self, number: int, frame) -> None:
+        """SIGTERM / SIGINT: stop after the pass in flight, so the report (and the checkpoint's log) is written."""
+        del frame
+        self.signalled = number
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -120,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.method == "exact_sig":
         config[interpreters.METHOD_KEY] = interpreters.EXACT_METHOD
     counter = RowCounter(args.max_rows)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, counter.on_signal)
     started = time.perf_counter()
     finished, delta = True, None
     kept = checkpoint.scope(args.checkpoint) if args.checkpoint else contextlib.nullcontext()

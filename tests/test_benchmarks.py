@@ -54,6 +54,7 @@ def test_gpu_check_runs_on_the_cpu_and_reports_everything(tmp_path):
     out, profiles = tmp_path / "gpu_check.json", tmp_path / "profiles"
     gpu_check.main(
         ["--device", "cpu", "--quick", "--json", str(out), "--profile_dir", str(profiles), "--compile_shapes", "tiny"]
+        + ["--compile_precisions", "float32"]  # A compile takes a minute here; the GPU check compiles bfloat16 too.
     )
     report = json.loads(out.read_text())
     assert report["errors"] == []
@@ -77,10 +78,9 @@ def test_gpu_check_runs_on_the_cpu_and_reports_everything(tmp_path):
     for case in sig_cases:  # The same case through the full model, against the same floor.
         assert case["full_last_layer_ratio"] == case["full_last_layer_seconds"] / case["floor_seconds"] > 0
     assert sig_cases
-    compiled = [c for c in cases if "compiled_seconds" in c]  # Every SIG case, beside eager.
-    assert [(c["precision"], c["method"]) for c in compiled] == [("float32", speed.SIG), ("bfloat16", speed.SIG)]
+    compiled = [c for c in cases if "compiled_seconds" in c]  # Every float32 SIG case, beside eager.
+    assert [(c["precision"], c["method"]) for c in compiled] == [("float32", speed.SIG)]
     assert compiled[0]["compiled_vs_eager_max_relative"] < 1e-5
-    assert compiled[1]["compiled_vs_eager_max_relative"] < 1e-2  # Both bf16; fused kernels round differently.
     assert all(c["compiled_ratio"] > 0 and "compiled_speedup_over_time_interpret" in c for c in compiled)
     assert [(p["shape"], p["precision"]) for p in report["profiles"]] == [("tiny", "float32"), ("tiny", "bfloat16")]
     text = (profiles / "profile_tiny_bfloat16.txt").read_text()

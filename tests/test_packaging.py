@@ -35,16 +35,37 @@ SENTENCE = "Not a bad movie at all."
 SIG_CONFIG = {"Interpolation steps": 8, "Baseline": "mask"}
 
 
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
+def _start(args: list[str | os.PathLike], cwd: pathlib.Path) -> tuple[list[str], subprocess.Popen]:
+    """Starts a command in `cwd` without PYTHONPATH (commands that don't depend on each other run at once)."""
+    args = [str(a) for a in args]
+    return args, subprocess.Popen(
+        args, cwd=cwd, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _finish(
+    started: tuple[list[str], subprocess.Popen], timeout: float = 300, status: int = 0
+) -> subprocess.CompletedProcess:
+    """Waits for a started command; fails the test unless it exits with `status`."""
+    args, process = started
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"{args}: still running after {timeout} s")
+    assert process.returncode == status, f"{args} exited {process.returncode}:\n{stdout}\n{stderr}"
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+
+
 def _run(
     args: list[str | os.PathLike], cwd: pathlib.Path, timeout: float = 300, status: int = 0
 ) -> subprocess.CompletedProcess:
     """Runs a command in `cwd` without PYTHONPATH; fails the test unless it exits with `status`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    done = subprocess.run(
-        [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert done.returncode == status, f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done
+    return _finish(_start(args, cwd), timeout, status)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +197,23 @@ def test_fresh_install_keeps_torch_and_explains_from_outside(wheel, fresh_venv, 
             "delta": float(result["completeness_delta"]),
         }}))
     """)
-    shown = json.loads(_run([python, "-c", script], cwd=tmp_path).stdout.strip().splitlines()[-1])
+    # The notebook use and the console scripts, from a folder outside the checkout, all at once.
+    bin_dir = fresh_venv / "bin"
+    data = tmp_path / "two.jsonl"
+    data.write_text('{"sentence": "A great film."}\n{"sentence": "Dull and far too long."}\n')
+    explain = [bin_dir / "lit-sig-explain", "--data", data, "--method", "grad_norm", "--out", tmp_path / "rows.jsonl"]
+    started = {
+        "notebook": _start([python, "-c", script], tmp_path),
+        "explain_help": _start([bin_dir / "lit-sig-explain", "--help"], tmp_path),
+        "demo_help": _start([bin_dir / "lit-sig-demo", "--help"], tmp_path),
+        "lm_help": _start([bin_dir / "lit-sig-lm-demo", "--help"], tmp_path),
+        "bad_flag": _start([bin_dir / "lit-sig-demo", "--labels", "a,b"], tmp_path),
+        "explain": _start(explain, tmp_path),
+    }
+    statuses = {"demo_help": 1, "lm_help": 1, "bad_flag": 2}  # absl's --help exits 1; a bad flag 2.
+    done = {name: _finish(process, status=statuses.get(name, 0)) for name, process in started.items()}
+
+    shown = json.loads(done["notebook"].stdout.strip().splitlines()[-1])
     site = str(fresh_venv.resolve())
     assert shown["file"].startswith(site) and shown["weights"].startswith(site), shown
     assert shown["version"] == lit_sig.__version__
@@ -187,24 +224,15 @@ def test_fresh_install_keeps_torch_and_explains_from_outside(wheel, fresh_venv, 
     assert shown["delta"] == pytest.approx(float(ours["completeness_delta"]), rel=1e-3, abs=1e-6)
     assert sst2_model.WEIGHTS_PATH.is_relative_to(REPO)  # and the test process itself used the checkout
 
-    # The console scripts, from the same folder outside the checkout.
-    bin_dir = fresh_venv / "bin"
-    assert "--method" in _run([bin_dir / "lit-sig-explain", "--help"], cwd=tmp_path).stdout
-    demo_help = _run([bin_dir / "lit-sig-demo", "--help"], cwd=tmp_path, status=1).stdout  # absl's --help exits 1
+    assert "--method" in done["explain_help"].stdout
+    demo_help = done["demo_help"].stdout
     assert "--datapoints_dir" in demo_help and "--model" in demo_help and "--precision" in demo_help
-    lm_help = _run([bin_dir / "lit-sig-lm-demo", "--help"], cwd=tmp_path, status=1).stdout
+    lm_help = done["lm_help"].stdout
     assert "--sequence_salience" in lm_help and "--max_request_cost" in lm_help and "--[no]chat_template" in lm_help
     # A bad flag is one line and status 2, after the real model and server modules imported.
-    bad = _run([bin_dir / "lit-sig-demo", "--labels", "a,b"], cwd=tmp_path, status=2)
     assert (
-        bad.stderr.strip().splitlines()[-1]
+        done["bad_flag"].stderr.strip().splitlines()[-1]
         == "error: --labels applies to --model only; the embedded model's classes are 0 and 1."
-    )
-    data = tmp_path / "two.jsonl"
-    data.write_text('{"sentence": "A great film."}\n{"sentence": "Dull and far too long."}\n')
-    _run(
-        [bin_dir / "lit-sig-explain", "--data", data, "--method", "grad_norm", "--out", tmp_path / "rows.jsonl"],
-        cwd=tmp_path,
     )
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert [row["sentence"] for row in sorted(rows, key=lambda r: r["id"])] == [
@@ -215,7 +243,7 @@ def test_fresh_install_keeps_torch_and_explains_from_outside(wheel, fresh_venv, 
 
     # The installed demo serves LIT's page (with local fonts when Debian's are there) and answers.
     url = None
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env = _clean_env()
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     demo = subprocess.Popen(
         [bin_dir / "lit-sig-demo", "--port", "0", "--max_examples", "2"],
