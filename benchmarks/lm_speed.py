@@ -333,6 +333,8 @@ def run_inseq(lm: causal_lm.HFCausalLM, case: Case, args: argparse.Namespace, fl
         ("integrated_gradients", args.steps, None),
         ("sequential_integrated_gradients", args.inseq_sig_steps, 1),
     ):
+        if not steps:
+            continue  # --inseq_sig_steps 0: IG only.
         request = {
             "model": args.model,
             "prompt": text,
@@ -434,7 +436,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--inseq_python", default="/tmp/inseq/bin/python", help="A Python with inseq installed (its own venv)."
     )
-    parser.add_argument("--inseq_sig_steps", type=int, default=2, help="inseq's SIG steps (first target token).")
+    parser.add_argument("--inseq_sig_steps", type=int, default=2, help="inseq's SIG steps (first target token; 0: none).")
     parser.add_argument(
         "--methods", default="ig,exact_sig,sig", help="Ours: ig, exact_sig (with and without reuse), sig."
     )

@@ -83,6 +83,11 @@ def test_rows_of_another_target_mask_baseline_or_model_are_not_reused(tmp_path):
         assert_close(kept, fresh, max(abs(float(s)) for s in model.score([example])))
         assert kept.shape != first.shape or not np.allclose(kept, first)
     assert written == total_rows([first])
+    with torch.no_grad():  # The same wrapper, its weights changed in place: a new scope hashes them anew.
+        lm.model.get_output_embeddings().weight.mul_(1.5)
+    with checkpoint.scope(path) as store:
+        (changed,) = exact_sig(lm, EXAMPLES[:1])
+    assert store.rows_written == written and not np.allclose(changed, first)
 
 
 def test_a_classifiers_logit_and_probability_rows_do_not_mix(tokenizer, tmp_path):
@@ -140,5 +145,5 @@ def test_a_scorer_that_cannot_name_its_score_is_refused_and_outside_a_scope_noth
     (result,) = engine.occlusion_attributions([problem], _Anonymous())
     np.testing.assert_array_equal(result.token_attributions.numpy(), x.sum(-1).numpy())  # Linear F: exact.
     with checkpoint.scope(tmp_path / "rows.ckpt"):
-        with pytest.raises(checkpoint.CheckpointError, match="_Anonymous has no score_fingerprint"):
+        with pytest.raises(checkpoint.CheckpointError, match="_Anonymous has no model_fingerprint"):
             engine.occlusion_attributions([problem], _Anonymous())

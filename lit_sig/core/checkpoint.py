@@ -8,9 +8,9 @@ file scores only the rows the file lacks, then finishes as if it had run at once
     with checkpoint.scope("long_prompt.rows"):
         interpreter.run([example], model, None, config=config)   # stop it any time, run again
 
-A row's key hashes everything its score depends on: the scorer's `score_fingerprint`
-of the example (the model's weights and settings, the targets), the example's
-embeddings, baseline and groups, and the row's group and alpha. A row of another
+A row's key hashes everything its score depends on: the scorer's `model_fingerprint`
+(its weights, hashed once per scope) and `score_fingerprint` of the example (settings,
+targets), the example's embeddings, baseline and groups, and the row's group and alpha. A row of another
 model, example or baseline never matches, so one file may serve many runs. Gradient
 rows are not kept: their sums are one pass's work at a time.
 
@@ -42,8 +42,11 @@ class CheckpointError(Exception):
 class Fingerprinted(Protocol):
     """A scorer whose rows can be kept: it names what its score of an example depends on."""
 
+    def model_fingerprint(self) -> bytes:
+        """Bytes that change whenever the model's weights do (read once per scope: hashing them takes a while)."""
+
     def score_fingerprint(self, key: Any) -> bytes:
-        """Bytes that change whenever F of `key`'s rows could (weights, settings, targets)."""
+        """Bytes that change whenever F of `key`'s rows could besides the weights (settings, targets)."""
 
 
 class RowCheckpoint:
@@ -52,6 +55,7 @@ class RowCheckpoint:
     def __init__(self, path: str | pathlib.Path) -> None:
         self.path = pathlib.Path(path)
         self._scores: dict[tuple[str, int, float], float] = {}
+        self._models: dict[int, tuple[Any, bytes]] = {}  # id(scorer) -> (scorer, its model_fingerprint)
         self._lock = threading.Lock()
         self.rows_read = self.rows_written = 0
         if self.path.exists() and self.path.stat().st_size:
@@ -105,16 +109,20 @@ class RowCheckpoint:
     def close(self) -> None:
         self._file.close()
 
-
-def problem_key(scorer: Any, key: Any, x: torch.Tensor, baseline: torch.Tensor, groups: torch.Tensor) -> str:
-    """The hash of everything an example's score-only rows depend on (see the module docstring)."""
-    fingerprint = getattr(scorer, "score_fingerprint", None)
-    if fingerprint is None:
-        raise CheckpointError(f"{type(scorer).__name__} has no score_fingerprint: its rows cannot be kept.")
-    digest = hashlib.blake2b(fingerprint(key), digest_size=20)
-    for t in (x, baseline, groups):
-        digest.update(tensor_bytes(t))
-    return digest.hexdigest()
+    def problem_key(self, scorer: Any, key: Any, x: torch.Tensor, baseline: torch.Tensor, groups: torch.Tensor) -> str:
+        """The hash of everything an example's score-only rows depend on (see the module docstring)."""
+        if not all(hasattr(scorer, name) for name in ("model_fingerprint", "score_fingerprint")):
+            raise CheckpointError(
+                f"{type(scorer).__name__} has no model_fingerprint and score_fingerprint: its rows cannot be kept."
+            )
+        with self._lock:
+            if id(scorer) not in self._models:
+                self._models[id(scorer)] = (scorer, scorer.model_fingerprint())
+            model = self._models[id(scorer)][1]
+        digest = hashlib.blake2b(model + scorer.score_fingerprint(key), digest_size=20)
+        for t in (x, baseline, groups):
+            digest.update(tensor_bytes(t))
+        return digest.hexdigest()
 
 
 def tensor_bytes(t: torch.Tensor | np.ndarray) -> bytes:

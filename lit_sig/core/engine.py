@@ -211,7 +211,7 @@ class _KeptRows:
         if self.store is None:
             return
         for i, (p, plan) in enumerate(zip(problems, plans)):
-            key = checkpoint.problem_key(scorer, p.key, p.x, p.baseline, p.groups)
+            key = self.store.problem_key(scorer, p.key, p.x, p.baseline, p.groups)
             known, stored = self.store.lookup(key, plan.group, plan.alpha)  # [R] each, on the CPU
             scores[i][known.to(scores[i].device)] = stored[known].to(scores[i])
             todo = (~known).nonzero()[:, 0].to(plan.group.device)  # [R_todo]

@@ -61,13 +61,15 @@ class DevicePath:
         """`[R]` float32 explained scores of the pass's rows (differentiable to `batch.embs`)."""
         raise NotImplementedError
 
+    def model_fingerprint(self) -> bytes:
+        """A digest of the model's class, weights and buffers (`lit_sig.core.checkpoint`)."""
+        return fingerprint.weights_digest(self.runner.model)
+
     def score_fingerprint(self, key: rows.SequencePathInput) -> bytes:
-        """Bytes that change whenever F of `key`'s rows could (`lit_sig.core.checkpoint`): the model's
-        weights, precision and score settings, and the key's inputs of F (targets, positions, entry)."""
-        if getattr(self, "_weights_digest", None) is None:
-            self._weights_digest = fingerprint.weights_digest(self.runner.model)
+        """Bytes that change whenever F of `key`'s rows could besides the weights (`lit_sig.core.checkpoint`):
+        the precision and score settings, and the key's inputs of F (targets, positions, entry layer)."""
         settings = f"{type(self).__qualname__} {self.runner.precision} {self._score_settings()}".encode()
-        return self._weights_digest + settings + fingerprint.value_bytes(key)
+        return settings + fingerprint.value_bytes(key)
 
     def _score_settings(self) -> str:
         """The family's settings of F that its keys do not hold (a classifier's logit or probability)."""

@@ -1,9 +1,8 @@
 """What a model's score of an example depends on, as bytes (`lit_sig.core.checkpoint` keys rows by it).
 
-`score_fingerprint` hashes the model's class, weights and buffers (once per model object: a
-wrapper's weights are not meant to change under it), its precision and its own score
-settings, and every field of the example's key that is an input of F (tensors, arrays,
-numbers, strings, nested dataclasses), leaving out `input_score` (a result, not an input).
+`weights_digest` hashes a model's class, weights and buffers (a checkpoint scope reads it once);
+`value_bytes` turns every field of an example's key that is an input of F (tensors, arrays,
+numbers, strings, nested dataclasses) into bytes, leaving out `input_score` (a result, not an input).
 """
 
 import dataclasses
