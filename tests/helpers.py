@@ -502,3 +502,14 @@ def assert_json_error(status: int, content_type: str, body: bytes, expected_stat
     assert isinstance(message, str) and word.lower() in message.lower(), message
     assert b"Traceback" not in body and b'File "' not in body
     assert b"<" not in body and b">" not in body  # Nothing the client sent comes back as markup.
+
+
+class StopAfter:
+    """A cancellation check that stops the run before its pass number `passes + 1`."""
+
+    def __init__(self, passes: int) -> None:
+        self.passes, self.checks = passes, 0
+
+    def __call__(self) -> str | None:
+        self.checks += 1
+        return "stopped for the test" if self.checks > self.passes else None

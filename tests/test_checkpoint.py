@@ -23,17 +23,6 @@ def exact_sig(lm, examples, config=EXACT) -> list[np.ndarray]:
     return [np.asarray(r[causal_lm.GRADIENTS_FIELD].salience, dtype=np.float64) for r in results]
 
 
-class StopAfter:
-    """A cancellation check that stops the run before its pass number `passes + 1`."""
-
-    def __init__(self, passes: int) -> None:
-        self.passes, self.checks = passes, 0
-
-    def __call__(self) -> str | None:
-        self.checks += 1
-        return "stopped for the test" if self.checks > self.passes else None
-
-
 def total_rows(saliences: list[np.ndarray]) -> int:
     return sum(1 + int(np.count_nonzero(s)) for s in saliences)  # F(x) and one row per movable token.
 
@@ -43,7 +32,7 @@ def test_a_stopped_exact_sig_resumes_with_the_rows_it_lacks_and_equals_the_run_a
     lm = build(family, max_rows_per_pass=4)
     at_once = exact_sig(lm, EXAMPLES)
     path = tmp_path / "rows.ckpt"
-    with checkpoint.scope(path) as store, cancellation.scope(StopAfter(3)):
+    with checkpoint.scope(path) as store, cancellation.scope(helpers.StopAfter(3)):
         with pytest.raises(cancellation.Cancelled):
             exact_sig(lm, EXAMPLES)
     assert store.rows_written == 12  # Three passes of 4 rows, kept although the run was stopped.

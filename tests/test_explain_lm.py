@@ -158,17 +158,6 @@ def test_ray_output_equals_local_output(prompts, lm_dir, tmp_path):
             np.testing.assert_allclose(ray_row[key], local_row[key], rtol=1e-5, atol=1e-6)
 
 
-class _StopAfter:
-    """A cancellation check that stops the run before its pass number `passes + 1`."""
-
-    def __init__(self, passes: int) -> None:
-        self.passes, self.checks = passes, 0
-
-    def __call__(self) -> str | None:
-        self.checks += 1
-        return "stopped for the test" if self.checks > self.passes else None
-
-
 def test_a_stopped_exact_sig_keeps_its_model_rows_and_the_rerun_scores_only_the_rest(
     prompts, lm_dir, tmp_path, monkeypatch
 ):
@@ -184,7 +173,7 @@ def test_a_stopped_exact_sig_keeps_its_model_rows_and_the_rerun_scores_only_the_
     whole = run(prompts, lm_dir, tmp_path / "whole.jsonl", "--method", "exact_sig")
     total, scored[:] = sum(scored), []
     out = tmp_path / "out.jsonl"
-    with cancellation.scope(_StopAfter(3)), pytest.raises(cancellation.Cancelled):
+    with cancellation.scope(helpers.StopAfter(3)), pytest.raises(cancellation.Cancelled):
         run(prompts, lm_dir, out, "--method", "exact_sig")  # Stopped inside the first batch.
     kept = rows_io.rows_checkpoint_path(out)
     assert kept.read_text().count("\n") - 1 == 12  # Three passes of 4 rows (the rows of F(x) come first).
