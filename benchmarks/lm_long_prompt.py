@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python -m benchmarks.lm_long_prompt --model PATH --method ig --steps 8
     OMP_NUM_THREADS=1 python -m benchmarks.lm_long_prompt --model random:smollm2 --method exact_sig --max_rows 16
+    python -m benchmarks.lm_long_prompt --model smollm2 --method exact_sig --checkpoint long_prompt.rows
 
 Run one method per process: the peak resident memory above the loaded model (`ru_maxrss` after
 the run minus the resident memory after loading) is the method's own. A progress bar counts each
@@ -9,6 +10,10 @@ phase's rows (`lit_sig.core.progress`). `--max_rows` stops after that many rows 
 `lit_sig.core.cancellation`, as the server's deadline does) and reports the rows per second
 and the projected time of the whole run: on one CPU thread exact SIG of 2,048 tokens is
 2,049 forward passes of 2,048 tokens, hours of work, while its memory is that of one pass.
+
+`--checkpoint PATH` keeps exact SIG's rows in PATH as their passes end (`lit_sig.core.checkpoint`):
+the same command resumes a run that was stopped (SIGTERM / Ctrl-C stop it after the pass in flight and
+write the report), and `PATH.runs.json` logs every run's seconds, rows and memory.
 
 Exact SIG reuses the prompt's keys/values by default (`lit_sig.models.prefix_cache`: the row of token i
 runs positions i..L-1 only); `--no_reuse` runs whole rows. With reuse the first rows are the longest,
