@@ -113,3 +113,24 @@ def test_lm_speed_counts_rows_and_agrees_with_captum(tmp_path):
     assert captum_ig["agreement"]["relative_to_largest"] < 1e-4
     ablation = next(c for m, c in cases.items() if "FeatureAblation" in m)
     assert ablation["agreement"]["relative_to_largest"] < 1e-4
+
+
+def test_lm_long_prompt_resumes_exact_sig_from_its_checkpoint(tmp_path):
+    from benchmarks import lm_long_prompt  # pylint: disable=import-outside-toplevel
+
+    args = ["--model", "random:tiny", "--tokens", "160", "--device", "cpu"]
+    whole = lm_long_prompt.main(args)
+    rows = tmp_path / "long.rows"
+    stopped = lm_long_prompt.main([*args, "--checkpoint", str(rows), "--max_rows", "10"])
+    assert not stopped["finished"] and stopped["rows_scored_this_run"] == stopped["rows_done"] >= 10
+    resumed = lm_long_prompt.main([*args, "--checkpoint", str(rows)])
+    assert resumed["finished"] and resumed["checkpoint_runs"] == 2
+    assert resumed["rows_from_checkpoint"] == stopped["rows_done"]
+    assert resumed["rows_scored_this_run"] == whole["rows_done"] - stopped["rows_done"]
+    assert 140 < resumed["tokens"] <= 160 and resumed["completeness_delta"] == 0.0  # Cut at a word to fit.
+    assert [t[:2] for t in resumed["top_tokens"]] == [t[:2] for t in whole["top_tokens"]]
+    scale = max(abs(t[2]) for t in whole["top_tokens"])
+    for ours, alone in zip(resumed["top_tokens"], whole["top_tokens"]):
+        assert abs(ours[2] - alone[2]) <= 1e-5 * scale
+    log = json.loads((tmp_path / "long.rows.runs.json").read_text())
+    assert [r["rows_written"] for r in log] == [stopped["rows_done"], resumed["rows_scored_this_run"]]
