@@ -40,7 +40,7 @@ from benchmarks.common import SHAPES, WORDS, random_model
 from lit_sig import models, storage
 from lit_sig.lit import interpreters, registry
 
-PRECISIONS = ("float32", "bfloat16")  # Timed eager for every shape; compiled for --compile_precisions.
+CHECKED_PRECISIONS = ("float32", "bfloat16")  # Timed eager for every shape; compiled for --compile_precisions.
 
 SENTENCES = [" ".join(WORDS[i % len(WORDS)] for i in range(start, start + n)) for start, n in ((0, 7), (3, 20))]
 PATH_METHODS = (speed.IG, speed.SIG, speed.EXACT_SIG)  # Registry names (lit_sig.lit.registry).
@@ -186,7 +186,7 @@ def speed_table(
     With `profile_dir`, also profiles one SIG run per shape and precision at the shortest length.
     """
     for shape in shapes:
-        for precision in PRECISIONS:
+        for precision in CHECKED_PRECISIONS:
             print(f"\n{shape}, {precision}:", flush=True)
             try:
                 model = random_model(shape, device, precision)
@@ -217,7 +217,7 @@ def compiled_table(
     steps: int,
     report: dict,
     out: str | None,
-    precisions: tuple[str, ...] = PRECISIONS,
+    precisions: tuple[str, ...] = CHECKED_PRECISIONS,
 ) -> None:
     """For each of `shapes` and `precisions`, after the eager table: SIG with `torch_compile=True` beside
     each eager SIG case.
@@ -332,13 +332,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--compile_precisions",
-        default=",".join(PRECISIONS),
+        default=",".join(CHECKED_PRECISIONS),
         help="the precisions --compile_shapes compiles (each compile takes a minute on a CPU)",
     )
     args = parser.parse_args(argv)
     compile_precisions = tuple(p for p in args.compile_precisions.split(",") if p)
-    if bad := sorted(set(compile_precisions) - set(PRECISIONS)):
-        parser.error(f"--compile_precisions {bad}: accepted: {', '.join(PRECISIONS)}")
+    if bad := sorted(set(compile_precisions) - set(CHECKED_PRECISIONS)):
+        parser.error(f"--compile_precisions {bad}: accepted: {', '.join(CHECKED_PRECISIONS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu for a smoke test")
     shapes, tokens = args.shapes.split(","), [int(t) for t in args.tokens.split(",")]

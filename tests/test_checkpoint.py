@@ -15,12 +15,7 @@ from lit_sig.core import cancellation, checkpoint, engine
 from lit_sig.lit import interpreters
 from lit_sig.models import causal_lm
 from tests import helpers
-from tests.test_prefix_cache import EXACT, EXAMPLES, assert_close, build, direct_occlusion
-
-
-def exact_sig(lm, examples, config=EXACT) -> list[np.ndarray]:
-    results = lit_sig.SequentialIntegratedGradients().run(examples, lm, None, config=config)
-    return [np.asarray(r[causal_lm.GRADIENTS_FIELD].salience, dtype=np.float64) for r in results]
+from tests.test_prefix_cache import EXACT, EXAMPLES, assert_close, build, direct_occlusion, exact_sig
 
 
 def total_rows(saliences: list[np.ndarray]) -> int:

@@ -33,8 +33,8 @@ def build(family: str, **kwargs) -> causal_lm.HFCausalLM:
     return causal_lm.HFCausalLM(make(tokenizer, seed=3), tokenizer, device="cpu", **kwargs)
 
 
-def exact_sig(lm: causal_lm.HFCausalLM, examples: list[dict]) -> list[np.ndarray]:
-    results = lit_sig.SequentialIntegratedGradients().run(examples, lm, None, config=EXACT)
+def exact_sig(lm: causal_lm.HFCausalLM, examples: list[dict], config: dict = EXACT) -> list[np.ndarray]:
+    results = lit_sig.SequentialIntegratedGradients().run(examples, lm, None, config=config)
     return [np.asarray(r[causal_lm.GRADIENTS_FIELD].salience, dtype=np.float64) for r in results]
 
 
