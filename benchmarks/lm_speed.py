@@ -11,7 +11,9 @@ floor: as many rows of the sequence through the bare Hugging Face model at its f
 (forward+backward of F from the full logits for gradient rows, forward for score rows).
 
 An untimed IG of 2 steps warms the model up first, as one pass warms up the floor. IG runs
-`--repeats` times (the fastest kept). Exact SIG runs twice, alternately `--repeats` times each
+twice, alternately `--repeats` times each (the fastest kept): with the template's fixed leading
+tokens run once (`lit_sig.models.fixed_prefix`, the default) and with whole rows (`fixed_prefix`
+false); `ig_fixed_prefix` compares both. Exact SIG runs twice, alternately `--repeats` times each
 (the fastest kept): with the prompt's
 keys/values reused (`lit_sig.models.prefix_cache`, the default) and with whole rows
 (`prefix_reuse` false); `exact_sig_reuse` compares both with the floor of their T + 1 forward rows.
@@ -155,14 +157,18 @@ class Floor:
 
 
 EXACT_PLAIN = "exact_sig_plain"  # Exact SIG without the prefix's keys/values reused (whole rows).
+IG_WHOLE = "ig_whole_rows"  # IG without the fixed leading tokens run once (`lit_sig.models.fixed_prefix`).
 
 
 def run_ours(lm: causal_lm.HFCausalLM, case: Case, method: str, steps: int, floor: Floor) -> dict:
     """One `interpreter.run` of a lit_sig method, its rows, completeness delta and floor."""
-    interpreter = lit_sig.IntegratedGradients() if method == "ig" else lit_sig.SequentialIntegratedGradients()
-    cache = lm.prefix_cache
+    ig = method in ("ig", IG_WHOLE)
+    interpreter = lit_sig.IntegratedGradients() if ig else lit_sig.SequentialIntegratedGradients()
+    cache, fixed = lm.prefix_cache, lm.fixed_prefix
     cache.enabled = method != EXACT_PLAIN
+    fixed.enabled = method != IG_WHOLE
     reused_before, plain_before, positions_before = cache.rows_reused, cache.rows_plain, cache.positions
+    fixed_before, skipped_before = fixed.rows_reused, fixed.positions_skipped
     config = {
         interpreters.NORMALIZATION_KEY: False,
         interpreters.BASELINE_KEY: causal_lm.DEFAULT_BASELINE,
@@ -176,11 +182,15 @@ def run_ours(lm: causal_lm.HFCausalLM, case: Case, method: str, steps: int, floo
     (result,) = interpreter.run([case.example], counting, None, config=config)
     synchronize(lm.device)
     seconds = time.perf_counter() - started
-    cache.enabled = True
+    cache.enabled = fixed.enabled = True
     floor_seconds = floor.of(counting.rows, counting.forward_only)
     return {
-        "method": "exact_sig" if method == EXACT_PLAIN else method,  # Registry names; `prefix_reuse` tells which.
+        # Registry names; `prefix_reuse` and `fixed_prefix` tell which kind ran.
+        "method": {EXACT_PLAIN: "exact_sig", IG_WHOLE: "ig"}.get(method, method),
         "prefix_reuse": method == "exact_sig" if method in ("exact_sig", EXACT_PLAIN) else None,
+        "fixed_prefix": method != IG_WHOLE,
+        "fixed_prefix_rows": fixed.rows_reused - fixed_before,  # Gradient rows run from the first movable token.
+        "fixed_prefix_positions_skipped": fixed.positions_skipped - skipped_before,
         "steps": None if method in ("exact_sig", EXACT_PLAIN) else steps,
         "seconds": seconds,
         "rows": counting.rows,
@@ -200,6 +210,30 @@ def warm_up(lm: causal_lm.HFCausalLM, case: Case) -> None:
     warm-up pass has them, are not timed as the first method's work."""
     config = {interpreters.NORMALIZATION_KEY: False, interpreters.INTERPOLATION_KEY: 2}
     lit_sig.IntegratedGradients().run([case.example], lm, None, config=config)
+
+
+def run_ig(lm: causal_lm.HFCausalLM, case: Case, floor: Floor, steps: int, repeats: int) -> tuple[list[dict], dict]:
+    """IG with and without the fixed leading tokens run once, alternately `repeats` times (the fastest kept)."""
+    best: dict[str, dict] = {}
+    for _ in range(repeats):
+        for method in ("ig", IG_WHOLE):
+            run = run_ours(lm, case, method, steps, floor) | {"repeats": repeats}
+            if method not in best or run["seconds"] < best[method]["seconds"]:
+                best[method] = run
+    fixed, whole = best["ig"], best[IG_WHOLE]
+    difference = np.abs(np.asarray(fixed["salience"]) - np.asarray(whole["salience"])).max()
+    summary = {
+        "tokens": len(case.ids),
+        "gradient_rows": fixed["rows"],
+        "fixed_prefix_seconds": fixed["seconds"],
+        "whole_rows_seconds": whole["seconds"],
+        "whole_over_fixed_prefix": whole["seconds"] / fixed["seconds"],
+        # The work saved: positions the gradient rows ran with the prefix run once, over whole rows'.
+        "positions_fixed_over_whole": 1 - fixed["fixed_prefix_positions_skipped"] / (fixed["rows"] * len(case.ids)),
+        "max_abs_difference": float(difference),
+        "relative_to_largest": float(difference / (np.abs(whole["salience"]).max() or 1.0)),
+    }
+    return [fixed, whole], summary
 
 
 def run_exact(lm: causal_lm.HFCausalLM, case: Case, floor: Floor, repeats: int) -> tuple[list[dict], dict]:
@@ -451,9 +485,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--methods", default="ig,exact_sig,sig", help="Ours: ig, exact_sig (with and without reuse), sig."
     )
-    parser.add_argument(
-        "--repeats", type=int, default=1, help="IG runs, and exact SIG runs of each kind (the fastest kept)."
-    )
+    parser.add_argument("--repeats", type=int, default=1, help="IG and exact SIG runs of each kind (the fastest kept).")
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default="float32", choices=list(PRECISIONS))
     parser.add_argument("--json", default=None, help="Write the report here.")
@@ -489,15 +521,15 @@ def main(argv: list[str] | None = None) -> dict:
         if method == "exact_sig":
             case_reports, report["exact_sig_reuse"] = run_exact(lm, case, floor, args.repeats)
         elif method == "ig":
-            runs = [run_ours(lm, case, method, steps, floor) for _ in range(args.repeats)]
-            case_reports = [min(runs, key=lambda r: r["seconds"]) | {"repeats": args.repeats}]
+            case_reports, report["ig_fixed_prefix"] = run_ig(lm, case, floor, steps, args.repeats)
         else:
             case_reports = [run_ours(lm, case, method, steps, floor)]
         for case_report in case_reports:
             report["cases"].append(case_report)
             print(json.dumps({k: v for k, v in case_report.items() if k != "salience"}), flush=True)
-    if "exact_sig_reuse" in report:
-        print(json.dumps({"exact_sig_reuse": report["exact_sig_reuse"]}), flush=True)
+    for summary in ("ig_fixed_prefix", "exact_sig_reuse"):
+        if summary in report:
+            print(json.dumps({summary: report[summary]}), flush=True)
     runs = {
         "captum_ig": lambda: run_captum_ig(lm, case, args.steps, floor),
         "captum_ablation": lambda: run_captum_ablation(lm, case, floor),

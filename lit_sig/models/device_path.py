@@ -142,20 +142,12 @@ class DevicePath:
         return results
 
     def _score_pass(self, pieces: list[rows.Piece], with_grads: bool) -> list[rows.PieceResult]:
-        length = max(len(p.full) for p, _ in pieces)
-        measure = self._row_budget is not None and self._row_budget.needs_measure(length, with_grads)
-        if measure:
-            torch.cuda.reset_peak_memory_stats(self.device)
-            start_bytes = torch.cuda.memory_allocated(self.device)
-        with torch.inference_mode(not with_grads):
+        with rows.measured(self._row_budget, self.device, pieces, with_grads), torch.inference_mode(not with_grads):
             batch = rows.rows_batch(pieces, self.padding, self._mask_optional)
             if with_grads:
                 batch.embs.requires_grad_(True)
             scores = self._pass_scores(pieces, batch, with_grads)  # [R]
             grads = torch.autograd.grad(scores.sum(), batch.embs)[0] if with_grads else None  # [R, L, D]
-        if measure:
-            peak = torch.cuda.max_memory_allocated(self.device) - start_bytes
-            self._row_budget.observe(length, with_grads, len(batch.embs), peak)
         parts = rows.piece_slices(pieces)
         piece_grads = rows.scatter_grads(pieces, grads, self.padding) if grads is not None else [None] * len(pieces)
         return [(scores[part].detach(), g) for part, g in zip(parts, piece_grads)]

@@ -64,7 +64,7 @@ class PrefixCache:
             and not with_grads
             and self.view.head_at_targets
             and all(p.entry is None and p.neuron is None for p, _ in pieces)
-            and self._check()
+            and self.verified()
         )
         if not usable and not with_grads:
             self.rows_plain += rows.count_rows(pieces)
@@ -120,7 +120,7 @@ class PrefixCache:
                 self._caches[p] = cached
         return cached
 
-    def _check(self) -> bool:
+    def verified(self) -> bool:
         """Whether the cached passes give the uncached log-probabilities (checked once, on a random input)."""
         if self._verified is None:
             self._verified, why = _cache_matches(self.view)
@@ -179,7 +179,7 @@ def _block_scores(
     position_ids = torch.arange(start, length, device=block_rows.device).expand(b, -1)  # [b, L - start]
     hidden = view.base(
         inputs_embeds=block_rows[:, start:].float(),
-        **{_cache_keyword(view): cache},
+        **{cache_keyword(view): cache},
         position_ids=position_ids,
         use_cache=cache is not None,
     ).last_hidden_state  # [b, L - start, H]
@@ -227,7 +227,7 @@ def _cache_matches(view: lm_score.TargetLogProbs) -> tuple[bool, str]:
     return True, ""
 
 
-def _cache_keyword(view: lm_score.TargetLogProbs) -> str:
+def cache_keyword(view: lm_score.TargetLogProbs) -> str:
     """The base model's keyword for a KV cache: `cache` (transformers >= 5.24), else `past_key_values`."""
     return "cache" if "cache" in inspect.signature(view.base.forward).parameters else "past_key_values"
 

@@ -8,9 +8,10 @@ find, split and join the pieces' rows in a pass (for out-of-memory halving);
 `DeviceRowBudget` sizes passes on CUDA from measured memory.
 """
 
+import contextlib
 import dataclasses
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -90,6 +91,15 @@ def count_rows(pieces: Sequence[Piece]) -> int:
     return sum(len(rows) for _, rows in pieces)
 
 
+def measured(
+    budget: "DeviceRowBudget | None", device: torch.device, pieces: Sequence[Piece], with_grads: bool
+) -> contextlib.AbstractContextManager[None]:
+    """A context that measures the pass over `pieces` for `budget` (nothing without one)."""
+    if budget is None:
+        return contextlib.nullcontext()
+    return budget.measure(device, max(len(p.full) for p, _ in pieces), with_grads, count_rows(pieces))
+
+
 def split_pieces(pieces: Sequence[Piece], first_rows: int) -> tuple[list[Piece], list[Piece]]:
     """Splits pieces into two lists holding `first_rows` rows and the rest."""
     first, second, taken = [], [], 0
@@ -161,6 +171,17 @@ class DeviceRowBudget:
         fit = int(self._fraction * self._free_bytes() / per_row)
         with self._lock:
             self._rows[self._key(length, with_grads)] = max(1, min(self._max_rows, fit))
+
+    @contextlib.contextmanager
+    def measure(self, device: torch.device, length: int, with_grads: bool, rows: int) -> Iterator[None]:
+        """Measures the peak memory of the pass run inside, where this length and direction has none yet."""
+        if not self.needs_measure(length, with_grads):
+            yield
+            return
+        torch.cuda.reset_peak_memory_stats(device)
+        start_bytes = torch.cuda.memory_allocated(device)
+        yield
+        self.observe(length, with_grads, rows, torch.cuda.max_memory_allocated(device) - start_bytes)
 
     def shrink(self, length: int, with_grads: bool, rows: int) -> None:
         with self._lock:
