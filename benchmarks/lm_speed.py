@@ -11,12 +11,12 @@ floor: as many rows of the sequence through the bare Hugging Face model at its f
 (forward+backward of F from the full logits for gradient rows, forward for score rows).
 
 An untimed IG of 2 steps warms the model up first, as one pass warms up the floor. IG runs
-twice, alternately `--repeats` times each (the fastest kept): with the template's fixed leading
-tokens run once (`lit_sig.models.fixed_prefix`, the default) and with whole rows (`fixed_prefix`
-false); `ig_fixed_prefix` compares both. Exact SIG runs twice, alternately `--repeats` times each
-(the fastest kept): with the prompt's
-keys/values reused (`lit_sig.models.prefix_cache`, the default) and with whole rows
-(`prefix_reuse` false); `exact_sig_reuse` compares both with the floor of their T + 1 forward rows.
+twice, alternately `--repeats` times each (the fastest kept): with each row run from its first
+change (`lit_sig.models.prefix_gradients`, the default: after the template's fixed leading tokens)
+and with whole rows (`prefix_gradients` false); `ig_prefix_gradients` compares both. Exact SIG
+runs twice, alternately `--repeats` times each (the fastest kept): with the prompt's keys/values
+reused (`lit_sig.models.prefix_cache`, the default) and with whole rows (`prefix_reuse` false);
+`exact_sig_reuse` compares both with the floor of their T + 1 forward rows.
 
 Peers on the same prompt, target and steps: captum 0.9's
 `LLMGradientAttribution(LayerIntegratedGradients)` (one IG per target token) and
@@ -157,14 +157,14 @@ class Floor:
 
 
 EXACT_PLAIN = "exact_sig_plain"  # Exact SIG without the prefix's keys/values reused (whole rows).
-IG_WHOLE = "ig_whole_rows"  # IG without the fixed leading tokens run once (`lit_sig.models.fixed_prefix`).
+IG_WHOLE = "ig_whole_rows"  # IG rows run whole, not from their first change (`lit_sig.models.prefix_gradients`).
 
 
 def run_ours(lm: causal_lm.HFCausalLM, case: Case, method: str, steps: int, floor: Floor) -> dict:
     """One `interpreter.run` of a lit_sig method, its rows, completeness delta and floor."""
     ig = method in ("ig", IG_WHOLE)
     interpreter = lit_sig.IntegratedGradients() if ig else lit_sig.SequentialIntegratedGradients()
-    cache, fixed = lm.prefix_cache, lm.fixed_prefix
+    cache, fixed = lm.prefix_cache, lm.prefix_gradients
     cache.enabled = method != EXACT_PLAIN
     fixed.enabled = method != IG_WHOLE
     reused_before, plain_before, positions_before = cache.rows_reused, cache.rows_plain, cache.positions
@@ -185,12 +185,12 @@ def run_ours(lm: causal_lm.HFCausalLM, case: Case, method: str, steps: int, floo
     cache.enabled = fixed.enabled = True
     floor_seconds = floor.of(counting.rows, counting.forward_only)
     return {
-        # Registry names; `prefix_reuse` and `fixed_prefix` tell which kind ran.
+        # Registry names; `prefix_reuse` and `prefix_gradients` tell which kind ran.
         "method": {EXACT_PLAIN: "exact_sig", IG_WHOLE: "ig"}.get(method, method),
         "prefix_reuse": method == "exact_sig" if method in ("exact_sig", EXACT_PLAIN) else None,
-        "fixed_prefix": method != IG_WHOLE,
-        "fixed_prefix_rows": fixed.rows_reused - fixed_before,  # Gradient rows run from the first movable token.
-        "fixed_prefix_positions_skipped": fixed.positions_skipped - skipped_before,
+        "prefix_gradients": method != IG_WHOLE,
+        "prefix_gradient_rows": fixed.rows_reused - fixed_before,  # Gradient rows run from their first change.
+        "prefix_positions_skipped": fixed.positions_skipped - skipped_before,
         "steps": None if method in ("exact_sig", EXACT_PLAIN) else steps,
         "seconds": seconds,
         "rows": counting.rows,
@@ -213,7 +213,7 @@ def warm_up(lm: causal_lm.HFCausalLM, case: Case) -> None:
 
 
 def run_ig(lm: causal_lm.HFCausalLM, case: Case, floor: Floor, steps: int, repeats: int) -> tuple[list[dict], dict]:
-    """IG with and without the fixed leading tokens run once, alternately `repeats` times (the fastest kept)."""
+    """IG with rows from their first change and whole, alternately `repeats` times (the fastest kept)."""
     best: dict[str, dict] = {}
     for _ in range(repeats):
         for method in ("ig", IG_WHOLE):
@@ -225,11 +225,11 @@ def run_ig(lm: causal_lm.HFCausalLM, case: Case, floor: Floor, steps: int, repea
     summary = {
         "tokens": len(case.ids),
         "gradient_rows": fixed["rows"],
-        "fixed_prefix_seconds": fixed["seconds"],
+        "prefix_seconds": fixed["seconds"],
         "whole_rows_seconds": whole["seconds"],
-        "whole_over_fixed_prefix": whole["seconds"] / fixed["seconds"],
-        # The work saved: positions the gradient rows ran with the prefix run once, over whole rows'.
-        "positions_fixed_over_whole": 1 - fixed["fixed_prefix_positions_skipped"] / (fixed["rows"] * len(case.ids)),
+        "whole_over_prefix": whole["seconds"] / fixed["seconds"],
+        # The work saved: positions the gradient rows ran from their first change, over whole rows'.
+        "positions_prefix_over_whole": 1 - fixed["prefix_positions_skipped"] / (fixed["rows"] * len(case.ids)),
         "max_abs_difference": float(difference),
         "relative_to_largest": float(difference / (np.abs(whole["salience"]).max() or 1.0)),
     }
@@ -521,13 +521,13 @@ def main(argv: list[str] | None = None) -> dict:
         if method == "exact_sig":
             case_reports, report["exact_sig_reuse"] = run_exact(lm, case, floor, args.repeats)
         elif method == "ig":
-            case_reports, report["ig_fixed_prefix"] = run_ig(lm, case, floor, steps, args.repeats)
+            case_reports, report["ig_prefix_gradients"] = run_ig(lm, case, floor, steps, args.repeats)
         else:
             case_reports = [run_ours(lm, case, method, steps, floor)]
         for case_report in case_reports:
             report["cases"].append(case_report)
             print(json.dumps({k: v for k, v in case_report.items() if k != "salience"}), flush=True)
-    for summary in ("ig_fixed_prefix", "exact_sig_reuse"):
+    for summary in ("ig_prefix_gradients", "exact_sig_reuse"):
         if summary in report:
             print(json.dumps({summary: report[summary]}), flush=True)
     runs = {

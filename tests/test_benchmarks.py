@@ -100,13 +100,14 @@ def test_lm_speed_counts_rows_and_agrees_with_captum(tmp_path):
     cases = {c["method"]: c for c in report["cases"]}
     # IG: n gradient rows; forward only: the input and the all-baseline row.
     assert (cases["ig"]["rows"], cases["ig"]["forward_rows"]) == (steps, 2)
-    # IG with the template's fixed leading tokens run once and with whole rows: the same numbers, fewer positions.
+    # IG with rows from their first change (after the template's fixed tokens) and whole: the same numbers.
     fixed, whole = (
-        next(c for c in report["cases"] if c.get("fixed_prefix") is f and c["method"] == "ig") for f in (True, False)
+        next(c for c in report["cases"] if c.get("prefix_gradients") is f and c["method"] == "ig")
+        for f in (True, False)
     )
-    assert (fixed["fixed_prefix_rows"], whole["fixed_prefix_rows"]) == (steps, 0)
-    assert report["ig_fixed_prefix"]["relative_to_largest"] < 1e-5
-    assert 0 < report["ig_fixed_prefix"]["positions_fixed_over_whole"] < 1
+    assert (fixed["prefix_gradient_rows"], whole["prefix_gradient_rows"]) == (steps, 0)
+    assert report["ig_prefix_gradients"]["relative_to_largest"] < 1e-5
+    assert 0 < report["ig_prefix_gradients"]["positions_prefix_over_whole"] < 1
     movable = sum(s != 0 for s in cases["exact_sig"]["salience"])
     assert cases["exact_sig"]["rows"] == 0 and cases["exact_sig"]["forward_rows"] >= movable + 1
     # Exact SIG with the prompt's keys/values reused and with whole rows: the same rows, the same numbers, less work.

@@ -18,7 +18,7 @@ Built from the pieces lit_sig's model families share: `encoding` (the cache),
 exact for the real positions of a causal LM), `device_path` / `rows` (the engine's
 rows on the device, out-of-memory halving), `lm_score` (the head at the target
 positions only), `prefix_cache` (score-only rows reuse the prompt's keys and values),
-`fixed_prefix` (gradient rows run the fixed leading tokens once),
+`prefix_gradients` (gradient rows start where they first differ from the input),
 `lm_generate` (greedy responses) and `embedding` (token embeddings as the embedding module gives them).
 """
 
@@ -48,13 +48,13 @@ from lit_sig.models.fields import (  # The LM's field names, re-exported.
 from lit_sig.models.fields import LM_EMBEDDINGS_FIELD as EMBEDDINGS_FIELD
 from lit_sig.models.fields import LM_GRADIENTS_FIELD as GRADIENTS_FIELD
 from lit_sig.models.fields import LM_TOKENS_FIELD as TOKENS_FIELD
-from lit_sig.models.fixed_prefix import FixedPrefix
 from lit_sig.models.forward import Batch, ForwardRunner, check_precision, default_device
 from lit_sig.models.lm_encoding import PromptEncoder, PromptEncoding, model_max_length, prompt_text, selected_targets
 from lit_sig.models.lm_generate import greedy_response
 from lit_sig.models.lm_score import TargetLogProbs, target_log_probs_view
 from lit_sig.models.padding import choose_padding
 from lit_sig.models.prefix_cache import PrefixCache
+from lit_sig.models.prefix_gradients import PrefixGradients
 
 # Baselines an LM has: `zero` always; a token's embedding where the tokenizer has that token.
 BASELINE_TOKENS = {"pad": "pad_token_id", "eos": "eos_token_id", "bos": "bos_token_id", "unk": "unk_token_id"}
@@ -160,7 +160,7 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
             max_rows_per_pass=max_rows_per_pass,
             special_tokens=0,
         )
-        self.fixed_prefix = FixedPrefix(self.prefix_cache, precision, padding, _HEAD_ELEMENTS, self._row_budget)
+        self.prefix_gradients = PrefixGradients(self.prefix_cache, precision, padding, _HEAD_ELEMENTS, self._row_budget)
         self._responses: dict[tuple[int, ...], str] = {}
         self._responses_lock = threading.Lock()
 
@@ -340,11 +340,11 @@ class HFCausalLM(DevicePath, lit_model.BatchedModel):
     def score_rows(self, pieces: Sequence[rows.Piece], with_grads: bool) -> list[rows.PieceResult]:
         """Per `(input, rows [r, T, D])`: F `[r]` and, `with_grads`, its gradients `[r, T, D]` (0 from the
         last target on). Passes are split where their logits at the targets would exceed `_HEAD_ELEMENTS`;
-        score-only rows reuse the prompt's keys and values where `prefix_cache` applies; gradient rows run
-        the input's fixed leading tokens once where `fixed_prefix` applies, their gradients there then 0
-        (no path method reads them: its groups hold movable tokens only)."""
-        if with_grads and self.fixed_prefix.applies(pieces, compiled=self.runner.compiled is not None):
-            return self.fixed_prefix.score_rows(pieces, lambda rest: self._plain_score_rows(rest, True))
+        score-only rows reuse the prompt's keys and values where `prefix_cache` applies; gradient rows start
+        at their first change where `prefix_gradients` applies, their gradients before it then 0 (no path
+        method reads them; `predict` runs whole rows)."""
+        if with_grads and self.prefix_gradients.applies(pieces, compiled=self.runner.compiled is not None):
+            return self.prefix_gradients.score_rows(pieces, lambda rest: self._plain_score_rows(rest, True))
         if self.prefix_cache.applies(pieces, with_grads):
             return self.prefix_cache.score_rows(pieces, lambda rest: self._plain_score_rows(rest, False))
         return self._plain_score_rows(pieces, with_grads)

@@ -31,10 +31,10 @@ from lit_sig.models import lm_score, rows
 
 _PROBE_LENGTH = 9
 # A piece's rows, sorted by their first changed position, run in at most this many blocks, each of at least
-# _MIN_BLOCK_ROWS rows: a pass of few short rows streams every weight for little work (on one CPU thread 1-row
+# MIN_BLOCK_ROWS rows: a pass of few short rows streams every weight for little work (on one CPU thread 1-row
 # blocks of ~20 positions took as long as 8 whole 70-token rows).
-_BLOCKS_PER_PIECE = 8
-_MIN_BLOCK_ROWS = 8
+BLOCKS_PER_PIECE = 8
+MIN_BLOCK_ROWS = 8
 
 
 class PrefixCache:
@@ -99,7 +99,7 @@ class PrefixCache:
         first = first.clamp(max=cached.first_score_position).cpu()  # One host read per piece.
         scores = torch.empty(len(piece_rows), dtype=torch.float32, device=piece_rows.device)
         order = torch.argsort(first, stable=True)
-        block = max(_MIN_BLOCK_ROWS, -(-len(order) // _BLOCKS_PER_PIECE))
+        block = max(MIN_BLOCK_ROWS, -(-len(order) // BLOCKS_PER_PIECE))
         head_rows = max(1, self._head_elements // (len(p.score_ids) * self.view.head.weight.shape[0]))
         for start in range(0, len(order), min(block, head_rows)):
             chosen = order[start : start + min(block, head_rows)]

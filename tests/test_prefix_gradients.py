@@ -1,7 +1,7 @@
-"""Gradient rows that run a chat prompt's fixed leading tokens once (`lit_sig.models.fixed_prefix`).
+"""Gradient rows that start where they first differ from the input (`lit_sig.models.prefix_gradients`).
 
 References: captum's IntegratedGradients on a forward of the full model's logits written here, and
-lit_sig's own whole rows (the fixed prefix off), to 1e-5 of the scale; `predict`'s gradients stay
+lit_sig's own whole rows (`prefix_gradients` off), to 1e-5 of the scale; `predict`'s gradients stay
 those of every position.
 """
 
@@ -12,7 +12,7 @@ import torch
 
 import lit_sig
 from lit_sig.lit import interpreters
-from lit_sig.models import causal_lm, fixed_prefix
+from lit_sig.models import causal_lm, prefix_gradients
 from lit_sig.models import rows as models_rows
 from tests import helpers
 
@@ -48,11 +48,11 @@ def salience(results: list[dict]) -> list[np.ndarray]:
 
 def run(lm: causal_lm.HFCausalLM, method: str, examples: list[dict], prefix: bool) -> list[np.ndarray]:
     interpreter, config = METHODS[method]
-    lm.fixed_prefix.enabled = prefix
+    lm.prefix_gradients.enabled = prefix
     try:
         return salience(interpreter().run(examples, lm, None, config={**RAW, **config}))
     finally:
-        lm.fixed_prefix.enabled = True
+        lm.prefix_gradients.enabled = True
 
 
 def first_movable(lm: causal_lm.HFCausalLM, example: dict) -> int:
@@ -64,20 +64,26 @@ def assert_close(ours: np.ndarray, expected: np.ndarray) -> None:
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5 * max(1.0, np.abs(expected).max()))
 
 
-def test_the_system_message_is_a_fixed_prefix(lm):
+def test_the_system_message_never_moves(lm):
     assert all(first_movable(lm, e) > 10 for e in EXAMPLES)  # The template's markers and system message.
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_rows_from_the_first_movable_token_equal_whole_rows(lm, method):
-    reused, skipped = lm.fixed_prefix.rows_reused, lm.fixed_prefix.positions_skipped
+def test_rows_from_their_first_change_equal_whole_rows(lm, method):
+    reused, skipped = lm.prefix_gradients.rows_reused, lm.prefix_gradients.positions_skipped
     ours = run(lm, method, EXAMPLES, prefix=True)
-    rows = lm.fixed_prefix.rows_reused - reused
+    rows = lm.prefix_gradients.rows_reused - reused
+    skipped = lm.prefix_gradients.positions_skipped - skipped
     steps = METHODS[method][1][interpreters.INTERPOLATION_KEY]
-    groups = [1 if method == "ig" else int(np.count_nonzero(s)) for s in ours]
-    assert rows == steps * sum(groups)  # Every gradient row ran from its input's first movable token.
-    expected_skipped = steps * sum(g * first_movable(lm, e) for g, e in zip(groups, EXAMPLES))
-    assert lm.fixed_prefix.positions_skipped - skipped == expected_skipped
+    firsts = [first_movable(lm, e) for e in EXAMPLES]
+    if method == "ig":  # Every row starts at its input's first movable token.
+        assert rows == steps * len(EXAMPLES) and skipped == steps * sum(firsts)
+    else:  # Token i's rows start at i, or earlier where a block holds rows of an earlier token.
+        movable = [np.flatnonzero(s) for s in ours]
+        assert rows == steps * sum(len(m) for m in movable)
+        assert (
+            steps * sum(len(m) * a for m, a in zip(movable, firsts)) < skipped <= steps * sum(m.sum() for m in movable)
+        )
     whole = run(lm, method, EXAMPLES, prefix=False)
     for o, w in zip(ours, whole):
         assert_close(o, w)
@@ -105,27 +111,27 @@ def test_ig_equals_captum_on_a_direct_forward(lm):
         .double()
         .numpy()
     )
-    reused = lm.fixed_prefix.rows_reused
+    reused = lm.prefix_gradients.rows_reused
     (result,) = lit_sig.IntegratedGradients().run(
         [example], lm, None, config={**RAW, interpreters.INTERPOLATION_KEY: steps}
     )
-    assert lm.fixed_prefix.rows_reused - reused == steps
+    assert lm.prefix_gradients.rows_reused - reused == steps
     ours = np.asarray(result[causal_lm.GRADIENTS_FIELD].salience, dtype=np.float64)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_prompts_of_different_lengths_share_passes_and_equal_each_alone(lm, method, monkeypatch):
-    shared = []
-    real_pass = fixed_prefix.FixedPrefix._pass
+def test_prompts_of_different_lengths_share_blocks_and_equal_each_alone(lm, method, monkeypatch):
+    lengths = []
+    real_block = prefix_gradients.PrefixGradients._block
 
-    def counting_pass(self, pieces, start):
-        shared.append(len({len(p.full) for p, _ in pieces}))
-        return real_pass(self, pieces, start)
+    def counting_block(self, pieces, states, segments, start):
+        lengths.append(len({len(pieces[i][0].full) for i, _ in segments}))
+        return real_block(self, pieces, states, segments, start)
 
-    monkeypatch.setattr(fixed_prefix.FixedPrefix, "_pass", counting_pass)
+    monkeypatch.setattr(prefix_gradients.PrefixGradients, "_block", counting_block)
     together = run(lm, method, EXAMPLES, prefix=True)
-    assert max(shared) > 1  # Right padding: rows of prompts of different lengths in one pass.
+    assert max(lengths) > 1  # Right padding: rows of prompts of different lengths in one block.
     for example, t in zip(EXAMPLES, together):
         (alone,) = run(lm, method, [example], prefix=True)
         assert_close(t, alone)
@@ -137,35 +143,35 @@ def test_predict_keeps_the_gradient_of_every_position(lm):
     assert np.linalg.norm(grads[: first_movable(lm, EXAMPLES[0])], axis=-1).min() > 0  # Fixed tokens too.
 
 
-def test_rows_that_move_a_fixed_token_run_whole(lm):
+def test_gradients_start_at_each_rows_first_change(lm):
     (p,) = lm.path_inputs([EXAMPLES[0]], [None], [causal_lm.EMBEDDINGS_FIELD])
-    rows = p.x.expand(2, -1, -1).clone()  # [2, T, D]
-    rows[0, 1] = 0.0  # A fixed position moved: its gradient is wanted.
-    reused = lm.fixed_prefix.rows_reused
+    rows = p.x.expand(3, -1, -1).clone()  # [3, T, D]
+    rows[0, 1] = 0.0  # Moves a fixed token: from position 1 on.
+    rows[1, -3] = 0.0  # Moves a late token: from there on, in the block of the earliest row.
+    # Row 2 is the input: from the first movable token on.
     ((scores, grads),) = lm.score_rows([(p, rows)], with_grads=True)
-    assert lm.fixed_prefix.rows_reused == reused
     ((whole_scores, whole_grads),) = lm._plain_score_rows([(p, rows)], with_grads=True)
     torch.testing.assert_close(scores, whole_scores)
-    torch.testing.assert_close(grads, whole_grads)
-    assert float(grads[:, 0].abs().max()) > 0
+    torch.testing.assert_close(grads[:, 1:], whole_grads[:, 1:])  # One block, from position 1.
+    assert float(grads[:, 0].abs().max()) == 0 and float(whole_grads[:, 0].abs().max()) > 0
 
 
 def test_out_of_memory_falls_back_to_whole_rows(lm, monkeypatch):
     expected = run(lm, "ig", EXAMPLES, prefix=False)
 
-    def out_of_memory(self, pieces, start):
+    def out_of_memory(self, pieces):
         raise torch.OutOfMemoryError("test")
 
-    monkeypatch.setattr(fixed_prefix.FixedPrefix, "_pass", out_of_memory)
+    monkeypatch.setattr(prefix_gradients.PrefixGradients, "_pass", out_of_memory)
     for o, e in zip(run(lm, "ig", EXAMPLES, prefix=True), expected):
         assert_close(o, e)
 
 
 def test_bfloat16_rows_agree_with_whole_rows_to_bfloat16_rounding():
     lm = build("llama", precision="bfloat16")
-    reused = lm.fixed_prefix.rows_reused
+    reused = lm.prefix_gradients.rows_reused
     ours = run(lm, "ig", EXAMPLES[:1], prefix=True)[0]
-    assert lm.fixed_prefix.rows_reused > reused
+    assert lm.prefix_gradients.rows_reused > reused
     whole = run(lm, "ig", EXAMPLES[:1], prefix=False)[0]
     # Both round every layer's activations to bfloat16 (8 bits of mantissa), in other batches.
     np.testing.assert_allclose(ours, whole, rtol=0, atol=0.1 * np.abs(whole).max())
@@ -176,15 +182,37 @@ def test_passes_are_measured_for_the_cuda_row_budget(monkeypatch):
     """On CUDA the device path sizes passes from the first pass's peak memory; these passes must feed it too."""
     lm = build("llama")
     budget = models_rows.DeviceRowBudget(lambda: 1_000_000, max_rows=1024, probe_rows=4, memory_fraction=0.5)
-    monkeypatch.setattr(lm.fixed_prefix, "_budget", budget)
+    monkeypatch.setattr(lm.prefix_gradients, "_budget", budget)
     peaks = iter(range(10_000, 10_000_000, 10_000))  # Bytes: each pass's peak, as the fake device reports it.
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: None)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: next(peaks))
     (p,) = lm.path_inputs([EXAMPLES[0]], [None], [causal_lm.EMBEDDINGS_FIELD])
-    reused = lm.fixed_prefix.rows_reused
+    reused = lm.prefix_gradients.rows_reused
     run(lm, "ig", EXAMPLES[:1], prefix=True)
-    assert lm.fixed_prefix.rows_reused - reused == METHODS["ig"][1][interpreters.INTERPOLATION_KEY]
+    assert lm.prefix_gradients.rows_reused - reused == METHODS["ig"][1][interpreters.INTERPOLATION_KEY]
     assert not budget.needs_measure(len(p.full), True)
     # The first pass (IG's 6 rows) peaked at 10,000 bytes: 1,667 a row; half of 1e6 free bytes fits 300 rows.
     assert budget.rows(len(p.full), True) == 300
+
+
+@pytest.mark.parametrize(
+    "interpreter, config",
+    [
+        (lit_sig.IntegratedGradients, {interpreters.INTERPOLATION_KEY: 5, interpreters.METHOD_KEY: "riemann_right"}),
+        (lit_sig.SequentialIntegratedGradients, {interpreters.ADAPTIVE_KEY: True}),
+    ],
+    ids=["ig_riemann_right", "sig_adaptive"],
+)
+def test_rules_with_rows_at_the_input_equal_whole_rows(lm, interpreter, config):
+    """Rows at alpha 1 equal the input everywhere: they start at the first movable token, not at none."""
+    results = {}
+    for prefix in (True, False):
+        lm.prefix_gradients.enabled = prefix
+        try:
+            results[prefix] = salience(interpreter().run(EXAMPLES, lm, None, config={**RAW, **config}))
+        finally:
+            lm.prefix_gradients.enabled = True
+    for ours, whole in zip(results[True], results[False]):
+        assert np.abs(whole).max() > 0
+        assert_close(ours, whole)
