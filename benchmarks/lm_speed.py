@@ -13,7 +13,8 @@ floor: as many rows of the sequence through the bare Hugging Face model at its f
 An untimed IG of 2 steps warms the model up first, as one pass warms up the floor. IG runs
 twice, alternately `--repeats` times each (the fastest kept): with each row run from its first
 change (`lit_sig.models.prefix_gradients`, the default: after the template's fixed leading tokens)
-and with whole rows (`prefix_gradients` false); `ig_prefix_gradients` compares both. Exact SIG
+and with whole rows (`prefix_gradients` false); `ig_prefix_gradients` compares both. Path SIG
+runs both ways once (`sig_prefix_gradients`: token i's rows start at i). Exact SIG
 runs twice, alternately `--repeats` times each (the fastest kept): with the prompt's keys/values
 reused (`lit_sig.models.prefix_cache`, the default) and with whole rows (`prefix_reuse` false);
 `exact_sig_reuse` compares both with the floor of their T + 1 forward rows.
@@ -157,16 +158,17 @@ class Floor:
 
 
 EXACT_PLAIN = "exact_sig_plain"  # Exact SIG without the prefix's keys/values reused (whole rows).
-IG_WHOLE = "ig_whole_rows"  # IG rows run whole, not from their first change (`lit_sig.models.prefix_gradients`).
+# IG and SIG rows run whole, not from their first change (`lit_sig.models.prefix_gradients`).
+WHOLE = {"ig": "ig_whole_rows", "sig": "sig_whole_rows"}
 
 
 def run_ours(lm: causal_lm.HFCausalLM, case: Case, method: str, steps: int, floor: Floor) -> dict:
     """One `interpreter.run` of a lit_sig method, its rows, completeness delta and floor."""
-    ig = method in ("ig", IG_WHOLE)
+    ig = method in ("ig", WHOLE["ig"])
     interpreter = lit_sig.IntegratedGradients() if ig else lit_sig.SequentialIntegratedGradients()
     cache, fixed = lm.prefix_cache, lm.prefix_gradients
     cache.enabled = method != EXACT_PLAIN
-    fixed.enabled = method != IG_WHOLE
+    fixed.enabled = method not in WHOLE.values()
     reused_before, plain_before, positions_before = cache.rows_reused, cache.rows_plain, cache.positions
     fixed_before, skipped_before = fixed.rows_reused, fixed.positions_skipped
     config = {
@@ -186,9 +188,9 @@ def run_ours(lm: causal_lm.HFCausalLM, case: Case, method: str, steps: int, floo
     floor_seconds = floor.of(counting.rows, counting.forward_only)
     return {
         # Registry names; `prefix_reuse` and `prefix_gradients` tell which kind ran.
-        "method": {EXACT_PLAIN: "exact_sig", IG_WHOLE: "ig"}.get(method, method),
+        "method": {EXACT_PLAIN: "exact_sig", WHOLE["ig"]: "ig", WHOLE["sig"]: "sig"}.get(method, method),
         "prefix_reuse": method == "exact_sig" if method in ("exact_sig", EXACT_PLAIN) else None,
-        "prefix_gradients": method != IG_WHOLE,
+        "prefix_gradients": method not in WHOLE.values(),
         "prefix_gradient_rows": fixed.rows_reused - fixed_before,  # Gradient rows run from their first change.
         "prefix_positions_skipped": fixed.positions_skipped - skipped_before,
         "steps": None if method in ("exact_sig", EXACT_PLAIN) else steps,
@@ -212,28 +214,30 @@ def warm_up(lm: causal_lm.HFCausalLM, case: Case) -> None:
     lit_sig.IntegratedGradients().run([case.example], lm, None, config=config)
 
 
-def run_ig(lm: causal_lm.HFCausalLM, case: Case, floor: Floor, steps: int, repeats: int) -> tuple[list[dict], dict]:
-    """IG with rows from their first change and whole, alternately `repeats` times (the fastest kept)."""
+def run_with_and_without_prefix(
+    lm: causal_lm.HFCausalLM, case: Case, floor: Floor, method: str, steps: int, repeats: int
+) -> tuple[list[dict], dict]:
+    """IG or SIG with rows from their first change and whole, alternately `repeats` times (the fastest kept)."""
     best: dict[str, dict] = {}
     for _ in range(repeats):
-        for method in ("ig", IG_WHOLE):
-            run = run_ours(lm, case, method, steps, floor) | {"repeats": repeats}
-            if method not in best or run["seconds"] < best[method]["seconds"]:
-                best[method] = run
-    fixed, whole = best["ig"], best[IG_WHOLE]
-    difference = np.abs(np.asarray(fixed["salience"]) - np.asarray(whole["salience"])).max()
+        for kind in (method, WHOLE[method]):
+            run = run_ours(lm, case, kind, steps, floor) | {"repeats": repeats}
+            if kind not in best or run["seconds"] < best[kind]["seconds"]:
+                best[kind] = run
+    prefix, whole = best[method], best[WHOLE[method]]
+    difference = np.abs(np.asarray(prefix["salience"]) - np.asarray(whole["salience"])).max()
     summary = {
         "tokens": len(case.ids),
-        "gradient_rows": fixed["rows"],
-        "prefix_seconds": fixed["seconds"],
+        "gradient_rows": prefix["rows"],
+        "prefix_seconds": prefix["seconds"],
         "whole_rows_seconds": whole["seconds"],
-        "whole_over_prefix": whole["seconds"] / fixed["seconds"],
+        "whole_over_prefix": whole["seconds"] / prefix["seconds"],
         # The work saved: positions the gradient rows ran from their first change, over whole rows'.
-        "positions_prefix_over_whole": 1 - fixed["prefix_positions_skipped"] / (fixed["rows"] * len(case.ids)),
+        "positions_prefix_over_whole": 1 - prefix["prefix_positions_skipped"] / (prefix["rows"] * len(case.ids)),
         "max_abs_difference": float(difference),
         "relative_to_largest": float(difference / (np.abs(whole["salience"]).max() or 1.0)),
     }
-    return [fixed, whole], summary
+    return [prefix, whole], summary
 
 
 def run_exact(lm: causal_lm.HFCausalLM, case: Case, floor: Floor, repeats: int) -> tuple[list[dict], dict]:
@@ -520,14 +524,14 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         if method == "exact_sig":
             case_reports, report["exact_sig_reuse"] = run_exact(lm, case, floor, args.repeats)
-        elif method == "ig":
-            case_reports, report["ig_prefix_gradients"] = run_ig(lm, case, floor, steps, args.repeats)
         else:
-            case_reports = [run_ours(lm, case, method, steps, floor)]
+            case_reports, report[f"{method}_prefix_gradients"] = run_with_and_without_prefix(
+                lm, case, floor, method, steps, args.repeats if method == "ig" else 1
+            )
         for case_report in case_reports:
             report["cases"].append(case_report)
             print(json.dumps({k: v for k, v in case_report.items() if k != "salience"}), flush=True)
-    for summary in ("ig_prefix_gradients", "exact_sig_reuse"):
+    for summary in ("ig_prefix_gradients", "sig_prefix_gradients", "exact_sig_reuse"):
         if summary in report:
             print(json.dumps({summary: report[summary]}), flush=True)
     runs = {

@@ -108,6 +108,10 @@ def test_lm_speed_counts_rows_and_agrees_with_captum(tmp_path):
     assert (fixed["prefix_gradient_rows"], whole["prefix_gradient_rows"]) == (steps, 0)
     assert report["ig_prefix_gradients"]["relative_to_largest"] < 1e-5
     assert 0 < report["ig_prefix_gradients"]["positions_prefix_over_whole"] < 1
+    # Path SIG: token i's rows start at i, so fewer positions still.
+    assert report["sig_prefix_gradients"]["relative_to_largest"] < 1e-5
+    sig_share = report["sig_prefix_gradients"]["positions_prefix_over_whole"]
+    assert 0 < sig_share < report["ig_prefix_gradients"]["positions_prefix_over_whole"]
     movable = sum(s != 0 for s in cases["exact_sig"]["salience"])
     assert cases["exact_sig"]["rows"] == 0 and cases["exact_sig"]["forward_rows"] >= movable + 1
     # Exact SIG with the prompt's keys/values reused and with whole rows: the same rows, the same numbers, less work.
