@@ -372,6 +372,21 @@ def run_captum_ablation(lm: causal_lm.HFCausalLM, case: Case, floor: Floor, in_t
     }
 
 
+def inseq_model_path(model: str) -> str:
+    """The local checkpoint folder inseq loads itself: SmolLM2's converted float checkpoint for `smollm2`.
+
+    Raises:
+        ValueError: for a random-weight shape (inseq can't build it) or a name that is not a local folder.
+    """
+    if model == "smollm2":
+        from lit_sig.models import smollm2  # pylint: disable=import-outside-toplevel
+
+        return str(smollm2.smollm2_path())
+    if model.startswith("random:") or not pathlib.Path(model).is_dir():
+        raise ValueError(f"inseq loads the model itself from a local folder; --model {model!r} is not one.")
+    return model
+
+
 def run_inseq(lm: causal_lm.HFCausalLM, case: Case, args: argparse.Namespace, floor: Floor) -> list[dict]:
     """inseq's IG (all target tokens) and SIG (the first target token) in inseq's own environment."""
     text, _, _ = lm._encoder.prompt_text(case.example["prompt"])  # pylint: disable=protected-access
@@ -383,7 +398,7 @@ def run_inseq(lm: causal_lm.HFCausalLM, case: Case, args: argparse.Namespace, fl
         if not steps:
             continue  # --inseq_sig_steps 0: IG only.
         request = {
-            "model": args.model,
+            "model": inseq_model_path(args.model),
             "prompt": text,
             "target": case.example["target"],
             "method": method,
@@ -497,6 +512,11 @@ def main(argv: list[str] | None = None) -> dict:
     peers = [p for p in args.peers.split(",") if p]
     if bad := sorted(set(peers) - set(PEERS)):
         parser.error(f"unknown --peers {bad}; accepted: {', '.join(PEERS)}")
+    if "inseq" in peers:
+        try:
+            inseq_model_path(args.model)
+        except ValueError as error:
+            parser.error(f"--peers inseq: {error}")
     lm = load(args.model, args.device, args.precision)
     case = make_case(lm, args.target_tokens)
     floor = Floor(lm, case)
@@ -531,6 +551,7 @@ def main(argv: list[str] | None = None) -> dict:
         for case_report in case_reports:
             report["cases"].append(case_report)
             print(json.dumps({k: v for k, v in case_report.items() if k != "salience"}), flush=True)
+        save(report, args.json)  # After each method: a later failure keeps what ran.
     for summary in ("ig_prefix_gradients", "sig_prefix_gradients", "exact_sig_reuse"):
         if summary in report:
             print(json.dumps({summary: report[summary]}), flush=True)
@@ -546,11 +567,17 @@ def main(argv: list[str] | None = None) -> dict:
             peer = run()
             report["cases"].append(peer)
             print(json.dumps(peer), flush=True)
+            save(report, args.json)
     if "inseq" in peers:
         report["cases"] += run_inseq(lm, case, args, floor)
-    if args.json:
-        storage.write_atomically(pathlib.Path(args.json), json.dumps(report, indent=1))
+    save(report, args.json)
     return report
+
+
+def save(report: dict, path: str | None) -> None:
+    """Writes the report so far to `path` (atomically), if given."""
+    if path:
+        storage.write_atomically(pathlib.Path(path), json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

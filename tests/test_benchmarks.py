@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import gpu_check, speed
 
 
@@ -125,6 +127,16 @@ def test_lm_speed_counts_rows_and_agrees_with_captum(tmp_path):
     assert captum_ig["agreement"]["relative_to_largest"] < 1e-4
     ablation = next(c for m, c in cases.items() if "FeatureAblation" in m)
     assert ablation["agreement"]["relative_to_largest"] < 1e-4
+
+
+def test_lm_speed_refuses_inseq_without_a_local_model_before_running(capsys):
+    from benchmarks import lm_speed  # pylint: disable=import-outside-toplevel
+
+    with pytest.raises(SystemExit):
+        lm_speed.main(["--model", "random:tiny", "--peers", "inseq", "--device", "cpu"])
+    assert (
+        "inseq loads the model itself from a local folder; --model 'random:tiny' is not one" in capsys.readouterr().err
+    )
 
 
 def test_lm_long_prompt_resumes_exact_sig_from_its_checkpoint(tmp_path):
