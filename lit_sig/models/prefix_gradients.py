@@ -166,7 +166,8 @@ class PrefixGradients:
             mask = torch.cat([_real_positions(len(pieces[i][0].full), length, len(c), device) for i, c in segments])
         position_ids = torch.arange(start, length, device=device).expand(len(tails), -1)  # [b, length - s]
         view = self.cache.view
-        with torch.autocast(device.type, dtype=self._autocast, enabled=self._autocast is not None):
+        autocast = torch.autocast(device.type, dtype=self._autocast, enabled=self._autocast is not None)
+        with torch.enable_grad(), autocast:
             hidden = view.base(
                 inputs_embeds=tails,
                 attention_mask=mask,
@@ -175,7 +176,7 @@ class PrefixGradients:
                 **{prefix_cache.cache_keyword(view): cache},
             ).last_hidden_state  # [b, length - s, H]
             scores = _scores(view, [pieces[i][0] for i, _ in segments], _slices(segments), hidden, start)  # [b]
-        return scores.detach(), torch.autograd.grad(scores.sum(), tails)[0]
+            return scores.detach(), torch.autograd.grad(scores.sum(), tails)[0]
 
 
 def _input_state(view: lm_score.TargetLogProbs, p: rows.SequencePathInput, autocast: torch.dtype | None) -> _InputState:
