@@ -44,7 +44,12 @@ class RowScorer(Protocol):
         """Rows of `num_tokens` word tokens that one pass should hold."""
 
     def score_rows(self, pieces: Sequence[Piece], with_grads: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Per piece: `(scores [r], grads [r, T, D] or None)`, on `device`, in one pass."""
+        """Per piece: `(scores [r], grads [r, T, D] or None)`, on `device`, in one pass.
+
+        Gradients at a row's positions before its first change from `x` (before its first movable
+        token, for a row equal to `x`) may be 0: a row of group g with alpha < 1 equals `x` at token j
+        only where g does not move j (weight 0) or `baseline` equals `x` there (x - b = 0).
+        """
 
 
 @dataclasses.dataclass(eq=False)

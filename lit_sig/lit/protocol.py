@@ -127,7 +127,12 @@ class DevicePathModel(Protocol):
     def score_rows(
         self, pieces: Sequence[tuple[PathInput, torch.Tensor]], with_grads: bool
     ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Per `(input, rows [r, T, D])`: scores `[r]` and, `with_grads`, their gradients `[r, T, D]`."""
+        """Per `(input, rows [r, T, D])`: scores `[r]` and, `with_grads`, their gradients `[r, T, D]`.
+
+        A model may give 0 for a row's gradient at the positions before its first change from the
+        input's `x` (before its first movable token, for a row equal to `x`): the engine never reads
+        them (`lit_sig.core.engine.RowScorer`). `HFCausalLM` does (`lit_sig.models.prefix_gradients`).
+        """
 
 
 def find_capability(model: Any, name: str) -> Any | None:
