@@ -218,14 +218,8 @@ def run_with_and_without_prefix(
     lm: causal_lm.HFCausalLM, case: Case, floor: Floor, method: str, steps: int, repeats: int
 ) -> tuple[list[dict], dict]:
     """IG or SIG with rows from their first change and whole, alternately `repeats` times (the fastest kept)."""
-    best: dict[str, dict] = {}
-    for _ in range(repeats):
-        for kind in (method, WHOLE[method]):
-            run = run_ours(lm, case, kind, steps, floor) | {"repeats": repeats}
-            if kind not in best or run["seconds"] < best[kind]["seconds"]:
-                best[kind] = run
-    prefix, whole = best[method], best[WHOLE[method]]
-    difference = np.abs(np.asarray(prefix["salience"]) - np.asarray(whole["salience"])).max()
+    best = fastest_alternately(lm, case, floor, (method, WHOLE[method]), steps, repeats)
+    prefix, whole = (best[kind] | {"repeats": repeats} for kind in (method, WHOLE[method]))
     summary = {
         "tokens": len(case.ids),
         "gradient_rows": prefix["rows"],
@@ -234,22 +228,38 @@ def run_with_and_without_prefix(
         "whole_over_prefix": whole["seconds"] / prefix["seconds"],
         # The work saved: positions the gradient rows ran from their first change, over whole rows'.
         "positions_prefix_over_whole": 1 - prefix["prefix_positions_skipped"] / (prefix["rows"] * len(case.ids)),
-        "max_abs_difference": float(difference),
-        "relative_to_largest": float(difference / (np.abs(whole["salience"]).max() or 1.0)),
+        **salience_difference(prefix, whole),
     }
     return [prefix, whole], summary
 
 
-def run_exact(lm: causal_lm.HFCausalLM, case: Case, floor: Floor, repeats: int) -> tuple[list[dict], dict]:
-    """Exact SIG with and without the prefix reused, alternately `repeats` times (the fastest of each kept)."""
+def fastest_alternately(
+    lm: causal_lm.HFCausalLM, case: Case, floor: Floor, kinds: tuple[str, ...], steps: int, repeats: int
+) -> dict[str, dict]:
+    """Each kind of run (`run_ours`' methods), alternately `repeats` times: the fastest of each."""
     best: dict[str, dict] = {}
     for _ in range(repeats):
-        for method in ("exact_sig", EXACT_PLAIN):
-            run = run_ours(lm, case, method, interpreters.DEFAULT_STEPS, floor)  # Steps unused.
-            if method not in best or run["seconds"] < best[method]["seconds"]:
-                best[method] = run
+        for kind in kinds:
+            run = run_ours(lm, case, kind, steps, floor)
+            if kind not in best or run["seconds"] < best[kind]["seconds"]:
+                best[kind] = run
+    return best
+
+
+def salience_difference(ours: dict, reference: dict) -> dict:
+    """The largest difference of two runs' salience, also relative to the reference's largest."""
+    difference = float(np.abs(np.asarray(ours["salience"]) - np.asarray(reference["salience"])).max())
+    return {
+        "max_abs_difference": difference,
+        "relative_to_largest": difference / (float(np.abs(reference["salience"]).max()) or 1.0),
+    }
+
+
+def run_exact(lm: causal_lm.HFCausalLM, case: Case, floor: Floor, repeats: int) -> tuple[list[dict], dict]:
+    """Exact SIG with and without the prefix reused, alternately `repeats` times (the fastest of each kept)."""
+    kinds = ("exact_sig", EXACT_PLAIN)
+    best = fastest_alternately(lm, case, floor, kinds, interpreters.DEFAULT_STEPS, repeats)  # Steps unused.
     reuse, plain = best["exact_sig"], best[EXACT_PLAIN]
-    difference = np.abs(np.asarray(reuse["salience"]) - np.asarray(plain["salience"])).max()
     summary = {
         "tokens": len(case.ids),
         "forward_rows": reuse["forward_rows"],
@@ -262,8 +272,7 @@ def run_exact(lm: causal_lm.HFCausalLM, case: Case, floor: Floor, repeats: int) 
         "positions_reuse_over_plain": reuse["prefix_positions"] / (plain["forward_rows"] * len(case.ids)),
         "reuse_over_floor": reuse["seconds"] / reuse["floor_seconds"],
         "plain_over_floor": plain["seconds"] / plain["floor_seconds"],
-        "max_abs_difference": float(difference),
-        "relative_to_largest": float(difference / (np.abs(plain["salience"]).max() or 1.0)),
+        **salience_difference(reuse, plain),
     }
     return [reuse, plain], summary
 

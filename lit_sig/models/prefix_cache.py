@@ -144,15 +144,28 @@ class _InputCache:
     ) -> "_InputCache":
         """One cached pass over `full` `[L, D]`; raises ValueError where the cache is not per-position."""
         with torch.inference_mode():
-            out = view.base(inputs_embeds=full[None].float(), use_cache=True)
-        cache = out.cache if getattr(out, "cache", None) is not None else getattr(out, "past_key_values", None)
-        layers = getattr(cache, "layers", None)
-        if not isinstance(cache, transformers.DynamicCache) or not layers:
-            raise ValueError(f"the model returned {type(cache).__name__}, not a DynamicCache")
-        if any(type(layer) is not transformers.cache_utils.DynamicLayer for layer in layers):
-            raise ValueError("a layer's cache is not a plain DynamicLayer (sliding window or other)")
-        score = _summed_log_probs(view.head(out.last_hidden_state[:, positions]), ids)[0]
-        return cls([(layer.keys, layer.values) for layer in layers], score, int(positions[0]))
+            hidden, kv = cached_pass(view, full[None].float())
+        score = summed_log_probs(view.head(hidden[:, positions]), ids)[0]
+        return cls(kv, score, int(positions[0]))
+
+
+def cached_pass(
+    view: lm_score.TargetLogProbs, embs: torch.Tensor
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The base model over `embs` `[1, L, D]` with its KV cache, in the caller's grad mode and autocast: the
+    hidden states `[1, L, H]` and every layer's keys and values `[1, heads, L, head_dim]`.
+
+    Raises:
+        ValueError: the cache is not a `DynamicCache` of plain per-position layers.
+    """
+    out = view.base(inputs_embeds=embs, use_cache=True)
+    cache = out.cache if getattr(out, "cache", None) is not None else getattr(out, "past_key_values", None)
+    layers = getattr(cache, "layers", None)
+    if not isinstance(cache, transformers.DynamicCache) or not layers:
+        raise ValueError(f"the model returned {type(cache).__name__}, not a DynamicCache")
+    if any(type(layer) is not transformers.cache_utils.DynamicLayer for layer in layers):
+        raise ValueError("a layer's cache is not a plain DynamicLayer (sliding window or other)")
+    return out.last_hidden_state, [(layer.keys, layer.values) for layer in layers]
 
 
 def _block_scores(
@@ -184,10 +197,10 @@ def _block_scores(
         use_cache=cache is not None,
     ).last_hidden_state  # [b, L - start, H]
     picked = hidden[:, positions - start]  # [b, K, H]
-    return _summed_log_probs(view.head(picked), ids)
+    return summed_log_probs(view.head(picked), ids)
 
 
-def _summed_log_probs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def summed_log_probs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """`[b]` F: the summed log-probabilities of `ids [K]` under `logits [b, K, V]`."""
     return lm_score.log_probs_of(logits, ids.expand(len(logits), -1)).sum(-1)
 
@@ -216,10 +229,10 @@ def _cache_matches(view: lm_score.TargetLogProbs) -> tuple[bool, str]:
         except (ValueError, TypeError, RuntimeError, AttributeError) as error:
             return False, f"a cached pass failed: {error}"
         hidden = view.base(inputs_embeds=changed, use_cache=False).last_hidden_state  # [2, L, H]
-        reference = _summed_log_probs(view.head(hidden[:, positions]), targets)  # [2]
+        reference = summed_log_probs(view.head(hidden[:, positions]), targets)  # [2]
         reference = torch.cat([reference, reference[1:]])
         own_hidden = view.base(inputs_embeds=full[None], use_cache=False).last_hidden_state  # [1, L, H]
-        own = _summed_log_probs(view.head(own_hidden[:, positions]), targets)
+        own = summed_log_probs(view.head(own_hidden[:, positions]), targets)
     tolerance = lm_score.RTOL_FLOAT32 * max(1.0, float(reference.abs().max()))
     error = max(float((ours - reference).abs().max()), float((cached.score - own[0]).abs()))
     if error > tolerance:

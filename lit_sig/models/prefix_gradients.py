@@ -91,27 +91,26 @@ class PrefixGradients:
         self, pieces: Sequence[rows.Piece], whole: Callable[[Sequence[rows.Piece]], list[rows.PieceResult]]
     ) -> list[rows.PieceResult]:
         """Per `(input, rows [r, T, D])`: F `[r]` and its gradients `[r, T, D]`, 0 before each row's start."""
-        truncated = [(p, r[:, : len(p.full)]) for p, r in pieces]
+        pieces = list(pieces)
         try:
-            with rows.measured(self._budget, truncated[0][1].device, truncated, True):
-                results = self._pass(truncated)
+            with rows.measured(self._budget, pieces[0][1].device, pieces, True):
+                return self._pass(pieces)
         except torch.OutOfMemoryError:
             logging.warning("Out of memory with rows started at their first change; whole rows instead.")
             return whole(pieces)
-        widths = [r.shape[1] for _, r in pieces]
-        return [(s, torch.nn.functional.pad(g, (0, 0, 0, w - g.shape[1]))) for (s, g), w in zip(results, widths)]
 
     def _pass(self, pieces: list[rows.Piece]) -> list[rows.PieceResult]:
         states = [self._state(p) for p, _ in pieces]
         starts = [_row_starts(p, r, s) for (p, r), s in zip(pieces, states)]  # each [r] on the CPU
         scores = [torch.empty(len(r), dtype=torch.float32, device=r.device) for _, r in pieces]
-        grads = [torch.zeros_like(r) for _, r in pieces]  # each [r, L_p, D]
+        grads = [torch.zeros_like(r) for _, r in pieces]  # each [r, T, D]; 0 from the last target on
         for start, segments in self._blocks(pieces, starts):
             block_scores, block_grads = self._block(pieces, states, segments, start)
             for (i, chosen), part in zip(segments, _slices(segments)):
                 on_device = chosen.to(scores[i].device)
                 scores[i][on_device] = block_scores[part]
-                grads[i][on_device, start:] = block_grads[part, : len(pieces[i][0].full) - start].to(grads[i].dtype)
+                end = len(pieces[i][0].full)
+                grads[i][on_device, start:end] = block_grads[part, : end - start].to(grads[i].dtype)
             self.rows_reused += sum(len(chosen) for _, chosen in segments)
             self.positions_skipped += start * sum(len(chosen) for _, chosen in segments)
         return list(zip(scores, grads))
@@ -127,10 +126,11 @@ class PrefixGradients:
 
     def _blocks(self, pieces: list[rows.Piece], starts: list[torch.Tensor]) -> list[tuple[int, list[_Segment]]]:
         """The pass's rows sorted by start, in blocks: `(the block's start, its rows per piece)`."""
-        lengths = {0} if self._mixes else {len(p.full) for p, _ in pieces}
+        groups: dict[int, list[int]] = {}  # Pieces that may share a block: all, or those of one length.
+        for i, (p, _) in enumerate(pieces):
+            groups.setdefault(0 if self._mixes else len(p.full), []).append(i)
         blocks = []
-        for length in lengths:
-            chosen = [i for i, (p, _) in enumerate(pieces) if self._mixes or len(p.full) == length]
+        for chosen in groups.values():
             piece_of = torch.cat([torch.full((len(starts[i]),), i) for i in chosen])  # [R]
             row_of = torch.cat([torch.arange(len(starts[i])) for i in chosen])  # [R]
             start_of = torch.cat([starts[i] for i in chosen])  # [R]
@@ -186,15 +186,14 @@ def _input_state(view: lm_score.TargetLogProbs, p: rows.SequencePathInput, autoc
     first_movable = min(int(movable.int().argmax()) if bool(movable.any()) else first_score, first_score)
     device = p.full.device
     with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-        out = view.base(inputs_embeds=p.full[None], use_cache=True)
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-    return _InputState([(layer.keys, layer.values) for layer in cache.layers], first_movable, first_score)
+        _, kv = prefix_cache.cached_pass(view, p.full[None])
+    return _InputState(kv, first_movable, first_score)
 
 
 def _row_starts(p: rows.SequencePathInput, piece_rows: torch.Tensor, state: _InputState) -> torch.Tensor:
     """`[r]` each row's first position that differs from the input (the first movable one where none
     does), at most the first target's: one host read."""
-    changed = (piece_rows != p.full.unsqueeze(0).to(piece_rows.dtype)).any(-1)  # [r, L]
+    changed = (piece_rows[:, : len(p.full)] != p.full.unsqueeze(0).to(piece_rows.dtype)).any(-1)  # [r, L]
     first = torch.where(changed.any(-1), changed.int().argmax(-1), state.first_movable)
     return first.clamp(max=state.first_score).cpu()
 
@@ -237,9 +236,5 @@ def _scores(
     start: int,
 ) -> torch.Tensor:
     """`[b]` float32 F of each row from the run positions' hidden states `[b, length - s, H]`."""
-    scores = []
-    for p, part in zip(inputs, parts):
-        picked = hidden[part][:, p.score_positions - start]  # [n, K, H]
-        log_probs = lm_score.log_probs_of(view.head(picked), p.score_ids.expand(len(picked), -1))  # [n, K]
-        scores.append(log_probs.sum(-1))
-    return torch.cat(scores)
+    picked = [hidden[part][:, p.score_positions - start] for p, part in zip(inputs, parts)]  # each [n, K, H]
+    return torch.cat([prefix_cache.summed_log_probs(view.head(h), p.score_ids) for p, h in zip(inputs, picked)])
